@@ -1,0 +1,41 @@
+"""Readable, collision-free variable names for generated code, taken from the model."""
+
+from __future__ import annotations
+
+import builtins
+import keyword
+
+from symbp.ir import Node, sanitise
+
+RESERVED = set(keyword.kwlist) | set(dir(builtins)) | {
+    "np", "math", "B", "P", "D", "S", "H", "t", "self", "DTYPE", "loss", "grads",
+}
+
+
+class Namer:
+    """Gives every node one identifier: parameters and inputs keep their names, gradients
+    read ``dW1``, layer outputs their layer's name; anything else ``t<k>``. Never a reserved word."""
+
+    def __init__(self, reserved=()):
+        self.taken = set(RESERVED) | set(reserved)
+        self.names: dict[int, str] = {}
+
+    def fresh(self, base: str) -> str:
+        base = sanitise(base)
+        name, k = base, 1
+        while name in self.taken or name.startswith("_"):
+            name = f"{base}_{k}"
+            k += 1
+        self.taken.add(name)
+        return name
+
+    def __call__(self, n: Node) -> str:
+        if n.id not in self.names:
+            if n.name:
+                base = n.name
+            elif n.label:
+                base = n.label
+            else:
+                base = "t"
+            self.names[n.id] = self.fresh(base)
+        return self.names[n.id]

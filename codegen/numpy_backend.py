@@ -1,0 +1,224 @@
+"""NumPy backend: emits a readable Python module computing loss, gradients and the update.
+
+The module holds straight-line code in schedule order. Every array it writes lives in a
+buffer allocated once per batch size and reused as the schedule's liveness allows; views
+(transposes, reshapes, slices, broadcasts) cost nothing. It imports only NumPy.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from codegen.naming import Namer
+from codegen.numpy_printer import KernelWriter, Scratch, literal, scalar_code
+from codegen.spec import Spec
+from symbp import scalar as S
+from symbp.ir import Node
+from symbp.optimise import optimise
+from symbp.schedule import schedule
+
+VIEWS = frozenset({"transpose", "expand_dims", "broadcast_like", "reshape", "slice", "stop_gradient"})
+
+
+def _dims(shape: tuple) -> str:
+    return "(" + "".join(("B" if d is None else str(d)) + ", " for d in shape).rstrip(" ") + ")"
+
+
+def _index(index: tuple) -> str:
+    parts = []
+    for ix in index:
+        if isinstance(ix, int):
+            parts.append(str(ix))
+        elif ix == (0, 0, 1):
+            parts.append(":")
+        else:
+            start, stop, step = ix
+            parts.append(f"{start}:{stop}" + (f":{step}" if step != 1 else ""))
+    return ", ".join(parts) or "..."
+
+
+# -- one function per structural op: (node, output name, input names) -> code lines ---------
+
+def _dot(n, out, a, b):
+    ta, tb = n.attrs["ta"], n.attrs["tb"]
+    x, y = n.inputs
+    if ta:
+        return [f"np.matmul({a}.reshape(-1, {x.shape[-1]}).T, {b}.reshape(-1, {y.shape[-1]}), out={out})"]
+    rhs = f"{b}.T" if tb else b
+    if x.ndim > 2:
+        return [f"np.matmul({a}.reshape(-1, {x.shape[-1]}), {rhs}, out={out}.reshape(-1, {n.shape[-1]}))"]
+    return [f"np.matmul({a}, {rhs}, out={out})"]
+
+
+def _reduce(fn):
+    def emit(n, out, x):
+        return [f"np.{fn}({x}, axis={n.attrs['axes']}, keepdims={n.attrs['keepdims']}, out={out})"]
+    return emit
+
+
+def _size(n, out, x):
+    dims = [f"{x}.shape[{a}]" if n.inputs[0].shape[a] is None else str(n.inputs[0].shape[a])
+            for a in n.attrs["axes"]]
+    return [f"{out}[...] = {' * '.join(dims)}"]
+
+
+def _onehot(n, out, y):
+    return [f"{out}.fill(0.0)", f"np.put_along_axis({out}, {y}[..., None], 1.0, axis=-1)"]
+
+
+EMIT = {
+    "dot": _dot,
+    "sum": _reduce("sum"),
+    "max": _reduce("max"),
+    "size": _size,
+    "const": lambda n, out: [f"{out}.fill({literal(n.attrs['value'])})"],
+    "unslice": lambda n, out, g, ref: [f"{out}.fill(0.0)", f"{out}[{_index(n.attrs['index'])}] = {g}"],
+    "concat": lambda n, out, *xs: [f"np.concatenate(({', '.join(xs)},), axis={n.attrs['axis']}, out={out})"],
+    "onehot": _onehot,
+    # views: the result is an expression over the input, bound to a name
+    "transpose": lambda n, x: f"np.transpose({x}, {n.attrs['perm']})",
+    "expand_dims": lambda n, x: f"np.expand_dims({x}, {n.attrs['axes']})",
+    "broadcast_like": lambda n, g, ref: (f"np.broadcast_to(np.expand_dims({g}, {n.attrs['axes']}), {ref}.shape)"
+                                         if n.attrs["axes"] else f"np.broadcast_to({g}, {ref}.shape)"),
+    "reshape": lambda n, x: f"{x}.reshape({_dims(tuple(-1 if d is None else d for d in n.shape))})",
+    "slice": lambda n, x: f"{x}[{_index(n.attrs['index'])}]",
+    "stop_gradient": lambda n, x: x,
+}
+
+
+class Function:
+    """One emitted function: its schedule, buffer list and body lines."""
+
+    def __init__(self, name: str, roots: list[Node], namer: Namer, scratch: Scratch):
+        self.name = name
+        self.sched = schedule(roots, VIEWS)
+        self.namer = namer
+        self.scratch = scratch
+        self.body: list[str] = []
+
+    def compile_body(self) -> None:
+        name = self.namer
+        for n in self.sched.order:
+            out = name(n)
+            ins = [name(i) for i in n.inputs]
+            if n.op in VIEWS:
+                self.body.append(f"{out} = {EMIT[n.op](n, *ins)}")
+                continue
+            self.body.append(f"{out} = _b[{self.sched.buffer_of[n.id]}]")
+            if "expr" in n.attrs:
+                env = {x: (nm, i.shape) for x, nm, i in zip(S.symbols(len(ins)), ins, n.inputs)}
+                self.body += KernelWriter(env, self.scratch).write(n.attrs["expr"], out)
+            else:
+                self.body += EMIT[n.op](n, out, *ins)
+
+
+def emit(spec: Spec) -> str:
+    """The NumPy module for ``spec`` (see ``codegen.spec``)."""
+    d = spec.derivation
+    pnames = list(d.params)
+    roots = optimise([d.loss, *d.grads.values(), *d.outputs.values()])
+    loss, grads, outs = roots[0], roots[1:1 + len(pnames)], roots[1 + len(pnames):]
+    namer = Namer()
+    for n in [*d.inputs.values(), *d.params.values()]:
+        namer(n)
+    scratch = Scratch()
+    fns = [Function("gradients", [loss, *grads], namer, scratch), Function("loss", [loss], namer, scratch)]
+    if outs:
+        fns.append(Function("predict", outs, namer, scratch))
+    for f in fns:
+        f.compile_body()
+    lines = [*spec.header("NumPy"), "import math", "", "import numpy as np", "", *spec.constants(), ""]
+    lines += ["", "def _alloc(shapes, B):",
+              "    return [np.empty(tuple(B if d is None else d for d in s), dtype=DTYPE if k == 'float' else np.int64)",
+              "            for s, k in shapes]", ""]
+    lines.append(f"_SCRATCH = {[(s, 'float') for _, s in scratch.specs()]!r}")
+    lines.append("_cache = {}")
+    lines += ["", "", "def _buffers(fn, shapes, B):",
+              "    key = (fn, B)",
+              "    if key not in _cache:",
+              "        _cache[key] = (_alloc(shapes, B), _alloc(_SCRATCH, B))",
+              "    return _cache[key]", ""]
+    results = {"gradients": (loss, dict(zip(pnames, grads))), "loss": (loss, None),
+               "predict": (None, dict(zip(d.outputs, outs)))}
+    for f in fns:
+        lines += ["", f"_{f.name.upper()} = {f.sched.buffers!r}", "", ""]
+        lines += _function(f, namer, scratch, d, results[f.name], spec)
+    lines += _step(spec, namer, pnames)
+    return "\n".join(lines) + "\n"
+
+
+_DOCS = {
+    "gradients": "Forward and backward pass: returns (loss, {parameter: gradient}).",
+    "loss": "Forward pass only: returns the loss.",
+    "predict": "Forward pass to the named outputs: returns {output: array}.",
+}
+
+
+def _function(f: Function, namer: Namer, scratch: Scratch, d, result, spec: Spec) -> list[str]:
+    lines = [f"def {f.name}(P, D):", f'    """{_DOCS[f.name]}"""']
+    read_inputs = [n for n in f.sched.leaves if n.op == "input"]
+    for n in f.sched.leaves:
+        src = "D" if n.op == "input" else "P"
+        lines.append(f"    {namer(n)} = {src}[{n.name!r}]")
+    batch_src = next((namer(n) for n in read_inputs if n.shape[:1] == (None,)), None)
+    lines.append(f"    B = {batch_src}.shape[0]" if batch_src else "    B = 1")
+    lines.append(f"    _b, _s = _buffers({f.name!r}, _{f.name.upper()}, B)")
+    names = [n for n, _ in scratch.specs()]
+    if names:
+        lines.append(f"    {', '.join(names)}, = _s")
+    lines += ["    " + line for line in f.body]
+    loss, table = result
+    if f.name == "gradients":
+        lines.append(f"    return float({namer(loss)}), {{{', '.join(f'{k!r}: {namer(v)}' for k, v in table.items())}}}")
+    elif f.name == "loss":
+        lines.append(f"    return float({namer(loss)})")
+    else:
+        lines.append(f"    return {{{', '.join(f'{k!r}: {namer(v)}' for k, v in table.items())}}}")
+    return lines + ["", ""]
+
+
+def _step(spec: Spec, namer: Namer, pnames: list[str]) -> list[str]:
+    opt = spec.optimizer
+    lines = ["def step(P, S, D, H, t):",
+             '    """One training step: gradients, then the optimiser update in place. Returns the loss;',
+             '    when the loss is not finite the parameters are left untouched."""',
+             "    loss, G = gradients(P, D)",
+             "    if not math.isfinite(loss):",
+             "        return loss"]
+    for k in sorted(opt.hyper):
+        lines.append(f"    {k} = H[{k!r}]")
+    gexpr = opt.gradient()
+    from symbp.optim import GNORM, g, p, t  # noqa: F401 - the rule symbols
+
+    if gexpr.has(GNORM):
+        lines.append("    gnorm = math.sqrt(sum(float(np.vdot(v, v)) for v in G.values()))")
+    for sym, formula in opt.scalars():
+        lines.append(f"    {sym} = {scalar_code(formula)}")
+    scratch = Scratch()
+    body = []
+    scalars_env = {sp.Symbol(k, real=True): (k, None) for k in opt.hyper}
+    scalars_env.update({s: (str(s), None) for s, _ in opt.scalars()})
+    scalars_env[GNORM] = ("gnorm", None)
+    scalars_env[t] = ("t", None)
+    for name in pnames:
+        shape = spec.derivation.params[name].shape
+        body.append(f"p, g = P[{name!r}], G[{name!r}]" + "".join(f"; {s} = S[{s!r}][{name!r}]" for s in opt.slots))
+        env = dict(scalars_env)
+        env[p] = ("p", shape)
+        env[g] = ("g", shape)
+        for s in opt.slots:
+            env[sp.Symbol(s, real=True)] = (s, shape)
+        for target, rule in opt.rules():
+            body += KernelWriter(env, scratch).write(rule.xreplace({g: gexpr}), target)
+    specs = scratch.specs()
+    if specs:
+        lines.append(f"    {', '.join(n for n, _ in specs)}, = _update_scratch(P)")
+    lines += ["    " + b for b in body]
+    lines += ["    return loss", ""]
+    if specs:
+        lines += ["", "_update_cache = []", "", "",
+                  "def _update_scratch(P):",
+                  "    if not _update_cache:",
+                  f"        _update_cache.extend(np.empty(s, dtype=DTYPE) for s in {[s for _, s in specs]!r})",
+                  "    return _update_cache", ""]
+    return lines

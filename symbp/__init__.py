@@ -1,0 +1,118 @@
+"""symbp: a compiler for neural-network training.
+
+Define a network as a symbolic graph, derive its backward graph by the chain rule (SymPy
+for the scalar calculus), read the derived equations, and compile training code.
+
+    import symbp as sb
+    m = sb.Model("mlp")
+    x = m.input("x", (64,)); y = m.input("y", (), dtype="int64")
+    h = sb.tanh(x @ m.param("W1", (64, 32)) + m.param("b1", (32,), init="zeros"))
+    m.minimize(sb.softmax_cross_entropy(h @ m.param("W2", (32, 10)), y))
+    tr = sb.compile(sb.derive(m), optimizer=sb.optim.SGD(lr=0.1))
+    tr.step(x=X, y=Y)
+
+This module is the face that ties the compiler core (IR, derivation, scheduling) to the
+backends in ``codegen``; the core itself never imports them.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from symbp import layers, optim  # noqa: E402
+from symbp.derive import Derivation, derive  # noqa: E402
+from symbp.gradcheck import gradcheck  # noqa: E402
+from symbp.ir import Node, SymbpError  # noqa: E402
+from symbp.model import Model  # noqa: E402
+from symbp.ops import (  # noqa: E402,F401
+    abs,
+    add,
+    binary_cross_entropy_with_logits,
+    concat,
+    div,
+    elu,
+    exp,
+    expm1,
+    gelu,
+    greater,
+    leaky_relu,
+    log,
+    log1p,
+    log_softmax,
+    logsumexp,
+    matmul,
+    max,
+    maximum,
+    mean,
+    minimum,
+    mse,
+    mul,
+    neg,
+    power,
+    relu,
+    reshape,
+    sigmoid,
+    softmax,
+    softmax_cross_entropy,
+    softplus,
+    sqrt,
+    stop_gradient,
+    sub,
+    sum,
+    swish,
+    tanh,
+    transpose,
+    where,
+)
+from symbp.structural import const as constant  # noqa: E402
+
+
+def zeros(shape) -> Node:
+    """A per-example constant of zeros, broadcast over the batch: shape (None, *shape)."""
+    from symbp.structural import const
+
+    return const(0.0, (None, *tuple(shape)))
+
+
+def compile(derivation: Derivation, backend: str = "numpy", optimizer=None, dtype: str = "float32",
+            seed: int = 0, params: dict | None = None):
+    """Generate, build and load training code for a derivation.
+
+    Args:
+        derivation: from ``sb.derive(model)``.
+        backend: "numpy" (or another from ``codegen.BACKENDS``).
+        optimizer: an ``sb.optim`` optimiser (default SGD with lr=0.01).
+        dtype: "float32" or "float64".
+        seed: seeds the parameter initialisers.
+        params: initial values by name, overriding the initialisers.
+    Returns:
+        A Trainer: ``params``, ``loss``, ``gradients``, ``step``, ``predict``, ``source``.
+    """
+    import codegen
+    from codegen.runtime import Trainer
+    from symbp.init import initial_values
+
+    if not isinstance(derivation, Derivation):
+        raise SymbpError(f"sb.compile expects the result of sb.derive(model), got {type(derivation).__name__}")
+    if backend not in codegen.BACKENDS:
+        raise SymbpError(f"unknown backend {backend!r}; choose from {', '.join(codegen.BACKENDS)}")
+    if dtype not in codegen.FLOAT_DTYPES:
+        raise SymbpError(f"unknown dtype {dtype!r}; choose from {', '.join(codegen.FLOAT_DTYPES)}")
+    optimizer = optim.check(optimizer if optimizer is not None else optim.SGD(lr=0.01))
+    spec = codegen.Spec(derivation, optimizer, dtype)
+    source = codegen.emit(spec, backend)
+    module = codegen.load(source, backend, derivation.name)
+    values = initial_values(derivation.params, seed)
+    for k, v in (params or {}).items():
+        if k not in values:
+            raise SymbpError(f"params: the model has no parameter {k!r}")
+        values[k] = v
+    tr = Trainer(module, values, optimizer.hyper, source)
+    tr.optimizer = optimizer
+    return tr
+
+
+__all__ = [
+    "Derivation", "Model", "Node", "SymbpError", "compile", "constant", "derive", "gradcheck",
+    "layers", "optim", "zeros",
+]

@@ -1,0 +1,115 @@
+"""Reverse-mode derivation over the tensor graph.
+
+One walk in reverse topological order (iterative: no recursion limit on deep graphs). A
+node's cotangent is the sum of what each of its users sends it, reduced over the axes
+along which it was broadcast. Each op's vector-Jacobian rule comes from the registry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from symbp import elementwise as E
+from symbp.ir import Node, SymbpError, topo_order
+from symbp.registry import opdef
+from symbp.structural import const, reduce_to
+
+
+def vjp(outputs: list[Node], seeds: list[Node], wrt: list[Node]) -> list[Node | None]:
+    """Cotangents of ``wrt`` given cotangents ``seeds`` of ``outputs``.
+
+    Returns:
+        One node per ``wrt`` entry, shaped like it, or None where no path connects it.
+    """
+    order = topo_order(outputs)
+    # Only nodes that depend on some `wrt` node can carry a gradient.
+    live = {w.id for w in wrt}
+    for n in order:
+        if any(i.id in live for i in n.inputs):
+            live.add(n.id)
+    wanted = {w.id for w in wrt}
+    cot: dict[int, Node] = {}
+    for out, seed in zip(outputs, seeds):
+        _accumulate(cot, out, seed)
+    for n in reversed(order):
+        g = cot.get(n.id)
+        if g is None or n.id in wanted and not n.inputs:
+            continue
+        if not any(i.id in live for i in n.inputs):
+            continue
+        rule = opdef(n.op).vjp
+        if rule is None:
+            continue
+        for inp, c in zip(n.inputs, rule(n, g)):
+            if c is not None and inp.id in live and inp.dtype == "float":
+                _accumulate(cot, inp, reduce_to(c, inp.shape))
+    return [cot.get(w.id) for w in wrt]
+
+
+def _accumulate(cot: dict, node: Node, c: Node) -> None:
+    if c.label is None:
+        c.label = "d_" + (node.name or node.label or node.op)
+    prev = cot.get(node.id)
+    cot[node.id] = c if prev is None else E.add(prev, c)
+    cot[node.id].label = c.label
+
+
+@dataclass
+class Derivation:
+    """A model's forward graph together with its derived backward graph.
+
+    Attributes:
+        name: the model's name.
+        loss: the scalar loss node.
+        inputs: input nodes by name (per-batch data).
+        params: parameter nodes by name, in definition order.
+        grads: d loss / d param, by parameter name.
+        outputs: named prediction outputs (``m.output``).
+    """
+
+    name: str
+    loss: Node
+    inputs: dict[str, Node]
+    params: dict[str, Node]
+    grads: dict[str, Node]
+    outputs: dict[str, Node] = field(default_factory=dict)
+
+    def equations(self):
+        """The derived gradient equations (print them, or ``.latex()`` / Jupyter display)."""
+        from symbp.equations import equations
+
+        return equations(self)
+
+    def graph(self, backward: bool = True):
+        """The forward (and backward) graph as a networkx DiGraph."""
+        from symbp.ir import to_networkx
+
+        roots = [self.loss, *self.outputs.values()] + (list(self.grads.values()) if backward else [])
+        return to_networkx(roots)
+
+
+def derive(model) -> Derivation:
+    """Derive the gradient of ``model``'s loss with respect to each of its parameters.
+
+    Args:
+        model: a ``symbp.Model`` on which ``minimize`` was called.
+    Returns:
+        A Derivation holding forward and backward graphs.
+    """
+    loss = model.loss
+    if loss is None:
+        raise SymbpError(f"model {model.name!r}: call m.minimize(loss) before deriving")
+    params = dict(model.params)
+    ancestors = {n.id for n in topo_order([loss])}
+    unused = [name for name, p in params.items() if p.id not in ancestors]
+    if unused:
+        raise SymbpError(f"model {model.name!r}: parameter(s) {', '.join(map(repr, unused))} "
+                         "do not affect the loss")
+    grads = vjp([loss], [const(1.0)], list(params.values()))
+    out = {}
+    for (name, p), g in zip(params.items(), grads):
+        if g is None:
+            g = const(0.0, p.shape)
+        g.label = "d" + name
+        out[name] = g
+    return Derivation(model.name, loss, dict(model.inputs), params, out, dict(model.outputs))

@@ -1,0 +1,98 @@
+"""Layers: sugar over the functional core. Each creates named parameters in a model.
+
+    net = sb.layers.Sequential([sb.layers.Dense(256, activation="relu", name="fc1"),
+                                sb.layers.Dense(10, name="out")])
+    logits = net(m, x)      # parameters fc1_W, fc1_b, out_W, out_b
+"""
+
+from __future__ import annotations
+
+from symbp import ops
+from symbp.ir import Node, SymbpError, check_identifier, fmt_shape
+
+ACTIVATIONS = {
+    None: None, "linear": None, "tanh": ops.tanh, "sigmoid": ops.sigmoid, "relu": ops.relu,
+    "leaky_relu": ops.leaky_relu, "elu": ops.elu, "softplus": ops.softplus, "gelu": ops.gelu,
+    "swish": ops.swish, "softmax": ops.softmax, "log_softmax": ops.log_softmax,
+}
+
+
+def activation(spec, where: str):
+    """An activation by name (see ACTIVATIONS) or any callable Node -> Node."""
+    if callable(spec):
+        return spec
+    if spec not in ACTIVATIONS:
+        raise SymbpError(f"{where}: unknown activation {spec!r}; choose from "
+                         f"{', '.join(k for k in ACTIVATIONS if k)} or pass a function")
+    return ACTIVATIONS[spec]
+
+
+class Layer:
+    """Base class: ``layer(m, x)`` adds the layer's parameters to model ``m`` and applies it."""
+
+    _counts: dict = {}
+
+    def __init__(self, name: str | None):
+        if name is None:
+            kind = type(self).__name__.lower()
+            Layer._counts[kind] = Layer._counts.get(kind, 0) + 1
+            name = f"{kind}{Layer._counts[kind]}"
+        self.name = check_identifier(name, "layer")
+
+    def __call__(self, m, x: Node) -> Node:
+        if not isinstance(x, Node):
+            raise SymbpError(f"layer {self.name!r}: expected a symbolic tensor input, got {type(x).__name__}")
+        return self.apply(m, x)
+
+    def apply(self, m, x: Node) -> Node:
+        raise NotImplementedError
+
+
+class Dense(Layer):
+    """y = activation(x @ W + b), with W of shape (in, units).
+
+    Args:
+        units: output width.
+        activation: name or callable (None: linear).
+        use_bias: add the bias b (initialised to zeros).
+        init: initialiser of W.
+        name: prefix of the parameter names (``<name>_W``, ``<name>_b``).
+    """
+
+    def __init__(self, units: int, activation=None, use_bias: bool = True, init: str = "glorot_uniform",
+                 name: str | None = None):
+        super().__init__(name)
+        if not isinstance(units, int) or units < 1:
+            raise SymbpError(f"layer {self.name!r}: units must be a positive int, got {units!r}")
+        self.units, self.use_bias, self.init = units, use_bias, init
+        self.activation = globals()["activation"](activation, f"layer {self.name!r}")
+
+    def apply(self, m, x: Node) -> Node:
+        if x.ndim < 1 or x.shape[-1] is None:
+            raise SymbpError(f"layer {self.name!r}: expects features on the last axis, got shape {fmt_shape(x.shape)}")
+        W = m.param(f"{self.name}_W", (x.shape[-1], self.units), init=self.init)
+        z = x @ W
+        if self.use_bias:
+            z = z + m.param(f"{self.name}_b", (self.units,), init="zeros")
+        z.label = f"{self.name}_z"
+        if self.activation is None:
+            return z
+        h = self.activation(z)
+        h.label = self.name
+        return h
+
+
+class Sequential(Layer):
+    """Layers applied in order."""
+
+    def __init__(self, layers, name: str | None = None):
+        super().__init__(name)
+        self.layers = list(layers)
+        for layer in self.layers:
+            if not isinstance(layer, Layer) and not callable(layer):
+                raise SymbpError(f"Sequential {self.name!r}: {layer!r} is not a layer")
+
+    def apply(self, m, x: Node) -> Node:
+        for layer in self.layers:
+            x = layer(m, x) if isinstance(layer, Layer) else layer(x)
+        return x

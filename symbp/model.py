@@ -1,0 +1,103 @@
+"""The model API: declare inputs and parameters, build a loss, minimise it."""
+
+from __future__ import annotations
+
+from symbp import init as initialisers
+from symbp.ir import DTYPES, Node, SymbpError, check_identifier, fmt_shape
+
+
+class Model:
+    """A named network: its inputs, parameters, loss and prediction outputs.
+
+    Example:
+        m = sb.Model("mlp")
+        x = m.input("x", (64,))                 # a batch of 64-vectors: shape (None, 64)
+        W = m.param("W", (64, 10), init="glorot_uniform")
+        m.minimize(sb.softmax_cross_entropy(x @ W, m.input("y", (), dtype="int64")))
+    """
+
+    def __init__(self, name: str = "model"):
+        self.name = check_identifier(name, "model")
+        self.inputs: dict[str, Node] = {}
+        self.params: dict[str, Node] = {}
+        self.outputs: dict[str, Node] = {}
+        self.loss: Node | None = None
+
+    def _claim(self, name: str, what: str) -> str:
+        check_identifier(name, what)
+        for kind, table in (("input", self.inputs), ("parameter", self.params), ("output", self.outputs)):
+            if name in table:
+                raise SymbpError(f"model {self.name!r}: {what} name {name!r} is already used by an {kind}"
+                                 if kind == "input" else
+                                 f"model {self.name!r}: {what} name {name!r} is already used by a {kind}")
+        return name
+
+    def input(self, name: str, shape=(), dtype: str = "float") -> Node:
+        """Declare per-batch data. ``shape`` is per example; the batch axis is added in front.
+
+        Args:
+            name: the keyword under which data is passed to ``step``/``loss``.
+            shape: the shape of one example, e.g. ``(64,)``, ``()`` for a scalar label,
+                ``(T, F)`` for a sequence.
+            dtype: "float" (cast to the compiled dtype) or "int64" (class labels).
+        """
+        self._claim(name, "input")
+        shape = _check_shape(shape, f"input {name!r}")
+        if dtype not in DTYPES:
+            raise SymbpError(f"input {name!r}: unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+        n = Node("input", (), (None, *shape), dtype, name=name)
+        self.inputs[name] = n
+        return n
+
+    def param(self, name: str, shape, init="glorot_uniform", **init_args) -> Node:
+        """Declare a trainable parameter.
+
+        Args:
+            name: its name in ``tr.params`` and in generated code.
+            shape: its full shape (parameters have no batch axis).
+            init: an initialiser name (see ``symbp.init.INITIALISERS``) or a float constant.
+            init_args: options for the initialiser (e.g. ``std=0.1`` for "normal").
+        """
+        self._claim(name, "parameter")
+        shape = _check_shape(shape, f"parameter {name!r}")
+        spec = initialisers.spec(init, init_args, f"parameter {name!r}")
+        n = Node("param", (), shape, "float", {"init": spec}, name=name)
+        self.params[name] = n
+        return n
+
+    def output(self, name: str, value: Node) -> Node:
+        """Name a prediction output (returned by ``tr.predict``)."""
+        self._claim(name, "output")
+        _check_node(value, f"output {name!r}")
+        self.outputs[name] = value
+        return value
+
+    def minimize(self, loss: Node) -> Node:
+        """Set the scalar to minimise. Losses from symbp already average over the batch."""
+        _check_node(loss, "minimize")
+        if loss.shape != ():
+            raise SymbpError(f"model {self.name!r}: the loss must be a scalar, got shape {fmt_shape(loss.shape)}; "
+                             "reduce it, e.g. with sb.mean(...)")
+        self.loss = loss
+        return loss
+
+    def __repr__(self) -> str:
+        return (f"Model({self.name!r}, inputs={list(self.inputs)}, params={list(self.params)}, "
+                f"loss={'set' if self.loss is not None else 'unset'})")
+
+
+def _check_shape(shape, what: str) -> tuple:
+    if isinstance(shape, int):
+        shape = (shape,)
+    try:
+        shape = tuple(shape)
+    except TypeError:
+        raise SymbpError(f"{what}: shape must be a tuple of positive ints, got {shape!r}") from None
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+        raise SymbpError(f"{what}: shape must be a tuple of positive ints, got {shape!r}")
+    return shape
+
+
+def _check_node(value, what: str) -> None:
+    if not isinstance(value, Node):
+        raise SymbpError(f"{what}: expected a symbolic tensor, got {type(value).__name__}")
