@@ -23,7 +23,7 @@ def number(v) -> sp.Expr:
     """A Python number as an exact SymPy constant where it is an integer."""
     if isinstance(v, (bool, np.bool_)):
         v = int(v)
-    if isinstance(v, (int, np.integer)) or (isinstance(v, float) and v.is_integer() and abs(v) < 2**31):
+    if isinstance(v, (int, np.integer)) or (isinstance(v, float) and v.is_integer() and math.fabs(v) < 2**31):
         return sp.Integer(int(v))
     if not math.isfinite(float(v)):
         raise SymbpError(f"constant {v!r} is not finite")

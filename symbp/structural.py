@@ -275,10 +275,10 @@ def _slice_shape(inputs, index):
 
 register(OpDef("slice", "structural", shape=_slice_shape,
                vjp=lambda nd, g: (node("unslice", (g, nd.inputs[0]), index=nd.attrs["index"]),),
-               sample={"shapes": [(None, 6)], "attrs": {"index": ((0, 1, 1), (1, 5, 2))}}))
+               sample={"shapes": [(None, 6)], "attrs": {"index": ((0, 0, 1), (1, 5, 2))}}))
 register(OpDef("unslice", "structural", shape=lambda inputs, index: (inputs[1].shape, inputs[0].dtype),
                vjp=lambda nd, g: (node("slice", (g,), index=nd.attrs["index"]), None),
-               sample={"shapes": [(None, 2), (None, 6)], "attrs": {"index": ((0, 1, 1), (1, 5, 2))}}))
+               sample={"shapes": [(None, 2), (None, 6)], "attrs": {"index": ((0, 0, 1), (1, 5, 2))}}))
 
 
 def getitem(x: Node, index) -> Node:
@@ -366,7 +366,7 @@ def onehot(labels: Node, depth: int) -> Node:
 
 
 register(OpDef("stop_gradient", "structural", shape=lambda inputs: (inputs[0].shape, inputs[0].dtype),
-               vjp=lambda nd, g: (None,), sample={"shapes": [(None, 3)]}))
+               vjp=lambda nd, g: (None,), sample={"shapes": [(None, 3)], "blocks_gradient": True}))
 
 
 def stop_gradient(x: Node) -> Node:
