@@ -11,7 +11,7 @@ import types
 
 from codegen.spec import FLOAT_DTYPES, Spec, source_hash
 
-BACKENDS = ("numpy",)
+BACKENDS = ("numpy", "cython")
 
 
 def emit(spec: Spec, backend: str = "numpy") -> str:
@@ -20,6 +20,10 @@ def emit(spec: Spec, backend: str = "numpy") -> str:
         from codegen import numpy_backend
 
         return numpy_backend.emit(spec)
+    if backend == "cython":
+        from codegen import cython_backend
+
+        return cython_backend.emit(spec)
     raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
 
 
@@ -32,6 +36,10 @@ def load(source: str, backend: str, name: str) -> types.ModuleType:
         module.__file__ = filename
         exec(compile(source, filename, "exec"), module.__dict__)  # noqa: S102 - our own generated code
         return module
+    if backend == "cython":
+        from codegen import build
+
+        return build.build(source, name)
     raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
 
 

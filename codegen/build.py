@@ -1,0 +1,281 @@
+"""Compile generated ``.pyx`` sources into extension modules, with a persistent cache.
+
+An entry's key hashes everything the binary depends on: the source, the compiler (its
+``--version``) and flags, Cython's version, the Python ABI and, for ``-march=native``
+builds, the CPU's feature flags. Entries live in ``$SYMBP_CACHE_DIR``, else
+``$XDG_CACHE_HOME/symbp``, else ``~/.cache/symbp``. A build happens in a temporary directory
+beside the cache and is renamed into place, under a per-key file lock, so two processes
+building the same model both succeed and neither sees half an entry. Every entry carries a
+manifest with the SHA-256 of its binary; an entry that fails that check is rebuilt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import types
+from pathlib import Path
+
+from symbp.ir import SymbpError
+
+FORMAT = 1  # bump when the layout of an entry changes
+DEFAULT_FLAGS = ("-O3", "-march=native")
+PORTABLE_FLAGS = ("-O3",)
+GLUE_FLAGS = ("-O0",)
+"""Cython's glue around the kernels: only Python-call plumbing, so not worth gcc's time."""
+_loaded: dict[str, types.ModuleType] = {}
+
+
+class BuildError(SymbpError):
+    """The C compiler or Cython failed, or is missing."""
+
+
+def cache_dir() -> Path:
+    """The cache directory (created on first use)."""
+    env = os.environ.get("SYMBP_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "symbp"
+
+
+def compile_flags() -> tuple[str, ...]:
+    """Optimisation flags: ``$SYMBP_CFLAGS`` if set (e.g. "-O1" for quick test builds), else
+    ``-O3 -march=native``, or ``-O3`` alone when ``$SYMBP_PORTABLE`` is set."""
+    env = os.environ.get("SYMBP_CFLAGS")
+    if env is not None:
+        return tuple(env.split())
+    return PORTABLE_FLAGS if os.environ.get("SYMBP_PORTABLE") else DEFAULT_FLAGS
+
+
+@functools.cache
+def compiler() -> tuple[str, str]:
+    """(path, version line) of the C compiler: ``$CC``, else Python's, else cc/gcc/clang."""
+    names = [os.environ.get("CC", ""), (sysconfig.get_config_var("CC") or "").split(" ")[0], "cc", "gcc", "clang"]
+    for name in filter(None, names):
+        path = shutil.which(name)
+        if path:
+            try:
+                out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30).stdout
+            except (OSError, subprocess.SubprocessError):
+                continue
+            return path, (out.splitlines() or ["unknown"])[0]
+    raise BuildError("the Cython backend needs a C compiler, and none was found (tried $CC, cc, gcc, clang). "
+                     "Install one (e.g. `apt install gcc`, Xcode command line tools), or use backend=\"numpy\".")
+
+
+@functools.cache
+def _cpu_features() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine() + " " + platform.processor()
+
+
+def _cython_version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("Cython")
+    except Exception:  # noqa: BLE001 - not installed: reported when we try to build
+        return "missing"
+
+
+def cache_key(source: str, flags: tuple[str, ...]) -> str:
+    """The content address of a build of ``source`` with ``flags`` on this machine."""
+    parts = [str(FORMAT), source, compiler()[1], " ".join(flags), " ".join(GLUE_FLAGS), _cython_version(),
+             sys.implementation.cache_tag, sysconfig.get_config_var("EXT_SUFFIX") or "",
+             _cpu_features() if any(f.startswith("-march=native") for f in flags) else platform.machine()]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _valid(entry: Path) -> dict | None:
+    """The entry's manifest when the binary it names is intact, else None."""
+    try:
+        manifest = json.loads((entry / "manifest.json").read_text())
+        if _sha256(entry / manifest["binary"]) == manifest["sha256"]:
+            return manifest
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+@contextlib.contextmanager
+def _lock(path: Path):
+    """An exclusive lock on ``path`` (advisory; a no-op where fcntl is missing)."""
+    with open(path, "a+") as f:
+        try:
+            import fcntl
+        except ImportError:  # Windows: builds are still atomic, only not serialised
+            yield
+            return
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def build(source: str, name: str, flags: tuple[str, ...] | None = None) -> types.ModuleType:
+    """Build (or fetch from the cache) and import the extension for ``source``.
+
+    Args:
+        source: the ``.pyx`` text.
+        name: a readable stem for the module name (the key is appended).
+        flags: optimisation flags (default: :func:`compile_flags`).
+    Returns:
+        The imported module.
+    """
+    flags = compile_flags() if flags is None else tuple(flags)
+    key = cache_key(source, flags)
+    modname = f"symbp_{name}_{key[:16]}"
+    if modname in _loaded:
+        return _loaded[modname]
+    root = cache_dir()
+    entry = root / modname
+    manifest = _valid(entry)
+    if manifest is None:
+        root.mkdir(parents=True, exist_ok=True)
+        with _lock(root / f"{modname}.lock"):
+            manifest = _valid(entry)  # another process may have built it meanwhile
+            if manifest is None:
+                if entry.exists():
+                    shutil.rmtree(entry, ignore_errors=True)  # corrupt or partial: rebuild
+                _build_entry(source, modname, flags, key, root, entry)
+                manifest = _valid(entry)
+                if manifest is None:
+                    raise BuildError(f"cache entry {entry} is not valid right after building it")
+    module = _import(modname, entry / manifest["binary"])
+    _loaded[modname] = module
+    return module
+
+
+def kernels_of(source: str) -> str | None:
+    """The C kernels embedded in a generated ``.pyx`` (between the emitter's markers)."""
+    from codegen.cython_module import BEGIN, END
+
+    a, b = source.find(BEGIN), source.find(END)
+    if a < 0 or b < a:
+        return None
+    return "\n".join(line[4:] if line.startswith("    ") else line for line in source[a:b].splitlines()) + "\n"
+
+
+def _build_entry(source: str, modname: str, flags, key: str, root: Path, entry: Path) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix=f".{modname}.", dir=root))
+    try:
+        t0 = time.perf_counter()
+        pyx = tmp / f"{modname}.pyx"
+        pyx.write_text(source)
+        kernels = kernels_of(source)
+        objects, jobs = [], []
+        if kernels is not None:
+            # The kernels compile with the real flags while Cython runs: two processes at once.
+            (tmp / "kernels.c").write_text(kernels)
+            jobs.append(_cc_start(tmp / "kernels.c", tmp / "kernels.o", flags))
+            objects.append(tmp / "kernels.o")
+        c_file = tmp / f"{modname}.c"
+        _cythonize(pyx, c_file)
+        t1 = time.perf_counter()
+        glue_flags = (*GLUE_FLAGS, "-DSB_GLUE_ONLY") if kernels is not None else tuple(flags)
+        jobs.append(_cc_start(c_file, tmp / f"{modname}.o", glue_flags))
+        objects.append(tmp / f"{modname}.o")
+        for job in jobs:
+            _cc_wait(job)
+        binary = f"{modname}{sysconfig.get_config_var('EXT_SUFFIX') or '.so'}"
+        _link(objects, tmp / binary)
+        t2 = time.perf_counter()
+        for f in tmp.iterdir():
+            if f.suffix in (".c", ".o"):
+                f.unlink()
+        manifest = {"key": key, "binary": binary, "sha256": _sha256(tmp / binary), "flags": list(flags),
+                    "compiler": compiler()[1], "cython": _cython_version(), "python": sys.implementation.cache_tag,
+                    "seconds": {"cython": round(t1 - t0, 3), "cc": round(t2 - t1, 3)}, "created": time.time()}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        os.replace(tmp, entry)  # atomic: readers see no entry or a whole one
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _cythonize(pyx: Path, c_file: Path) -> None:
+    try:
+        import Cython  # noqa: F401
+    except ImportError:
+        raise BuildError("the Cython backend needs Cython (`pip install cython`); or use backend=\"numpy\"") from None
+    cmd = [sys.executable, "-m", "cython", "-3", "--fast-fail", str(pyx), "-o", str(c_file)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode:
+        raise BuildError(f"Cython failed on the generated module {pyx.name}:\n{res.stderr[-4000:]}")
+
+
+def _cc_start(c_file: Path, obj: Path, flags) -> tuple:
+    include = sysconfig.get_paths()["include"]
+    cmd = [compiler()[0], *flags, "-fPIC", "-fwrapv", "-fno-strict-aliasing", "-w", f"-I{include}",
+           "-c", str(c_file), "-o", str(obj)]
+    return cmd, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _cc_wait(job) -> None:
+    cmd, proc = job
+    _, err = proc.communicate()
+    if proc.returncode:
+        raise BuildError(f"the C compiler failed on {Path(cmd[-3]).name} ({' '.join(cmd[:3])} ...):\n{err[-4000:]}")
+
+
+def _link(objects, out: Path) -> None:
+    link = ["-bundle", "-undefined", "dynamic_lookup"] if sys.platform == "darwin" else ["-shared"]
+    cmd = [compiler()[0], *map(str, objects), "-o", str(out), *link, "-lm"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode:
+        raise BuildError(f"linking failed ({' '.join(cmd[:2])} ...):\n{res.stderr[-4000:]}")
+
+
+def _import(modname: str, path: Path) -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location(modname, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def cache_info() -> dict:
+    """What the cache holds: its directory, entries (name, bytes, valid) and total bytes."""
+    root = cache_dir()
+    entries = []
+    if root.is_dir():
+        for entry in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            size = sum(f.stat().st_size for f in entry.iterdir() if f.is_file())
+            entries.append({"name": entry.name, "bytes": size, "valid": _valid(entry) is not None})
+    return {"dir": str(root), "entries": entries, "bytes": sum(e["bytes"] for e in entries)}
+
+
+def cache_clear() -> int:
+    """Delete every cache entry (and stale temporary builds); returns how many entries went."""
+    root = cache_dir()
+    if not root.is_dir():
+        return 0
+    count = 0
+    for p in root.iterdir():
+        if p.is_dir():
+            count += not p.name.startswith(".")
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.suffix == ".lock":
+            with contextlib.suppress(OSError):
+                p.unlink()
+    return count

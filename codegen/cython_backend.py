@@ -1,0 +1,188 @@
+"""Cython backend: emits one ``.pyx`` per model with the whole training step in C.
+
+The forward pass, loss, backward pass and optimiser update are straight-line C over raw
+pointers, run without the GIL: matrix products through ``scipy.linalg.cython_blas`` gemm,
+elementwise chains as fused loops printed from their SymPy formulas, reductions and copies
+as loop nests over strided views (:mod:`codegen.cython_kernels`). The C sits in a verbatim
+``cdef extern from *`` block, so Cython only compiles the small Python surface around it
+(the same constants and functions as the NumPy module, so the Trainer drives both alike);
+that surface is what costs compile time, so it stays small.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from codegen import cython_kernels as K
+from codegen.cython_printer import CTYPES, KernelPrinter, helpers, kernel_body
+from codegen.naming import Namer
+from codegen.spec import Spec
+from symbp import scalar as S
+from symbp.ir import Node
+from symbp.optimise import optimise
+from symbp.schedule import schedule
+
+FUNCTIONS = ("gradients", "loss", "predict", "update")
+
+
+class Function:
+    """One generated C function: the arrays it reads and writes, and its body.
+
+    Arrays are numbered: the leaves it reads (parameters, inputs), then the schedule's
+    buffers, then private buffers (copies some ops need). Python passes them in that order.
+    """
+
+    def __init__(self, index: int, name: str, roots: list[Node], namer: Namer, printer: KernelPrinter):
+        self.index, self.name, self.roots = index, name, roots
+        self.namer, self.printer = namer, printer
+        self.sched = schedule(roots, frozenset(K.VIEWS))
+        self.arrays: list[tuple] = []  # (source, key, shape, dtype); source "P", "D" or "buffer"
+        self.views: dict[int, K.View] = {}
+        self.body: list[str] = []
+        self.ntags = 0
+        self.uses_gemm = False
+        for n in self.sched.leaves:
+            src = "P" if n.op == "param" else "D"
+            self.views[n.id] = self._array(src, n.name, n.shape, n.dtype, f"{src}_{namer(n)}")
+        self.buffer_views = [self._array("buffer", k, shape, dtype, f"b{k}")
+                             for k, (shape, dtype) in enumerate(self.sched.buffers)]
+        self.results: list[int] = []  # array index of each root
+        self._compile()
+
+    # -- the ctx interface used by codegen.cython_kernels ---------------------------------
+    def _array(self, src, key, shape, dtype, cname) -> K.View:
+        self.arrays.append((src, key, tuple(shape), dtype, cname))
+        return K.dense(cname, shape, "int64_t" if dtype == "int64" else "sb_real")
+
+    def scratch(self, shape: tuple, dtype: str) -> K.View:
+        k = len(self.arrays)
+        return self._array("buffer", k, shape, dtype, f"s{k}")
+
+    def tag(self) -> str:
+        self.ntags += 1
+        return f"k{self.ntags}"
+
+    # -- body -----------------------------------------------------------------------------
+    def _compile(self) -> None:
+        for n in self.sched.order:
+            ins = [self.views[i.id] for i in n.inputs]
+            if n.op in K.VIEWS:
+                if n.op == "reshape" and not ins[0].is_contiguous():
+                    tmp = self.scratch(n.inputs[0].shape, n.dtype)
+                    self.body += K.copy(tmp, ins[0], self.tag())
+                    ins[0] = tmp
+                self.views[n.id] = K.VIEWS[n.op](n, *ins)
+                continue
+            out = self.buffer_views[self.sched.buffer_of[n.id]]
+            self.views[n.id] = out
+            self.body.append(f"/* {self.namer(n)} = {n.op} */")
+            if "expr" in n.attrs:
+                self.body += self._elementwise(n, out, ins)
+            else:
+                self.body += K.EMIT[n.op](self, n, out, *ins)
+        self.uses_gemm = self.uses_gemm or any(n.op == "dot" for n in self.sched.order)
+        for r in self.roots:
+            v = self.views[r.id]
+            owned = r.id in self.sched.buffer_of
+            if owned:
+                self.results.append(self.sched.buffer_of[r.id] + len(self.sched.leaves))
+            else:  # a view or a leaf: hand back a dense copy the caller may keep
+                k = len(self.arrays)
+                self.body += K.copy(self.scratch(r.shape, r.dtype), v, self.tag())
+                self.results.append(k)
+
+    def _elementwise(self, n: Node, out: K.View, ins: list[K.View]) -> list[str]:
+        expr = n.attrs["expr"]
+        xs = S.symbols(len(ins))
+        used = [k for k, x in enumerate(xs) if expr.has(x)]
+        views = [out] + [K.broadcast_view(ins[k], n.shape) for k in used]
+
+        def body(refs):
+            loads = [f"const sb_real x{k} = {ref};" for k, ref in zip(used, refs[1:])]
+            return loads + kernel_body(expr, self.printer, refs[0])
+        return K.loop_nest(n.shape, views, body, self.tag())
+
+    def c_source(self) -> list[str]:
+        lines = [f"static int sb_{self.name}(void **a, double *io, long B) {{"]
+        for k, (_, _, _, dtype, cname) in enumerate(self.arrays):
+            ctype = "int64_t" if dtype == "int64" else "sb_real"
+            lines.append(f"    {ctype} *{cname} = ({ctype} *)a[{k}];")
+        lines += ["    " + line for line in self.body]
+        if self.name in ("gradients", "loss"):
+            loss = self.views[self.roots[0].id]
+            lines.append(f"    io[0] = (double){loss.base()}[0];")
+        lines += ["    (void)B; (void)io;", "    return 0;", "}", ""]
+        return lines
+
+
+def _update(spec: Spec, pnames: list[str], printer: KernelPrinter) -> tuple[list[str], bool]:
+    """C for the optimiser update: arrays are params, grads, then each slot's arrays."""
+    from symbp.optim import GNORM, g, p, t
+
+    opt = spec.optimizer
+    hyper = sorted(opt.hyper)
+    dprinter = KernelPrinter("float64")
+    rename = {sp.Symbol(k, real=True): sp.Symbol(f"h_{k}", real=True) for k in hyper}
+    rename[t] = sp.Symbol("t_", real=True)
+    lines = ["static int sb_update(void **a, double *io, long B) {"]
+    lines += [f"    const double h_{k} = io[{i}];" for i, k in enumerate(hyper)]
+    lines.append(f"    const double t_ = io[{len(hyper)}];")
+    gexpr = opt.gradient()
+    npar = len(pnames)
+    if gexpr.has(GNORM):
+        lines.append("    double gn_ = 0;")
+        for k, name in enumerate(pnames):
+            count = K.cexpr(K.size(spec.derivation.params[name].shape))
+            lines.append(f"    {{ const sb_real *g_ = (const sb_real *)a[{npar + k}]; "
+                         f"for (long i = 0; i < {count}; i++) gn_ += (double)g_[i] * g_[i]; }}")
+        lines.append("    const sb_real gnorm = (sb_real)sqrt(gn_);")
+        rename[GNORM] = sp.Symbol("gnorm", real=True)
+    for sym, formula in opt.scalars():
+        lines.append(f"    const double sd_{sym} = {dprinter.doprint(formula.xreplace(rename))};")
+        rename[sym] = sp.Symbol(f"sc_{sym}", real=True)
+    lines += [f"    const sb_real h{k}_ = (sb_real)h_{k};" for k in hyper]
+    lines += [f"    const sb_real sc_{sym} = (sb_real)sd_{sym};" for sym, _ in opt.scalars()]
+    # in the element loop, hyperparameters are read at the kernel's precision
+    rename.update({sp.Symbol(k, real=True): sp.Symbol(f"h{k}_", real=True) for k in hyper})
+    slots = {s: sp.Symbol(f"v_{s}", real=True) for s in opt.slots}
+    rename.update({sp.Symbol(s, real=True): v for s, v in slots.items()})
+    rename[p], rename[g] = sp.Symbol("p_", real=True), sp.Symbol("g_", real=True)
+    gprint = gexpr.xreplace({g: sp.Symbol("graw_", real=True)}).xreplace(rename)
+    for k, name in enumerate(pnames):
+        count = K.cexpr(K.size(spec.derivation.params[name].shape))
+        lines.append(f"    {{ /* {name} */")
+        lines.append(f"        sb_real *restrict P_ = (sb_real *)a[{k}];")
+        lines.append(f"        const sb_real *restrict G_ = (const sb_real *)a[{npar + k}];")
+        for j, s in enumerate(opt.slots):
+            lines.append(f"        sb_real *restrict S{s}_ = (sb_real *)a[{npar * (2 + j) + k}];")
+        lines.append(f"        for (long i = 0; i < {count}; i++) {{")
+        body = ["const sb_real graw_ = G_[i];", "sb_real p_ = P_[i];"]
+        body += [f"sb_real v_{s} = S{s}_[i];" for s in opt.slots]
+        body += kernel_body(gprint, printer, "const sb_real g_", prefix="g")
+        for j, (target, rule) in enumerate(opt.rules()):
+            lhs = "p_" if target == "p" else f"v_{target}"
+            body += ["{"] + ["    " + x for x in kernel_body(rule.xreplace(rename), printer, lhs, f"r{j}")] + ["}"]
+        body += ["P_[i] = p_;"] + [f"S{s}_[i] = v_{s};" for s in opt.slots]
+        lines += ["            " + b for b in body]
+        lines += ["        }", "    }"]
+    lines += ["    (void)B; (void)a;", "    return 0;", "}", ""]
+    return lines, True
+
+
+def emit(spec: Spec) -> str:
+    """The ``.pyx`` source for ``spec`` (see ``codegen.spec``)."""
+    d = spec.derivation
+    pnames = list(d.params)
+    roots = optimise([d.loss, *d.grads.values(), *d.outputs.values()])
+    loss, grads, outs = roots[0], roots[1:1 + len(pnames)], roots[1 + len(pnames):]
+    namer = Namer()
+    for n in [*d.inputs.values(), *d.params.values()]:
+        namer(n)
+    printer = KernelPrinter(spec.dtype)
+    fns = [Function(0, "gradients", [loss, *grads], namer, printer), Function(1, "loss", [loss], namer, printer)]
+    if outs:
+        fns.append(Function(2, "predict", outs, namer, printer))
+    update, _ = _update(spec, pnames, printer)
+    from codegen import cython_module
+
+    return cython_module.render(spec, fns, update, pnames, helpers(spec.dtype), CTYPES[spec.dtype])

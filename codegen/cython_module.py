@@ -1,0 +1,168 @@
+"""The ``.pyx`` text around the generated C: the module's Python surface.
+
+The surface matches the NumPy backend's module (constants, ``gradients``, ``loss``,
+``predict``, ``step``) so ``codegen.runtime.Trainer`` drives both the same way. Arrays
+reach C through the buffer protocol, checked for size, type and contiguity on every call
+(a wrong array is a Python error, never a write out of bounds); no typed memoryviews, whose
+utility code would triple the C that gcc has to compile.
+"""
+
+from __future__ import annotations
+
+NAMES = {"gradients": 0, "loss": 1, "predict": 2, "update": 3}
+BEGIN, END = "/* symbp:kernels-begin */", "/* symbp:kernels-end */"
+"""Markers around the C kernels, which codegen.build compiles as their own file."""
+
+_PRELUDE = '''\
+from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_WRITABLE, PyBuffer_Release,
+                             PyObject_GetBuffer)
+from libc.math cimport isfinite
+from scipy.linalg.cython_blas cimport {gemm} as _gemm
+
+import numpy as np
+'''
+
+_RUNTIME = '''
+cdef dict _prepared = {{}}
+
+
+def _prepare(int fn, long B):
+    """Buffers of function ``fn`` for batch size B (allocated once), and the expected
+    (bytes, itemsize, kind, writable) of every array it takes."""
+    key = (fn, B)
+    got = _prepared.get(key)
+    if got is None:
+        bufs, meta = [], []
+        for src, shape, kind in _ARRAYS[fn]:
+            dims = tuple(B if d is None else d for d in shape)
+            dt = np.dtype(DTYPE if kind == 'f' else np.int64)
+            if src == 'buffer':
+                bufs.append(np.empty(dims, dtype=dt))
+            meta.append((int(np.prod(dims)) * dt.itemsize, dt.itemsize, kind, src != 'D'))
+        got = _prepared[key] = (bufs, tuple(meta))
+    return got
+
+
+cdef int _run(int fn, list arrays, tuple meta, double *io, long B) except -1:
+    cdef Py_buffer views[{maxa}]
+    cdef void *ptrs[{maxa}]
+    cdef Py_ssize_t i, n = len(arrays), got = 0
+    cdef int rc = 0
+    cdef char c
+    if n > {maxa} or n != len(meta):
+        raise ValueError("internal error: wrong number of arrays")
+    try:
+        for i in range(n):
+            want = meta[i]
+            PyObject_GetBuffer(arrays[i], &views[i],
+                               PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (PyBUF_WRITABLE if want[3] else 0))
+            got += 1
+            c = views[i].format[len(views[i].format) - 1] if views[i].format != NULL else 66
+            if views[i].len != want[0] or views[i].itemsize != want[1] or \\
+                    (c in b'fd') != (want[2] == 'f'):
+                raise ValueError(f"array {{i}} of {{FUNCTIONS[fn]}}(): expected {{want[0]}} bytes of "
+                                 f"{{'floats' if want[2] == 'f' else 'int64'}}, got {{arrays[i]!r:.80}}")
+            ptrs[i] = views[i].buf
+        with nogil:
+            rc = sb_run(fn, ptrs, io, B)
+    finally:
+        for i in range(got):
+            PyBuffer_Release(&views[i])
+    return rc
+'''
+
+
+def _c_block(text: str) -> list[str]:
+    if '"""' in text or "\\" in text:
+        raise AssertionError("generated C must not contain triple quotes or backslashes")
+    body = ["    " + line if line else "" for line in text.splitlines()]
+    return ["cdef extern from *:", '    """', *body, '    """']
+
+
+def render(spec, fns, update: list[str], pnames: list[str], helpers: str, ctype: str) -> str:
+    """The whole ``.pyx``: header, C block, constants and the Python-visible functions."""
+    c = [BEGIN,
+         "/* The kernels. codegen.build compiles them apart, with the optimisation flags, and the",
+         "   Cython glue around them at -O0 with SB_GLUE_ONLY defined (gcc time on Cython's",
+         "   boilerplate buys nothing); compiled as one file, the module works the same. */",
+         "#include <math.h>", "#include <stdint.h>",
+         "#if defined(__GNUC__)", '#define SB_EXPORT __attribute__((visibility("hidden")))', "#else",
+         "#define SB_EXPORT", "#endif",
+         "SB_EXPORT int sb_run(int fn, void **a, double *io, long B);", "SB_EXPORT void sb_set_gemm(void *f);",
+         "#ifndef SB_GLUE_ONLY", helpers.strip(), "",
+         f"typedef void (*sb_gemm_t)(char *, char *, int *, int *, int *, {ctype} *, {ctype} *, int *, "
+         f"{ctype} *, int *, {ctype} *, {ctype} *, int *);",
+         "static sb_gemm_t sb_gemm;",
+         "SB_EXPORT void sb_set_gemm(void *f) { sb_gemm = (sb_gemm_t)f; }", ""]
+    for f in fns:
+        c += f.c_source()
+    c += update
+    c += ["SB_EXPORT int sb_run(int fn, void **a, double *io, long B) {", "    switch (fn) {"]
+    c += [f"    case {NAMES[f.name]}: return sb_{f.name}(a, io, B);" for f in fns]
+    c += ["    case 3: return sb_update(a, io, B);", "    }", "    return -1;", "}", "#endif", END]
+
+    lines = ["# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True"]
+    lines += spec.header("Cython")
+    lines += [_PRELUDE.format(gemm="sgemm" if ctype == "float" else "dgemm")]
+    lines += _c_block("\n".join(c))
+    lines += ["    void sb_set_gemm(void *f)", "    int sb_run(int fn, void **a, double *io, long B) nogil", "",
+              "sb_set_gemm(<void *>_gemm)", ""]
+    lines += spec.constants()
+    lines.append(f"FUNCTIONS = {tuple(NAMES)!r}")
+    tables = {f.name: tuple((src, shape, "i" if dt == "int64" else "f") for src, _, shape, dt, _ in f.arrays)
+              for f in fns}
+    update_arrays = tuple(("P", spec.derivation.params[k].shape, "f") for k in pnames) * (2 + len(spec.optimizer.slots))
+    arrays = tuple(tables.get(name, ()) for name in ("gradients", "loss", "predict")) + (update_arrays,)
+    lines.append(f"_ARRAYS = {arrays!r}")
+    maxa = max(len(a) for a in arrays) + 1
+    lines.append(_RUNTIME.format(maxa=maxa))
+    for f in fns:
+        lines += _function(f, spec)
+    lines += _step(spec, pnames, fns[0])
+    return "\n".join(lines) + "\n"
+
+
+_DOCS = {
+    "gradients": "Forward and backward pass: returns (loss, {parameter: gradient}).",
+    "loss": "Forward pass only: returns the loss.",
+    "predict": "Forward pass to the named outputs: returns {output: array}.",
+}
+
+
+def _function(f, spec) -> list[str]:
+    d = spec.derivation
+    batched = [key for src, key, shape, _, _ in f.arrays if src == "D" and shape[:1] == (None,)]
+    nleaves = len(f.sched.leaves)
+    lines = ["", "", f"def {f.name}(P, D):", f'    """{_DOCS[f.name]}"""', "    cdef double io[1]"]
+    lines.append(f"    cdef long B = len(D[{batched[0]!r}])" if batched else "    cdef long B = 1")
+    lines.append(f"    bufs, meta = _prepare({NAMES[f.name]}, B)")
+    leaves = ", ".join(f"{src}[{key!r}]" for src, key, *_ in f.arrays[:nleaves])
+    lines.append(f"    _run({NAMES[f.name]}, [{leaves}{', ' if leaves else ''}*bufs], meta, io, B)")
+    res = [f"bufs[{k - nleaves}]" for k in f.results]
+    if f.name == "gradients":
+        lines.append("    return io[0], {" + ", ".join(f"{k!r}: {r}" for k, r in zip(d.params, res[1:])) + "}")
+    elif f.name == "loss":
+        lines.append("    return io[0]")
+    else:
+        lines.append("    return {" + ", ".join(f"{k!r}: {r}" for k, r in zip(d.outputs, res)) + "}")
+    return lines
+
+
+def _step(spec, pnames: list[str], grads_fn) -> list[str]:
+    opt = spec.optimizer
+    hyper = sorted(opt.hyper)
+    arrays = [f"P[{k!r}]" for k in pnames] + [f"G[{k!r}]" for k in pnames]
+    arrays += [f"S[{s!r}][{k!r}]" for s in opt.slots for k in pnames]
+    lines = ["", "", "_UPDATE_META = _prepare(3, 1)[1]", "", "",
+             "def step(P, S, D, H, t):",
+             '    """One training step: gradients, then the optimiser update in place. Returns the loss;',
+             '    when the loss is not finite the parameters are left untouched."""',
+             f"    cdef double io[{len(hyper) + 1}]",
+             "    loss, G = gradients(P, D)",
+             "    if not isfinite(loss):",
+             "        return loss"]
+    lines += [f"    io[{i}] = H[{k!r}]" for i, k in enumerate(hyper)]
+    lines.append(f"    io[{len(hyper)}] = t")
+    lines.append(f"    _run(3, [{', '.join(arrays)}], _UPDATE_META, io, 1)")
+    lines.append("    return loss")
+    return lines

@@ -1,0 +1,142 @@
+"""Print fused elementwise SymPy formulas as C for the Cython backend.
+
+The kernels are plain C (a verbatim block in the generated ``.pyx``), so this printer's C is
+compiled as is: no Cython float-literal promotion, no multi-line Piecewise. Every literal
+carries the kernel's float type (``0.5f`` in float32) and every math function its suffix
+(``expf``), so nothing is silently computed in double. Stable forms stay opaque helpers
+(``sb_softplus``, ``sb_sigmoid``) defined once per module in :func:`helpers`.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+from sympy.printing.c import C99CodePrinter
+
+from symbp import scalar as S
+
+CTYPES = {"float32": "float", "float64": "double"}
+
+
+def helpers(dtype: str) -> str:
+    """C definitions of the stable scalar helpers for ``dtype`` (one copy per module)."""
+    f = "f" if dtype == "float32" else ""
+    t = CTYPES[dtype]
+    return f"""
+typedef {t} sb_real;
+static inline sb_real sb_sigmoid(sb_real x) {{
+    /* never exp of a large positive number: both branches stay in (0, 1] */
+    if (x >= 0) return 1.0{f} / (1.0{f} + exp{f}(-x));
+    sb_real e = exp{f}(x);
+    return e / (1.0{f} + e);
+}}
+static inline sb_real sb_softplus(sb_real x) {{
+    /* log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)); NaN still propagates through fabs */
+    return (x > 0 ? x : 0.0{f}) + log1p{f}(exp{f}(-fabs{f}(x)));
+}}
+"""
+
+
+class KernelPrinter(C99CodePrinter):
+    """C99 for one dtype: typed literals and functions, x*x instead of pow, stable helpers.
+
+    Args:
+        dtype: "float32" or "float64"; the type of every value in the kernel.
+    """
+
+    def __init__(self, dtype: str):
+        super().__init__()
+        self.dtype = dtype
+        self.suffix = "f" if dtype == "float32" else ""
+
+    def fn(self, name: str) -> str:
+        return name + self.suffix
+
+    def literal(self, value) -> str:
+        """A float literal of the kernel's type (Python's repr is the shortest exact form)."""
+        text = repr(float(value))
+        if "inf" in text or "nan" in text:
+            raise ValueError(f"non-finite constant {value!r} in a kernel")
+        return text + self.suffix
+
+    def _print_Float(self, e):
+        return self.literal(e)
+
+    def _print_Rational(self, e):
+        return self.literal(e)
+
+    def _print_Integer(self, e):
+        return self.literal(e)
+
+    def _print_NumberSymbol(self, e):
+        return self.literal(e.evalf(20))
+
+    _print_Exp1 = _print_Pi = _print_NumberSymbol
+
+    def _print_Pow(self, e):
+        """Small integer powers as products (exact and vectorisable); roots as sqrt."""
+        base, ex = e.base, e.exp
+        if base.is_number and ex.is_number:
+            return self.literal(e.evalf(20))
+        if ex.is_Integer and 1 <= abs(int(ex)) <= 4:
+            prod = "*".join([f"({self._print(base)})"] * abs(int(ex)))
+            return f"({prod})" if ex > 0 else f"({self.literal(1)}/({prod}))"
+        if ex == sp.Rational(1, 2):
+            return f"{self.fn('sqrt')}({self._print(base)})"
+        if ex == sp.Rational(-1, 2):
+            return f"({self.literal(1)}/{self.fn('sqrt')}({self._print(base)}))"
+        return f"{self.fn('pow')}({self._print(base)}, {self._print(ex)})"
+
+    def _unary(self, name: str, e) -> str:
+        return f"{self.fn(name)}({self._print(e.args[0])})"
+
+    def _print_exp(self, e): return self._unary("exp", e)
+    def _print_log(self, e): return self._unary("log", e)
+    def _print_tanh(self, e): return self._unary("tanh", e)
+    def _print_sinh(self, e): return self._unary("sinh", e)
+    def _print_cosh(self, e): return self._unary("cosh", e)
+    def _print_Abs(self, e): return self._unary("fabs", e)
+    def _print_expm1(self, e): return self._unary("expm1", e)
+    def _print_log1p(self, e): return self._unary("log1p", e)
+    def _print_sigmoid(self, e): return f"sb_sigmoid({self._print(e.args[0])})"
+    def _print_softplus(self, e): return f"sb_softplus({self._print(e.args[0])})"
+
+    def _print_sign(self, e):
+        x = self._print(e.args[0])
+        return f"(sb_real)(({x} > 0) - ({x} < 0))"
+
+    def _print_select(self, e):
+        c, a, b = (self._print(x) for x in e.args)
+        return f"(({c}) > 0 ? ({a}) : ({b}))"
+
+    def _print_relu(self, e):
+        # (x < 0 ? 0 : x) lets a NaN through, as numpy's maximum(x, 0) does
+        x = self._print(e.args[0])
+        return f"(({x}) < 0 ? {self.literal(0)} : ({x}))"
+
+    def _print_elu(self, e):
+        x, alpha = (self._print(a) for a in e.args)
+        return f"(({x}) > 0 ? ({x}) : ({alpha})*{self.fn('expm1')}({x}))"
+
+    def _print_Function(self, e):
+        raise NotImplementedError(f"cython backend: no C printer for {e.func.__name__}")
+
+
+KNOWN = {f.__name__ for f in S.FUNCTIONS}
+"""Custom functions the printer knows (a test checks this covers symbp.scalar.FUNCTIONS)."""
+
+
+def kernel_body(expr: sp.Expr, printer: KernelPrinter, target: str, prefix: str = "c") -> list[str]:
+    """C statements computing ``expr`` into ``target`` after common-subexpression removal.
+
+    Args:
+        expr: formula over symbols already bound to C locals of the same names.
+        printer: the dtype's KernelPrinter.
+        target: the lvalue to assign.
+        prefix: name prefix of the CSE temporaries.
+    Returns:
+        Lines of C.
+    """
+    subs, (final,) = sp.cse(expr, symbols=sp.numbered_symbols(f"_{prefix}", real=True), order="none")
+    lines = [f"const sb_real {sym} = {printer.doprint(sub)};" for sym, sub in subs]
+    lines.append(f"{target} = {printer.doprint(final)};")
+    return lines
