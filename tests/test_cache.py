@@ -1,0 +1,88 @@
+"""The compile cache: content addressing, concurrent builds, corrupt entries, info/clear."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from codegen import build
+
+pytest.importorskip("Cython")
+SOURCE = "# cython: language_level=3\nVALUE = {value}\n"
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYMBP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(build, "_loaded", {})  # forget modules imported by other tests
+    return tmp_path / "cache"
+
+
+def entries(cache: Path) -> list[Path]:
+    return sorted(p for p in cache.iterdir() if p.is_dir())
+
+
+def test_two_processes_building_at_once_both_succeed(cache):
+    script = ("import sys; from codegen import build; "
+              f"m = build.build({SOURCE.format(value=7)!r}, 'race', ('-O0',)); print(m.VALUE)")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+        assert out.strip() == "7"
+    assert len(entries(cache)) == 1  # one entry, no temporary build directory left behind
+
+
+def test_corrupt_or_partial_entry_is_rebuilt(cache):
+    src = SOURCE.format(value=11)
+    assert build.build(src, "corrupt", ("-O0",)).VALUE == 11
+    (entry,) = entries(cache)
+    manifest = json.loads((entry / "manifest.json").read_text())
+    binary = entry / manifest["binary"]
+    binary.unlink()  # a new file, not a write into the one this process has mapped
+    binary.write_bytes(b"\0garbage")  # e.g. a disk filled up mid-copy
+    build._loaded.clear()
+    assert build.build(src, "corrupt", ("-O0",)).VALUE == 11
+    assert build.cache_info()["entries"][0]["valid"]
+    (entry / "manifest.json").unlink()  # a partial entry
+    build._loaded.clear()
+    assert build.build(src, "corrupt", ("-O0",)).VALUE == 11
+    assert (entry / "manifest.json").exists()
+
+
+def test_changed_flags_make_a_new_entry_and_info_clear_report_them(cache):
+    src = SOURCE.format(value=3)
+    assert build.cache_key(src, ("-O0",)) != build.cache_key(src, ("-O1",))
+    assert build.cache_key(src, ("-O0",)) != build.cache_key(SOURCE.format(value=4), ("-O0",))
+    build.build(src, "flags", ("-O0",))
+    build.build(src, "flags", ("-O1",))
+    info = build.cache_info()
+    assert info["dir"] == str(cache) and len(info["entries"]) == 2 and info["bytes"] > 0
+    assert build.cache_clear() == 2
+    assert build.cache_info()["entries"] == []
+
+
+def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv("SYMBP_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert build.cache_dir() == tmp_path / "symbp"
+    monkeypatch.setenv("SYMBP_CACHE_DIR", str(tmp_path / "mine"))
+    assert build.cache_dir() == tmp_path / "mine"
+
+
+def test_missing_compiler_points_to_the_numpy_backend(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("CC", "no-such-compiler")
+    build.compiler.cache_clear()
+    try:
+        with pytest.raises(build.BuildError, match='backend="numpy"'):
+            build.compiler()
+    finally:
+        build.compiler.cache_clear()
