@@ -32,6 +32,8 @@ from symbp.ir import SymbpError
 FORMAT = 1  # bump when the layout of an entry changes
 DEFAULT_FLAGS = ("-O3", "-march=native")
 PORTABLE_FLAGS = ("-O3",)
+KERNEL_FLAGS = ("-fno-math-errno",)
+"""Always on for the kernels: lets gcc vectorise math calls; NaN and Inf behave as without it."""
 GLUE_FLAGS = ("-O0",)
 """Cython's glue around the kernels: only Python-call plumbing, so not worth gcc's time."""
 _loaded: dict[str, types.ModuleType] = {}
@@ -97,8 +99,8 @@ def _cython_version() -> str:
 
 def cache_key(source: str, flags: tuple[str, ...]) -> str:
     """The content address of a build of ``source`` with ``flags`` on this machine."""
-    parts = [str(FORMAT), source, compiler()[1], " ".join(flags), " ".join(GLUE_FLAGS), _cython_version(),
-             sys.implementation.cache_tag, sysconfig.get_config_var("EXT_SUFFIX") or "",
+    parts = [str(FORMAT), source, compiler()[1], " ".join(flags), " ".join(KERNEL_FLAGS + GLUE_FLAGS),
+             _cython_version(), sys.implementation.cache_tag, sysconfig.get_config_var("EXT_SUFFIX") or "",
              _cpu_features() if any(f.startswith("-march=native") for f in flags) else platform.machine()]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
@@ -189,7 +191,7 @@ def _build_entry(source: str, modname: str, flags, key: str, root: Path, entry: 
         if kernels is not None:
             # The kernels compile with the real flags while Cython runs: two processes at once.
             (tmp / "kernels.c").write_text(kernels)
-            jobs.append(_cc_start(tmp / "kernels.c", tmp / "kernels.o", flags))
+            jobs.append(_cc_start(tmp / "kernels.c", tmp / "kernels.o", (*flags, *KERNEL_FLAGS)))
             objects.append(tmp / "kernels.o")
         c_file = tmp / f"{modname}.c"
         _cythonize(pyx, c_file)
@@ -200,7 +202,11 @@ def _build_entry(source: str, modname: str, flags, key: str, root: Path, entry: 
         for job in jobs:
             _cc_wait(job)
         binary = f"{modname}{sysconfig.get_config_var('EXT_SUFFIX') or '.so'}"
-        _link(objects, tmp / binary)
+        try:
+            _link(objects, tmp / binary, mvec=kernels is not None)
+        except BuildError:  # no libmvec to link: scalar math calls instead
+            _cc_wait(_cc_start(tmp / "kernels.c", tmp / "kernels.o", (*flags, *KERNEL_FLAGS, "-DSB_NO_MVEC")))
+            _link(objects, tmp / binary, mvec=False)
         t2 = time.perf_counter()
         for f in tmp.iterdir():
             if f.suffix in (".c", ".o"):
@@ -239,9 +245,10 @@ def _cc_wait(job) -> None:
         raise BuildError(f"the C compiler failed on {Path(cmd[-3]).name} ({' '.join(cmd[:3])} ...):\n{err[-4000:]}")
 
 
-def _link(objects, out: Path) -> None:
+def _link(objects, out: Path, mvec: bool) -> None:
     link = ["-bundle", "-undefined", "dynamic_lookup"] if sys.platform == "darwin" else ["-shared"]
-    cmd = [compiler()[0], *map(str, objects), "-o", str(out), *link, "-lm"]
+    mvec = mvec and sys.platform.startswith("linux") and platform.machine() == "x86_64"
+    cmd = [compiler()[0], *map(str, objects), "-o", str(out), *link, *(["-lmvec"] if mvec else []), "-lm"]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode:
         raise BuildError(f"linking failed ({' '.join(cmd[:2])} ...):\n{res.stderr[-4000:]}")

@@ -21,7 +21,20 @@ def helpers(dtype: str) -> str:
     """C definitions of the stable scalar helpers for ``dtype`` (one copy per module)."""
     f = "f" if dtype == "float32" else ""
     t = CTYPES[dtype]
+    simd = "\n".join(f'__attribute__((simd("notinbranch"))) {t} {name}{f}({t});' for name in ("exp", "log"))
+    simd_235 = "\n".join(f'__attribute__((simd("notinbranch"))) {t} {name}{f}({t});'
+                         for name in ("tanh", "expm1", "log1p", "sinh", "cosh"))
     return f"""
+/* glibc's libmvec has vector versions of these; declaring them lets gcc vectorise the
+   elementwise loops (with -fno-math-errno) without -ffast-math's changes to NaN handling. */
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__GLIBC__) && !defined(SB_NO_MVEC)
+#if __GLIBC__ > 2 || __GLIBC_MINOR__ >= 22
+{simd}
+#endif
+#if __GLIBC__ > 2 || __GLIBC_MINOR__ >= 35
+{simd_235}
+#endif
+#endif
 typedef {t} sb_real;
 static inline sb_real sb_sigmoid(sb_real x) {{
     /* never exp of a large positive number: both branches stay in (0, 1] */
