@@ -43,4 +43,21 @@ def load(source: str, backend: str, name: str) -> types.ModuleType:
     raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
 
 
-__all__ = ["BACKENDS", "FLOAT_DTYPES", "Spec", "emit", "load"]
+def emit_and_load(spec: Spec, backend: str = "numpy") -> tuple[str, types.ModuleType]:
+    """Source and module for ``spec``; a compiled backend may skip emitting on a cache hit."""
+    if backend == "cython":
+        from codegen import build, cython_backend
+
+        key = cython_backend.graph_key(spec)
+        hit = build.lookup(key)
+        if hit is not None:
+            return hit[1], hit[0]
+        source = emit(spec, backend)
+        module = load(source, backend, spec.derivation.name)
+        build.remember(key, module)
+        return source, module
+    source = emit(spec, backend)
+    return source, load(source, backend, spec.derivation.name)
+
+
+__all__ = ["BACKENDS", "FLOAT_DTYPES", "Spec", "emit", "emit_and_load", "load"]

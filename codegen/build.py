@@ -27,7 +27,7 @@ import time
 import types
 from pathlib import Path
 
-from symbp.ir import SymbpError
+from symbp.ir import SymbpError, sanitise
 
 FORMAT = 1  # bump when the layout of an entry changes
 DEFAULT_FLAGS = ("-O3", "-march=native")
@@ -148,7 +148,7 @@ def build(source: str, name: str, flags: tuple[str, ...] | None = None) -> types
     """
     flags = compile_flags() if flags is None else tuple(flags)
     key = cache_key(source, flags)
-    modname = f"symbp_{name}_{key[:16]}"
+    modname = f"symbp_{sanitise(name)}_{key[:16]}"
     if modname in _loaded:
         return _loaded[modname]
     root = cache_dir()
@@ -168,6 +168,37 @@ def build(source: str, name: str, flags: tuple[str, ...] | None = None) -> types
     module = _import(modname, entry / manifest["binary"])
     _loaded[modname] = module
     return module
+
+
+def lookup(graph_key: str, flags: tuple[str, ...] | None = None) -> tuple[types.ModuleType, str] | None:
+    """The module and source cached for a graph key (see ``cython_backend.graph_key``), or None.
+
+    This is the warm path: no code generation, only hashing and an import.
+    """
+    flags = compile_flags() if flags is None else tuple(flags)
+    index = cache_dir() / "index" / cache_key(graph_key, flags)
+    try:
+        modname = index.read_text().strip()
+    except OSError:
+        return None
+    entry = cache_dir() / modname
+    manifest = _valid(entry) if modname.isidentifier() else None
+    if manifest is None:
+        return None
+    source = (entry / f"{modname}.pyx").read_text()
+    module = _loaded.get(modname) or _import(modname, entry / manifest["binary"])
+    _loaded[modname] = module
+    return module, source
+
+
+def remember(graph_key: str, module: types.ModuleType, flags: tuple[str, ...] | None = None) -> None:
+    """Record which entry a graph key built, for :func:`lookup` (written atomically)."""
+    flags = compile_flags() if flags is None else tuple(flags)
+    index = cache_dir() / "index"
+    index.mkdir(parents=True, exist_ok=True)
+    tmp = index / f".{os.getpid()}.tmp"
+    tmp.write_text(module.__name__)
+    os.replace(tmp, index / cache_key(graph_key, flags))
 
 
 def kernels_of(source: str) -> str | None:
@@ -266,7 +297,7 @@ def cache_info() -> dict:
     root = cache_dir()
     entries = []
     if root.is_dir():
-        for entry in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for entry in sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("symbp_")):
             size = sum(f.stat().st_size for f in entry.iterdir() if f.is_file())
             entries.append({"name": entry.name, "bytes": size, "valid": _valid(entry) is not None})
     return {"dir": str(root), "entries": entries, "bytes": sum(e["bytes"] for e in entries)}
@@ -280,7 +311,7 @@ def cache_clear() -> int:
     count = 0
     for p in root.iterdir():
         if p.is_dir():
-            count += not p.name.startswith(".")
+            count += p.name.startswith("symbp_")
             shutil.rmtree(p, ignore_errors=True)
         elif p.suffix == ".lock":
             with contextlib.suppress(OSError):

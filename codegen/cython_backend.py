@@ -11,18 +11,57 @@ that surface is what costs compile time, so it stays small.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+from pathlib import Path
+
 import sympy as sp
 
+import symbp
 from codegen import cython_kernels as K
 from codegen.cython_printer import CTYPES, KernelPrinter, helpers, kernel_body
 from codegen.naming import Namer
 from codegen.spec import Spec
 from symbp import scalar as S
-from symbp.ir import Node
+from symbp.ir import Node, topo_order
 from symbp.optimise import optimise
 from symbp.schedule import schedule
 
 FUNCTIONS = ("gradients", "loss", "predict", "update")
+_EMITTER_FILES = ("codegen/cython_backend.py", "codegen/cython_kernels.py", "codegen/cython_module.py",
+                  "codegen/cython_printer.py", "codegen/spec.py", "codegen/naming.py", "symbp/optimise.py",
+                  "symbp/schedule.py", "symbp/optim.py")
+
+
+@functools.cache
+def _emitter_hash() -> str:
+    """Hash of the code that turns a graph into source: a change to it is a new cache key."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for rel in _EMITTER_FILES:
+        h.update((root / rel).read_bytes())
+    return h.hexdigest()
+
+
+def graph_key(spec: Spec) -> str:
+    """A hash of everything :func:`emit` reads, computed without emitting.
+
+    It lets a warm start skip SymPy's CSE and printing: the cache maps this key to the
+    entry built from the source it once produced.
+    """
+    d = spec.derivation
+    roots = [d.loss, *d.grads.values(), *d.outputs.values()]
+    order = topo_order(roots)
+    pos = {n.id: k for k, n in enumerate(order)}
+    h = hashlib.sha256()
+    for part in (_emitter_hash(), symbp.__version__, spec.dtype, repr(spec.optimizer.key()),
+                 repr(sorted(spec.optimizer.hyper)), repr(list(d.params)), repr(list(d.inputs)),
+                 repr(list(d.outputs)), d.name, repr([pos[r.id] for r in roots])):
+        h.update(part.encode() + b"\0")
+    for n in order:
+        attrs = sorted((k, sp.srepr(v) if isinstance(v, sp.Basic) else repr(v)) for k, v in n.attrs.items())
+        h.update(repr((n.op, [pos[i.id] for i in n.inputs], n.shape, n.dtype, attrs, n.name, n.label)).encode())
+    return h.hexdigest()
 
 
 class Function:

@@ -100,8 +100,7 @@ def compile(derivation: Derivation, backend: str = "numpy", optimizer=None, dtyp
         raise SymbpError(f"unknown dtype {dtype!r}; choose from {', '.join(codegen.FLOAT_DTYPES)}")
     optimizer = optim.check(optimizer if optimizer is not None else optim.SGD(lr=0.01))
     spec = codegen.Spec(derivation, optimizer, dtype)
-    source = codegen.emit(spec, backend)
-    module = codegen.load(source, backend, derivation.name)
+    source, module = codegen.emit_and_load(spec, backend)
     values = initial_values(derivation.params, seed)
     for k, v in (params or {}).items():
         if k not in values:

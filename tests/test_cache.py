@@ -86,3 +86,30 @@ def test_missing_compiler_points_to_the_numpy_backend(monkeypatch, tmp_path):
             build.compiler()
     finally:
         build.compiler.cache_clear()
+
+
+def test_warm_start_skips_code_generation(cache, monkeypatch):
+    import symbp as sb
+    from codegen import cython_backend
+
+    def model():
+        m = sb.Model("warm")
+        x = m.input("x", (3,))
+        m.minimize(sb.sum(sb.tanh(x @ m.param("W", (3, 2)))))
+        return sb.derive(m)
+
+    monkeypatch.setenv("SYMBP_CFLAGS", "-O0")
+    first = sb.compile(model(), backend="cython", dtype="float64")
+    spec = lambda d, **kw: __import__("codegen").Spec(d, sb.optim.SGD(**kw), "float64")
+    assert cython_backend.graph_key(spec(model())) == cython_backend.graph_key(spec(model()))
+    assert cython_backend.graph_key(spec(model())) != cython_backend.graph_key(spec(model(), clip_norm=1.0))
+
+    def no_emit(spec):
+        raise AssertionError("a warm start must not generate code")
+
+    monkeypatch.setattr(cython_backend, "emit", no_emit)
+    build._loaded.clear()
+    second = sb.compile(model(), backend="cython", dtype="float64")
+    assert second.source == first.source
+    x = {"x": [[0.1, 0.2, 0.3]]}
+    assert second.loss(**x) == first.loss(**x)
