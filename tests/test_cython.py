@@ -172,3 +172,17 @@ def test_printer_knows_every_scalar_function():
         text = printer.doprint(f(*args))
         assert "double" not in text and "pow(" not in text, text
     assert printer.doprint(x0 ** 2 / 2) == "(0.5f)*((x0)*(x0))" or "pow" not in printer.doprint(x0 ** 2 / 2)
+
+
+def test_emission_is_deterministic_and_the_kernels_are_plain_c():
+    import codegen
+
+    m = mlp((8, 16, 3))
+    spec = codegen.Spec(sb.derive(m), sb.optim.Adam(), "float32")
+    first, second = codegen.emit(spec, "cython"), codegen.emit(codegen.Spec(sb.derive(mlp((8, 16, 3))),
+                                                                            sb.optim.Adam(), "float32"), "cython")
+    assert first == second
+    from codegen.build import kernels_of
+
+    kernels = kernels_of(first)
+    assert "sb_gemm(" in kernels and "tanhf(" in kernels and "double x" not in kernels
