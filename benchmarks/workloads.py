@@ -9,8 +9,8 @@ and CNN plug in here once symbp has scan and convolutions.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

@@ -74,6 +74,7 @@ class Function:
     def __init__(self, index: int, name: str, roots: list[Node], namer: Namer, printer: KernelPrinter):
         self.index, self.name, self.roots = index, name, roots
         self.namer, self.printer = namer, printer
+        self.itemsize = 4 if printer.dtype == "float32" else 8
         self.sched = schedule(roots, frozenset(K.VIEWS))
         self.arrays: list[tuple] = []  # (source, key, shape, dtype); source "P", "D" or "buffer"
         self.views: dict[int, K.View] = {}

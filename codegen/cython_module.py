@@ -85,7 +85,7 @@ def render(spec, fns, update: list[str], pnames: list[str], helpers: str, ctype:
          "/* The kernels. codegen.build compiles them apart, with the optimisation flags, and the",
          "   Cython glue around them at -O0 with SB_GLUE_ONLY defined (gcc time on Cython's",
          "   boilerplate buys nothing); compiled as one file, the module works the same. */",
-         "#include <math.h>", "#include <stdint.h>",
+         "#include <math.h>", "#include <stdint.h>", "#include <stdlib.h>",
          "#if defined(__GNUC__)", '#define SB_EXPORT __attribute__((visibility("hidden")))', "#else",
          "#define SB_EXPORT", "#endif",
          "SB_EXPORT int sb_run(int fn, void **a, double *io, long B);", "SB_EXPORT void sb_set_gemm(void *f);",
