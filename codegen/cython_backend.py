@@ -23,7 +23,7 @@ from codegen.cython_printer import CTYPES, KernelPrinter, helpers, kernel_body
 from codegen.naming import Namer
 from codegen.spec import Spec
 from symbp import scalar as S
-from symbp.ir import Node, topo_order
+from symbp.ir import Node, SymbpError, topo_order
 from symbp.optimise import optimise
 from symbp.schedule import schedule
 
@@ -118,8 +118,11 @@ class Function:
             self.body.append(f"/* {self.namer(n)} = {n.op} */")
             if "expr" in n.attrs:
                 self.body += self._elementwise(n, out, ins)
-            else:
+            elif n.op in K.EMIT:
                 self.body += K.EMIT[n.op](self, n, out, *ins)
+            else:
+                raise SymbpError(f"the cython backend cannot emit op {n.op!r} ({n.describe()}) yet; "
+                                 "use backend=\"numpy\" for this model")
         self.uses_gemm = self.uses_gemm or any(n.op == "dot" for n in self.sched.order)
         for r in self.roots:
             v = self.views[r.id]

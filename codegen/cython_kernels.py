@@ -260,12 +260,9 @@ def emit_dot(ctx, n: Node, out: View, a: View, b: View) -> list[str]:
         # static width: symbp's own kernel (see sb_mm); BLAS where the C compiler has no
         # vector extensions
         lines.append("#ifdef SB_MM")
-        lines.append(f"    sb_mm({cexpr(m_)}, {cexpr(n_)}, {cexpr(k_)}, {a.base()}, {cexpr(am[2])}, {cexpr(am[3])}, "
-                     f"{b.base()}, {cexpr(bm[2])}, {cexpr(bm[3])}, {out.base()});")
-        lines.append("#else")
-        after = ["#endif"]
-    else:
-        after = []
+        lines.append(f"if (sb_mm({cexpr(m_)}, {cexpr(n_)}, {cexpr(k_)}, {a.base()}, {cexpr(am[2])}, {cexpr(am[3])}, "
+                     f"{b.base()}, {cexpr(bm[2])}, {cexpr(bm[3])}, {out.base()}))")
+        lines.append("#endif")
     lines.append("{")
     lines.append(f"    int m_ = (int)({cexpr(n_)}), n_ = (int)({cexpr(m_)}), k_ = (int)({cexpr(k_)});")
     lines.append(f"    int lda_ = (int)({cexpr(ldb)}), ldb_ = (int)({cexpr(lda)}), ldc_ = m_;")
@@ -273,7 +270,7 @@ def emit_dot(ctx, n: Node, out: View, a: View, b: View) -> list[str]:
     lines.append(f'    sb_gemm("{tb_flag}", "{ta_flag}", &m_, &n_, &k_, &one_, {b.base()}, &lda_, '
                  f"{a.base()}, &ldb_, &zero_, {out.base()}, &ldc_);")
     lines.append("}")
-    return lines + after
+    return lines
 
 
 def emit_reduce(kind: str):

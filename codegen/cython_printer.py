@@ -68,11 +68,11 @@ static inline __attribute__((always_inline)) void sb_micro(int mr, long K, const
         *(sb_vec *)(C + r * ldc + W) = acc[r][1];
     }}
 }}
-static void sb_mm(long M, long N, long K, const sb_real *A, long ars, long acs, const sb_real *B, long brs,
+static int sb_mm(long M, long N, long K, const sb_real *A, long ars, long acs, const sb_real *B, long brs,
                   long bcs, sb_real *C) {{
     /* a transposed B (bcs != 1) is packed one 32-column panel at a time, as BLAS would */
     sb_real *panel = bcs == 1 ? NULL : (sb_real *)malloc((size_t)K * SB_NR * sizeof(sb_real));
-    if (bcs != 1 && !panel) return;
+    if (bcs != 1 && !panel) return 1;  /* the caller falls back to BLAS */
     for (long j = 0; j < N; j += SB_NR) {{
         const sb_real *Bj = B + j * bcs;
         long ldb = brs;
@@ -93,6 +93,7 @@ static void sb_mm(long M, long N, long K, const sb_real *A, long ars, long acs, 
         }}
     }}
     free(panel);
+    return 0;
 }}
 #endif
 static inline sb_real sb_softplus(sb_real x) {{

@@ -186,3 +186,12 @@ def test_emission_is_deterministic_and_the_kernels_are_plain_c():
 
     kernels = kernels_of(first)
     assert "sb_gemm(" in kernels and "tanhf(" in kernels and "double x" not in kernels
+
+
+def test_every_registered_op_has_a_cython_emitter():
+    """A new op must be taught to this backend (codegen.cython_kernels) or fail clearly."""
+    from codegen import cython_kernels as K
+    from symbp.registry import OPS
+
+    missing = [k for k, v in OPS.items() if v.kind == "structural" and k not in K.EMIT and k not in K.VIEWS]
+    assert not missing, f"no cython emitter for {missing}"
