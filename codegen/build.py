@@ -78,6 +78,29 @@ def compiler() -> tuple[str, str]:
 
 
 @functools.cache
+def openmp() -> tuple[str, ...]:
+    """("-fopenmp",) when the compiler builds and links OpenMP code, else () (the pragmas are then
+    ignored). ``$SYMBP_OPENMP=0`` turns it off; ``$OMP_NUM_THREADS`` sets the threads at run time."""
+    if os.environ.get("SYMBP_OPENMP", "1") == "0":
+        return ()
+    return _openmp_probe()
+
+
+@functools.cache
+def _openmp_probe() -> tuple[str, ...]:
+    with tempfile.TemporaryDirectory() as d:
+        src = Path(d) / "probe.c"
+        src.write_text("#include <omp.h>\nint f(void) { return omp_get_max_threads(); }\n")
+        link = ["-bundle", "-undefined", "dynamic_lookup"] if sys.platform == "darwin" else ["-shared"]
+        cmd = [compiler()[0], "-fopenmp", "-fPIC", *link, str(src), "-o", str(Path(d) / "probe.so")]
+        try:
+            ok = subprocess.run(cmd, capture_output=True, timeout=60).returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            ok = False
+    return ("-fopenmp",) if ok else ()
+
+
+@functools.cache
 def _cpu_features() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -100,6 +123,7 @@ def _cython_version() -> str:
 def cache_key(source: str, flags: tuple[str, ...]) -> str:
     """The content address of a build of ``source`` with ``flags`` on this machine."""
     parts = [str(FORMAT), source, compiler()[1], " ".join(flags), " ".join(KERNEL_FLAGS + GLUE_FLAGS),
+             os.environ.get("SYMBP_OPENMP", "1"),
              _cython_version(), sys.implementation.cache_tag, sysconfig.get_config_var("EXT_SUFFIX") or "",
              _cpu_features() if any(f.startswith("-march=native") for f in flags) else platform.machine()]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
@@ -222,7 +246,7 @@ def _build_entry(source: str, modname: str, flags, key: str, root: Path, entry: 
         if kernels is not None:
             # The kernels compile with the real flags while Cython runs: two processes at once.
             (tmp / "kernels.c").write_text(kernels)
-            jobs.append(_cc_start(tmp / "kernels.c", tmp / "kernels.o", (*flags, *KERNEL_FLAGS)))
+            jobs.append(_cc_start(tmp / "kernels.c", tmp / "kernels.o", (*flags, *KERNEL_FLAGS, *openmp())))
             objects.append(tmp / "kernels.o")
         c_file = tmp / f"{modname}.c"
         _cythonize(pyx, c_file)
@@ -234,10 +258,11 @@ def _build_entry(source: str, modname: str, flags, key: str, root: Path, entry: 
             _cc_wait(job)
         binary = f"{modname}{sysconfig.get_config_var('EXT_SUFFIX') or '.so'}"
         try:
-            _link(objects, tmp / binary, mvec=kernels is not None)
+            _link(objects, tmp / binary, mvec=kernels is not None, extra=openmp())
         except BuildError:  # no libmvec to link: scalar math calls instead
-            _cc_wait(_cc_start(tmp / "kernels.c", tmp / "kernels.o", (*flags, *KERNEL_FLAGS, "-DSB_NO_MVEC")))
-            _link(objects, tmp / binary, mvec=False)
+            _cc_wait(_cc_start(tmp / "kernels.c", tmp / "kernels.o",
+                               (*flags, *KERNEL_FLAGS, *openmp(), "-DSB_NO_MVEC")))
+            _link(objects, tmp / binary, mvec=False, extra=openmp())
         t2 = time.perf_counter()
         for f in tmp.iterdir():
             if f.suffix in (".c", ".o"):
@@ -276,10 +301,10 @@ def _cc_wait(job) -> None:
         raise BuildError(f"the C compiler failed on {Path(cmd[-3]).name} ({' '.join(cmd[:3])} ...):\n{err[-4000:]}")
 
 
-def _link(objects, out: Path, mvec: bool) -> None:
+def _link(objects, out: Path, mvec: bool, extra=()) -> None:
     link = ["-bundle", "-undefined", "dynamic_lookup"] if sys.platform == "darwin" else ["-shared"]
     mvec = mvec and sys.platform.startswith("linux") and platform.machine() == "x86_64"
-    cmd = [compiler()[0], *map(str, objects), "-o", str(out), *link, *(["-lmvec"] if mvec else []), "-lm"]
+    cmd = [compiler()[0], *map(str, objects), "-o", str(out), *link, *(["-lmvec"] if mvec else []), *extra, "-lm"]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode:
         raise BuildError(f"linking failed ({' '.join(cmd[:2])} ...):\n{res.stderr[-4000:]}")

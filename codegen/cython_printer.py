@@ -70,13 +70,17 @@ static inline __attribute__((always_inline)) void sb_micro(int mr, long K, const
 }}
 static int sb_mm(long M, long N, long K, const sb_real *A, long ars, long acs, const sb_real *B, long brs,
                   long bcs, sb_real *C) {{
-    /* a transposed B (bcs != 1) is packed one 32-column panel at a time, as BLAS would */
-    sb_real *panel = bcs == 1 ? NULL : (sb_real *)malloc((size_t)K * SB_NR * sizeof(sb_real));
-    if (bcs != 1 && !panel) return 1;  /* the caller falls back to BLAS */
+    int failed = 0;
+    /* Column panels are independent: with OpenMP they are shared among threads, for products
+       big enough to pay for waking them (measured 1.7x on 128x256x256 with two free cores). */
+    #pragma omp parallel for schedule(static) if (M * N * K >= (1L << 20))
     for (long j = 0; j < N; j += SB_NR) {{
         const sb_real *Bj = B + j * bcs;
         long ldb = brs;
-        if (panel) {{
+        sb_real *panel = NULL;
+        if (bcs != 1) {{  /* a transposed B is packed one panel at a time, as BLAS would */
+            panel = (sb_real *)malloc((size_t)K * SB_NR * sizeof(sb_real));
+            if (!panel) {{ failed = 1; continue; }}
             for (long jj = 0; jj < SB_NR; jj++)
                 for (long k = 0; k < K; k++) panel[k * SB_NR + jj] = Bj[jj * bcs + k * brs];
             Bj = panel;
@@ -91,9 +95,9 @@ static int sb_mm(long M, long N, long K, const sb_real *A, long ars, long acs, c
         case 2: sb_micro(2, K, A + i * ars, ars, acs, Bj, ldb, C + i * N + j, N); break;
         case 1: sb_micro(1, K, A + i * ars, ars, acs, Bj, ldb, C + i * N + j, N); break;
         }}
+        free(panel);
     }}
-    free(panel);
-    return 0;
+    return failed;  /* on an allocation failure the caller recomputes C with BLAS */
 }}
 #endif
 static inline sb_real sb_softplus(sb_real x) {{
