@@ -27,7 +27,6 @@ from symbp.ir import Node, SymbpError, topo_order
 from symbp.optimise import optimise
 from symbp.schedule import schedule
 
-FUNCTIONS = ("gradients", "loss", "predict", "update")
 _EMITTER_FILES = ("codegen/cython_backend.py", "codegen/cython_kernels.py", "codegen/cython_module.py",
                   "codegen/cython_printer.py", "codegen/spec.py", "codegen/naming.py", "symbp/optimise.py",
                   "symbp/schedule.py", "symbp/optim.py")
@@ -71,8 +70,8 @@ class Function:
     buffers, then private buffers (copies some ops need). Python passes them in that order.
     """
 
-    def __init__(self, index: int, name: str, roots: list[Node], namer: Namer, printer: KernelPrinter):
-        self.index, self.name, self.roots = index, name, roots
+    def __init__(self, name: str, roots: list[Node], namer: Namer, printer: KernelPrinter):
+        self.name, self.roots = name, roots
         self.namer, self.printer = namer, printer
         self.itemsize = 4 if printer.dtype == "float32" else 8
         self.sched = schedule(roots, frozenset(K.VIEWS))
@@ -80,7 +79,6 @@ class Function:
         self.views: dict[int, K.View] = {}
         self.body: list[str] = []
         self.ntags = 0
-        self.uses_gemm = False
         for n in self.sched.leaves:
             src = "P" if n.op == "param" else "D"
             self.views[n.id] = self._array(src, n.name, n.shape, n.dtype, f"{src}_{namer(n)}")
@@ -123,7 +121,6 @@ class Function:
             else:
                 raise SymbpError(f"the cython backend cannot emit op {n.op!r} ({n.describe()}) yet; "
                                  "use backend=\"numpy\" for this model")
-        self.uses_gemm = self.uses_gemm or any(n.op == "dot" for n in self.sched.order)
         for r in self.roots:
             v = self.views[r.id]
             owned = r.id in self.sched.buffer_of
@@ -158,7 +155,7 @@ class Function:
         return lines
 
 
-def _update(spec: Spec, pnames: list[str], printer: KernelPrinter) -> tuple[list[str], bool]:
+def _update(spec: Spec, pnames: list[str], printer: KernelPrinter) -> list[str]:
     """C for the optimiser update: arrays are params, grads, then each slot's arrays."""
     from symbp.optim import GNORM, g, p, t
 
@@ -209,7 +206,7 @@ def _update(spec: Spec, pnames: list[str], printer: KernelPrinter) -> tuple[list
         lines += ["            " + b for b in body]
         lines += ["        }", "    }"]
     lines += ["    (void)B; (void)a;", "    return 0;", "}", ""]
-    return lines, True
+    return lines
 
 
 def emit(spec: Spec) -> str:
@@ -222,10 +219,10 @@ def emit(spec: Spec) -> str:
     for n in [*d.inputs.values(), *d.params.values()]:
         namer(n)
     printer = KernelPrinter(spec.dtype)
-    fns = [Function(0, "gradients", [loss, *grads], namer, printer), Function(1, "loss", [loss], namer, printer)]
+    fns = [Function("gradients", [loss, *grads], namer, printer), Function("loss", [loss], namer, printer)]
     if outs:
-        fns.append(Function(2, "predict", outs, namer, printer))
-    update, _ = _update(spec, pnames, printer)
+        fns.append(Function("predict", outs, namer, printer))
+    update = _update(spec, pnames, printer)
     from codegen import cython_module
 
     return cython_module.render(spec, fns, update, pnames, helpers(spec.dtype), CTYPES[spec.dtype])

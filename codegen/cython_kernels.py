@@ -165,7 +165,7 @@ def loop_nest(shape: tuple, views: list[View], body, tag: str) -> list[str]:
         lines.append(f"{ind}for (long {i} = 0; {i} < {cexpr(d)}; {i}++) {{")
         ind += "    "
         for p, s in zip(ptrs, ss):
-            lines.append(f"{ind}{_ctype(views, p, ptrs)} *restrict {p}_{level + 1} = {p}_{level} + {i}*{cexpr(s)};")
+            lines.append(f"{ind}{views[ptrs.index(p)].ctype} *restrict {p}_{level + 1} = {p}_{level} + {i}*{cexpr(s)};")
     if depth:
         d, ss = axes[-1]
         i = f"{tag}i{depth - 1}"
@@ -180,10 +180,6 @@ def loop_nest(shape: tuple, views: list[View], body, tag: str) -> list[str]:
         lines.append(ind + "}")
     lines.append("}")
     return lines
-
-
-def _ctype(views, p, ptrs) -> str:
-    return views[ptrs.index(p)].ctype
 
 
 def _index(i: str, s: Mono) -> str:
@@ -254,7 +250,6 @@ def emit_dot(ctx, n: Node, out: View, a: View, b: View) -> list[str]:
         return ("N", rs) if cs == (1, 0) else ("T", cs)
 
     (tb_flag, ldb), (ta_flag, lda) = op(bm), op(am)
-    ctx.uses_gemm = True
     nr = 2 * 64 // ctx.itemsize
     if n_[1] == 0 and n_[0] % nr == 0:
         # static width: symbp's own kernel (see sb_mm); BLAS where the C compiler has no

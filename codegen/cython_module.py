@@ -118,7 +118,7 @@ def render(spec, fns, update: list[str], pnames: list[str], helpers: str, ctype:
     lines.append(_RUNTIME.format(maxa=maxa))
     for f in fns:
         lines += _function(f, spec)
-    lines += _step(spec, pnames, fns[0])
+    lines += _step(spec, pnames)
     return "\n".join(lines) + "\n"
 
 
@@ -148,7 +148,7 @@ def _function(f, spec) -> list[str]:
     return lines
 
 
-def _step(spec, pnames: list[str], grads_fn) -> list[str]:
+def _step(spec, pnames: list[str]) -> list[str]:
     opt = spec.optimizer
     hyper = sorted(opt.hyper)
     arrays = [f"P[{k!r}]" for k in pnames] + [f"G[{k!r}]" for k in pnames]
