@@ -128,10 +128,11 @@ def test_optimizer_steps_match_numpy(opt):
 
 def test_mlp_float32_default_flags(monkeypatch):
     """The README's MLP at the default -O3 -march=native, float32: gradients, steps, predict;
-    and a batch of another size (buffers are per batch size)."""
+    and a batch of another size (buffers are per batch size). Batch 128 makes the first
+    layer's products big enough for the OpenMP path; 7 rows exercise the kernel's edges."""
     monkeypatch.delenv("SYMBP_CFLAGS", raising=False)
     m = mlp()
-    tn, tc = compare(sb.derive(m), mlp_batch(), None, "float32", sb.optim.Adam(lr=1e-3), steps=3)
+    tn, tc = compare(sb.derive(m), mlp_batch(128), None, "float32", sb.optim.Adam(lr=1e-3), steps=3)
     other = mlp_batch(7, seed=3)
     close(tc.predict(**other)["logits"], tn.predict(**other)["logits"], "float32")
     close(tc.loss(**other), tn.loss(**other), "float32")
