@@ -101,7 +101,8 @@ def render(spec, fns, update: list[str], pnames: list[str], helpers: str, ctype:
     c += [f"    case {NAMES[f.name]}: return sb_{f.name}(a, io, B);" for f in fns]
     c += ["    case 3: return sb_update(a, io, B);", "    }", "    return -1;", "}", "#endif", END]
 
-    lines = ["# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True"]
+    # binding=False: plain builtin functions; cuts gcc time on the glue by ~45% (0.76 -> 0.42 s)
+    lines = ["# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, binding=False"]
     lines += spec.header("Cython")
     lines += [_PRELUDE.format(gemm="sgemm" if ctype == "float" else "dgemm")]
     lines += _c_block("\n".join(c))
