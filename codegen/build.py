@@ -243,10 +243,12 @@ def _build_entry(source: str, modname: str, flags, key: str, root: Path, entry: 
         pyx.write_text(source)
         kernels = kernels_of(source)
         objects, jobs = [], []
+        mvec = kernels is not None and sys.platform.startswith("linux") and platform.machine() == "x86_64"
         if kernels is not None:
             # The kernels compile with the real flags while Cython runs: two processes at once.
             (tmp / "kernels.c").write_text(kernels)
-            jobs.append(_cc_start(tmp / "kernels.c", tmp / "kernels.o", (*flags, *KERNEL_FLAGS, *openmp())))
+            jobs.append(_cc_start(tmp / "kernels.c", tmp / "kernels.o",
+                                  (*flags, *KERNEL_FLAGS, *openmp(), *(["-DSB_MVEC"] if mvec else []))))
             objects.append(tmp / "kernels.o")
         c_file = tmp / f"{modname}.c"
         _cythonize(pyx, c_file)
@@ -258,10 +260,12 @@ def _build_entry(source: str, modname: str, flags, key: str, root: Path, entry: 
             _cc_wait(job)
         binary = f"{modname}{sysconfig.get_config_var('EXT_SUFFIX') or '.so'}"
         try:
-            _link(objects, tmp / binary, mvec=kernels is not None, extra=openmp())
-        except BuildError:  # no libmvec to link: scalar math calls instead
-            _cc_wait(_cc_start(tmp / "kernels.c", tmp / "kernels.o",
-                               (*flags, *KERNEL_FLAGS, *openmp(), "-DSB_NO_MVEC")))
+            _link(objects, tmp / binary, mvec=mvec, extra=openmp())
+        except BuildError:
+            if not mvec:
+                raise
+            # no libmvec to link: recompile the kernels with scalar math calls
+            _cc_wait(_cc_start(tmp / "kernels.c", tmp / "kernels.o", (*flags, *KERNEL_FLAGS, *openmp())))
             _link(objects, tmp / binary, mvec=False, extra=openmp())
         t2 = time.perf_counter()
         for f in tmp.iterdir():
@@ -303,7 +307,6 @@ def _cc_wait(job) -> None:
 
 def _link(objects, out: Path, mvec: bool, extra=()) -> None:
     link = ["-bundle", "-undefined", "dynamic_lookup"] if sys.platform == "darwin" else ["-shared"]
-    mvec = mvec and sys.platform.startswith("linux") and platform.machine() == "x86_64"
     cmd = [compiler()[0], *map(str, objects), "-o", str(out), *link, *(["-lmvec"] if mvec else []), *extra, "-lm"]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode:

@@ -26,8 +26,10 @@ def helpers(dtype: str) -> str:
                          for name in ("tanh", "expm1", "log1p", "sinh", "cosh"))
     return f"""
 /* glibc's libmvec has vector versions of these; declaring them lets gcc vectorise the
-   elementwise loops (with -fno-math-errno) without -ffast-math's changes to NaN handling. */
-#if defined(__GNUC__) && defined(__x86_64__) && defined(__GLIBC__) && !defined(SB_NO_MVEC)
+   elementwise loops (with -fno-math-errno) without -ffast-math's changes to NaN handling.
+   Only when the build links libmvec (codegen.build defines SB_MVEC); a plain build of the
+   .pyx keeps scalar calls and needs nothing extra. */
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__GLIBC__) && defined(SB_MVEC)
 #if __GLIBC__ > 2 || __GLIBC_MINOR__ >= 22
 {simd}
 #endif
