@@ -19,13 +19,15 @@ class Namer:
     def __init__(self, reserved=()):
         self.taken = set(RESERVED) | set(reserved)
         self.names: dict[int, str] = {}
+        self.next: dict[str, int] = {}  # next suffix to try per base: naming stays linear
 
     def fresh(self, base: str) -> str:
         base = sanitise(base)
-        name, k = base, 1
-        while name in self.taken or name.startswith("_"):
+        name, k = base, self.next.get(base, 1)
+        while name in self.taken:
             name = f"{base}_{k}"
             k += 1
+        self.next[base] = k
         self.taken.add(name)
         return name
 

@@ -43,10 +43,10 @@ def _dot(n, out, a, b):
     ta, tb = n.attrs["ta"], n.attrs["tb"]
     x, y = n.inputs
     if ta:
-        return [f"np.matmul({a}.reshape(-1, {x.shape[-1]}).T, {b}.reshape(-1, {y.shape[-1]}), out={out})"]
+        return [f"np.matmul({a}.reshape(-1, {a}.shape[-1]).T, {b}.reshape(-1, {b}.shape[-1]), out={out})"]
     rhs = f"{b}.T" if tb else b
     if x.ndim > 2:
-        return [f"np.matmul({a}.reshape(-1, {x.shape[-1]}), {rhs}, out={out}.reshape(-1, {n.shape[-1]}))"]
+        return [f"np.matmul({a}.reshape(-1, {a}.shape[-1]), {rhs}, out={out}.reshape(-1, {out}.shape[-1]))"]
     return [f"np.matmul({a}, {rhs}, out={out})"]
 
 
