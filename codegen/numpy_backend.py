@@ -129,8 +129,8 @@ def emit(spec: Spec) -> str:
         f.compile_body()
     lines = [*spec.header("NumPy"), "import math", "", "import numpy as np", "", *spec.constants(), ""]
     lines += ["", "def _alloc(shapes, B):",
-              "    return [np.empty(tuple(B if d is None else d for d in s), dtype=DTYPE if k == 'float' else np.int64)",
-              "            for s, k in shapes]", ""]
+              "    return [np.empty(tuple(B if d is None else d for d in s),",
+              "                     dtype=DTYPE if k == 'float' else np.int64) for s, k in shapes]", ""]
     lines.append(f"_SCRATCH = {[(s, 'float') for _, s in scratch.specs()]!r}")
     lines.append("_cache = {}")
     lines += ["", "", "def _buffers(fn, shapes, B):",
@@ -169,7 +169,8 @@ def _function(f: Function, namer: Namer, scratch: Scratch, d, result, spec: Spec
     lines += ["    " + line for line in f.body]
     loss, table = result
     if f.name == "gradients":
-        lines.append(f"    return float({namer(loss)}), {{{', '.join(f'{k!r}: {namer(v)}' for k, v in table.items())}}}")
+        grads = ", ".join(f"{k!r}: {namer(v)}" for k, v in table.items())
+        lines.append(f"    return float({namer(loss)}), {{{grads}}}")
     elif f.name == "loss":
         lines.append(f"    return float({namer(loss)})")
     else:
