@@ -153,6 +153,7 @@ def fit(tr, data: dict, epochs: int = 1, batch_size: int = 32, validation: dict 
     epoch, done, correct = 0, 0, 0
     if resume is not None:
         epoch, done, correct, hist, step_loss = _resume(tr, resume, config, rng)
+    saved = tr.t if resume is not None else None  # the step of the last checkpoint written or read
     bar = _Progress(progress)
     try:
         while epoch < epochs:
@@ -169,8 +170,9 @@ def fit(tr, data: dict, epochs: int = 1, batch_size: int = 32, validation: dict 
                     loss = tr._step({k: batch[k] for k in tr._needs("gradients")})
                 except NonFiniteLoss as e:
                     bar.close()
+                    where = f" The last checkpoint, after step {saved}, is in {checkpoint}." if saved else ""
                     raise NonFiniteLoss(f"fit stopped in epoch {epoch + 1}, batch {b + 1} of {per_epoch}: {e}"
-                                        + (f" The last checkpoint is {checkpoint}." if checkpoint else "")) from None
+                                        + where) from None
                 step_loss.append(loss)
                 seen = min((b + 1) * batch_size, n)
                 metrics = {"loss": float(np.mean(step_loss[first:]))}
@@ -179,6 +181,7 @@ def fit(tr, data: dict, epochs: int = 1, batch_size: int = 32, validation: dict 
                 bar.update(metrics)
                 if checkpoint is not None and checkpoint_every and len(step_loss) % checkpoint_every == 0:
                     _save(tr, checkpoint, config, start_state, epoch, b + 1, correct, hist, step_loss)
+                    saved = tr.t
             metrics = {"loss": float(np.mean(step_loss[first:]))}
             if pair:
                 metrics["accuracy"] = correct / n
@@ -205,6 +208,10 @@ def _save(tr, path, config, rng_state, epoch, done, correct, hist, step_loss) ->
 
 
 def _resume(tr, path, config: dict, rng):
+    import os
+
+    if not os.path.exists(path):
+        raise DataError(f"resume: there is no checkpoint {path}")
     meta = tr.load(path)
     state = meta.get("fit")
     if state is None:
@@ -218,18 +225,26 @@ def _resume(tr, path, config: dict, rng):
     return state["epoch"], state["done"], state["correct"], state["history"], step_loss
 
 
+def need_matplotlib() -> None:
+    """Raise an ImportError that says what to install when matplotlib is missing (check before
+    a long run, not after it)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ImportError("plotting loss curves needs matplotlib: pip install matplotlib") from None
+
+
 def plot_history(history: dict, path) -> None:
     """Save loss curves (and accuracy, where present) from ``fit``'s history to a PNG.
 
     Needs matplotlib (``pip install matplotlib``).
     """
-    try:
-        import matplotlib
+    need_matplotlib()
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ImportError("plotting loss curves needs matplotlib: pip install matplotlib") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     acc = "accuracy" in history or "val_accuracy" in history
     fig, axes = plt.subplots(1, 2 if acc else 1, figsize=(10 if acc else 6, 4), squeeze=False)
     ax = axes[0][0]

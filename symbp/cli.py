@@ -144,8 +144,10 @@ def cmd_build(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from codegen.training import plot_history
+    from codegen.training import need_matplotlib, plot_history
 
+    if args.plot:
+        need_matplotlib()
     d = load_model(args.model)
     data = load_npz(args.data)
     val = load_npz(args.validation) if args.validation else None

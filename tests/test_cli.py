@@ -128,12 +128,22 @@ def test_train_plot(capsys, tmp_path, data):
     assert code == 0 and (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_train_plot_without_matplotlib_stops_before_training(capsys, monkeypatch, data):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    code, out, err = run(capsys, "train", MODEL, "--data", data, "--plot", "loss.png")
+    assert code == 1 and out == "" and "needs matplotlib: pip install matplotlib" in err
+
+
 def test_train_reports_data_errors(capsys, tmp_path):
     np.savez(tmp_path / "bad.npz", x=np.zeros((4, 63)), y=np.zeros(4, dtype=np.int64))
     code, _, err = run(capsys, "train", MODEL, "--data", tmp_path / "bad.npz", "--quiet")
     assert code == 1 and "input 'x' must have shape (batch, 64), got (4, 63)" in err
     code, _, err = run(capsys, "train", MODEL, "--data", tmp_path / "none.npz")
     assert code == 1 and "none.npz: no such file" in err
+    np.savez(tmp_path / "ok.npz", x=np.zeros((4, 64)), y=np.zeros(4, dtype=np.int64))
+    code, _, err = run(capsys, "train", MODEL, "--data", tmp_path / "ok.npz", "--checkpoint", tmp_path / "ck.npz",
+                       "--resume")
+    assert code == 1 and "there is no checkpoint" in err
 
 
 def test_gradcheck(capsys, data):

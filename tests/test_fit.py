@@ -163,8 +163,9 @@ def test_nonfinite_loss_stops_with_step_number(clf, tmp_path):
     d["x"][25, 0] = np.nan  # shuffle off, batches of 10: the 3rd step sees it
     tr = trainer(clf)
     with pytest.raises(NonFiniteLoss, match=r"epoch 1, batch 3 of 4: step 3: the loss is nan") as e:
-        tr.fit(d, epochs=2, batch_size=10, shuffle=False, checkpoint=tmp_path / "ck.npz", progress=False)
-    assert "ck.npz" in str(e.value)
+        tr.fit(d, epochs=2, batch_size=10, shuffle=False, checkpoint=tmp_path / "ck.npz", checkpoint_every=2,
+               progress=False)
+    assert "The last checkpoint, after step 2, is in" in str(e.value)
     assert tr.t == 2
 
 

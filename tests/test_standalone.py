@@ -176,3 +176,24 @@ def test_selftest_catches_a_wrong_gradient(package, monkeypatch, capsys):
     assert not selftest()
     out = capsys.readouterr().out
     assert re.search(r"b1 +\S+ +FAIL", out) and "selftest FAILED" in out
+
+
+def test_a_backend_supplies_its_own_files(tmp_path, monkeypatch):
+    """The plug-in point for compiled backends: files, setup.py, build requirements, package data."""
+    from codegen import standalone
+
+    def fake(spec, name):
+        files = standalone.numpy_files(spec, name)
+        files.files["_kernels.pyx"] = "# cython source\n"
+        return standalone.BackendFiles(files.files, build_requires=["Cython>=3", "numpy"],
+                                       dependencies=["scipy"], setup_py="from setuptools import setup\nsetup()\n",
+                                       package_data=["*.pyx"])
+
+    monkeypatch.setitem(standalone.PACKAGERS, "fake", fake)
+    out = sb.build(mlp(), tmp_path / "pkg", backend="fake")
+    toml = (out / "pyproject.toml").read_text()
+    assert 'requires = ["setuptools>=61", "Cython>=3", "numpy"]' in toml
+    assert 'dependencies = ["numpy>=1.22", "scipy"]' in toml
+    assert 'tiny_mlp = ["weights.npz", "*.pyx"]' in toml
+    assert (out / "setup.py").read_text().startswith("from setuptools import setup")
+    assert (out / "tiny_mlp" / "_kernels.pyx").exists()

@@ -13,6 +13,7 @@ import numpy as np
 
 from . import DTYPE, INPUTS, MODEL, plot_history, trainer
 from .runtime import DataError, NonFiniteLoss
+from .training import need_matplotlib
 
 # Relative error tolerated between the compiled-dtype kernels and the float64 ones. float32
 # rounds each operation to ~6e-8; through a few dozen operations and sums over a batch that
@@ -88,6 +89,12 @@ def _load(path: str, what: str) -> dict:
 
 def train(args) -> int:
     """The ``train`` command: fit on a .npz, save the weights (and optional checkpoints/plot)."""
+    if args.plot:
+        try:
+            need_matplotlib()
+        except ImportError as e:
+            print(f"train: {e}", file=sys.stderr)
+            return 1
     tr = trainer(args.weights)
     if args.lr is not None:
         tr.hyper["lr"] = args.lr
