@@ -138,8 +138,9 @@ def cmd_build(args) -> int:
     out = sb.build(d, args.output, backend=args.backend, optimizer=_optimizer(args), dtype=args.dtype,
                    seed=args.seed, name=args.name)
     name = args.name or d.name
+    where = str(out) if out.is_absolute() else f"./{out}"  # pip reads a bare word as a PyPI name
     print(f"wrote the package {name!r} to {out}\n"
-          f"  pip install {out}\n  python -m {name} --selftest\n  python -m {name} train data.npz --epochs 10")
+          f"  pip install {where}\n  python -m {name} --selftest\n  python -m {name} train data.npz --epochs 10")
     return 0
 
 
