@@ -87,6 +87,18 @@ class Derivation:
         roots = [self.loss, *self.outputs.values()] + (list(self.grads.values()) if backward else [])
         return to_networkx(roots)
 
+    def dot(self, backward: bool = False) -> str:
+        """The forward (with ``backward``: and backward) graph as Graphviz DOT text."""
+        from symbp.graphviz import to_dot
+
+        return to_dot(self, backward)
+
+    def _repr_svg_(self):
+        """Jupyter shows the forward graph when Graphviz's ``dot`` is installed (else nothing)."""
+        from symbp.graphviz import have_dot, render_svg
+
+        return render_svg(self.dot()) if have_dot() else None
+
 
 def derive(model) -> Derivation:
     """Derive the gradient of ``model``'s loss with respect to each of its parameters.
