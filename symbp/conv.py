@@ -39,7 +39,8 @@ from symbp.structural import node
 
 def _pair(v, what: str, where: str) -> tuple[int, int]:
     """An int or a pair of ints, each at least 1."""
-    pair = (v, v) if isinstance(v, int) and not isinstance(v, bool) else tuple(v) if isinstance(v, (tuple, list)) else ()
+    pair = (v, v) if isinstance(v, int) and not isinstance(v, bool) else v
+    pair = tuple(pair) if isinstance(pair, (tuple, list)) else ()
     if len(pair) != 2 or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in pair):
         raise SymbpError(f"{where}: {what} must be a positive int or a pair of positive ints, got {v!r}")
     return pair

@@ -12,12 +12,12 @@ Images are channels last, (batch, H, W, C), as in ``symbp.conv``:
 
 from __future__ import annotations
 
-from symbp import conv
+from symbp import conv, nn
 from symbp import elementwise as E
-from symbp import nn
 from symbp import structural as St
 from symbp.ir import Node, SymbpError, fmt_shape
-from symbp.layers import Layer, Sequential, activation
+from symbp.layers import Layer, Sequential
+from symbp.layers import activation as activation_fn
 
 
 class Conv2D(Layer):
@@ -45,7 +45,7 @@ class Conv2D(Layer):
         self.filters, self.padding, self.use_bias, self.init = filters, padding, use_bias, init
         self.kernel_size = conv._pair(kernel_size, "kernel_size", where)
         self.strides = conv._pair(strides, "strides", where)
-        self.activation = globals()["activation"](activation, where)
+        self.activation = activation_fn(activation, where)
 
     def apply(self, m, x: Node) -> Node:
         conv._image(x, f"layer {self.name!r}")
