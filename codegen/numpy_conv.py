@@ -23,33 +23,40 @@ def _span(n_out: int, stride: int, offset: str | int = 0) -> str:
     return f"{offset}:{stop}" + (f":{stride}" if stride != 1 else "")
 
 
-def _padded(x: str, pads: tuple) -> str:
-    if pads == ((0, 0), (0, 0)):
-        return x
-    return f"np.pad({x}, ((0, 0), {pads[0]}, {pads[1]}, (0, 0)))"
+def _im2col(n, x: str, kernel: tuple) -> list[str]:
+    """Lines filling ``_ccols`` (B, Ho, Wo, kh, kw, C) with the patches of the padded ``x``.
 
-
-def _patches(x: str, kernel: tuple, strides: tuple, pads: tuple) -> str:
-    """(B, Ho, Wo, kh, kw, C) strided view of the patches of the padded input."""
-    sh, sw = strides
-    step = "" if strides == (1, 1) else f"[:, ::{sh}, ::{sw}]"
-    return f"{SWV}({_padded(x, pads)}, {kernel}, axis=(1, 2)){step}.transpose(0, 1, 2, 4, 5, 3)"
+    One strided slice copy per kernel offset: measured 2x faster than copying the 6-axis
+    ``sliding_window_view`` in one go, whose innermost axes are only kh, kw, C long.
+    """
+    (sh, sw), pads = n.attrs["strides"], n.attrs["pads"]
+    xn = n.inputs[0]
+    ho, wo = (n.inputs[1].shape if n.op == "conv2d_weight_grad" else n.shape)[1:3]
+    src = x
+    lines = []
+    if pads != ((0, 0), (0, 0)):
+        src = "_cxp"
+        lines.append(f"_cxp = np.pad({x}, ((0, 0), {pads[0]}, {pads[1]}, (0, 0)))")
+    lines += [f"_ccols = np.empty(({x}.shape[0], {ho}, {wo}, {kernel[0]}, {kernel[1]}, {xn.shape[3]}), "
+              f"dtype={x}.dtype)",
+              f"for _ci in range({kernel[0]}):",
+              f"    for _cj in range({kernel[1]}):",
+              f"        _ccols[:, :, :, _ci, _cj] = {src}[:, {_span(ho, sh, '_ci')}, {_span(wo, sw, '_cj')}]"]
+    return lines
 
 
 def conv2d(n, out, x, w):
     kh, kw, cin, cout = n.inputs[1].shape
     k = kh * kw * cin
-    a = n.attrs
-    return [f"np.matmul({_patches(x, (kh, kw), a['strides'], a['pads'])}.reshape(-1, {k}), "
-            f"{w}.reshape({k}, {cout}), out={out}.reshape(-1, {cout}))"]
+    return _im2col(n, x, (kh, kw)) + \
+        [f"np.matmul(_ccols.reshape(-1, {k}), {w}.reshape({k}, {cout}), out={out}.reshape(-1, {cout}))"]
 
 
 def conv2d_weight_grad(n, out, x, g):
     kh, kw, cin, cout = n.shape
     k = kh * kw * cin
-    a = n.attrs
-    return [f"np.matmul({_patches(x, (kh, kw), a['strides'], a['pads'])}.reshape(-1, {k}).T, "
-            f"{g}.reshape(-1, {cout}), out={out}.reshape({k}, {cout}))"]
+    return _im2col(n, x, (kh, kw)) + \
+        [f"np.matmul(_ccols.reshape(-1, {k}).T, {g}.reshape(-1, {cout}), out={out}.reshape({k}, {cout}))"]
 
 
 def conv2d_input_grad(n, out, g, w):
@@ -76,16 +83,17 @@ def conv2d_input_grad(n, out, g, w):
     return lines
 
 
-def _window_loop(n, body: str, first: str | None = None) -> list[str]:
-    """Lines looping over the window offsets (_ci, _cj), slice of the input in ``{win}``."""
+def _window_loop(n, body: str | list[str], first: str | None = None, pooled: tuple | None = None) -> list[str]:
+    """Lines looping over the window offsets (_ci, _cj); ``{win}`` in ``body`` is the slice of
+    the input read at that offset by every window; ``pooled`` is (Ho, Wo) if not n's."""
     (ph, pw), (sh, sw) = n.attrs["window"], n.attrs["strides"]
-    _, ho, wo, _ = n.shape if n.op in ("max_pool2d", "avg_pool2d", "max_pool2d_select") else n.inputs[-1].shape
+    ho, wo = pooled or (n.shape[1:3] if n.op in ("max_pool2d", "avg_pool2d", "max_pool2d_select")
+                        else n.inputs[-1].shape[1:3])
     win = f"{_span(ho, sh, '_ci')}, {_span(wo, sw, '_cj')}"
     lines = [] if first is None else [first.format(win0=f"{_span(ho, sh)}, {_span(wo, sw)}")]
     start = 0 if first is None else 1
-    lines += [f"for _ck in range({start}, {ph * pw}):",
-              f"    _ci, _cj = divmod(_ck, {pw})",
-              f"    {body.format(win=win)}"]
+    lines += [f"for _ck in range({start}, {ph * pw}):", f"    _ci, _cj = divmod(_ck, {pw})"]
+    lines += [f"    {b.format(win=win)}" for b in ([body] if isinstance(body, str) else body)]
     return lines
 
 
@@ -115,8 +123,22 @@ def _argmax(n, x: str) -> str:
 
 
 def max_pool2d_grad(n, out, x, g):
-    return [f"_cam = {_argmax(n, x)}", f"{out}.fill(0.0)"] + \
-        _window_loop(n, f"{out}[:, {{win}}] += {g} * (_cam == _ck)")
+    (ph, pw), (sh, sw) = n.attrs["window"], n.attrs["strides"]
+    h, w = n.shape[1:3]
+    _, ho, wo, _ = n.inputs[1].shape
+    # Each window offset in row-major order takes what is left of g where it holds the max:
+    # the first maximum gets all of it and later ties get exactly zero (rem - rem*1 == 0).
+    tiles = (sh, sw) == (ph, pw) and ho * ph == h and wo * pw == w
+    lines = [f"_cy = np.empty({g}.shape, dtype={g}.dtype)", *max_pool2d(n, "_cy", x),
+             f"_crem = {g}.copy()", f"_ceq = np.empty({g}.shape, dtype=bool)"]
+    if not tiles:  # rows outside every window, or windows that overlap: start from zero and add
+        lines.append(f"{out}.fill(0.0)")
+    body = ["np.equal({x}[:, {{win}}], _cy, out=_ceq)".format(x=x)]
+    if tiles:
+        body += [f"np.multiply(_crem, _ceq, out={out}[:, {{win}}])", f"np.subtract(_crem, {out}[:, {{win}}], out=_crem)"]
+    else:
+        body += ["_cd = _crem * _ceq", f"{out}[:, {{win}}] += _cd", "np.subtract(_crem, _cd, out=_crem)"]
+    return lines + _window_loop(n, body, pooled=(ho, wo))
 
 
 def max_pool2d_select(n, out, x, h):
