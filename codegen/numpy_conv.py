@@ -133,9 +133,10 @@ def max_pool2d_grad(n, out, x, g):
              f"_crem = {g}.copy()", f"_ceq = np.empty({g}.shape, dtype=bool)"]
     if not tiles:  # rows outside every window, or windows that overlap: start from zero and add
         lines.append(f"{out}.fill(0.0)")
-    body = ["np.equal({x}[:, {{win}}], _cy, out=_ceq)".format(x=x)]
+    body = [f"np.equal({x}[:, {{win}}], _cy, out=_ceq)"]
     if tiles:
-        body += [f"np.multiply(_crem, _ceq, out={out}[:, {{win}}])", f"np.subtract(_crem, {out}[:, {{win}}], out=_crem)"]
+        body += [f"np.multiply(_crem, _ceq, out={out}[:, {{win}}])",
+                 f"np.subtract(_crem, {out}[:, {{win}}], out=_crem)"]
     else:
         body += ["_cd = _crem * _ceq", f"{out}[:, {{win}}] += _cd", "np.subtract(_crem, _cd, out=_crem)"]
     return lines + _window_loop(n, body, pooled=(ho, wo))
