@@ -1,15 +1,19 @@
 """NumPy emission of the convolution and pooling ops (semantics in ``symbp.conv``).
 
-Convolutions are im2col + one GEMM: ``sliding_window_view`` gives every (kh, kw, C_in) patch
-as a strided view; one copy lays the patches out as a (B*Ho*Wo, kh*kw*C_in) matrix, and
-``np.matmul`` writes the product straight into the output buffer. The input gradient is the
-transpose: a GEMM to patch gradients, then col2im, kh*kw strided adds. Pooling loops over
-the ph*pw window offsets, each a ufunc over a strided slice of the whole batch, so the cost
-is a few calls per layer rather than a Python loop over pixels.
+Convolutions are im2col + one GEMM: kh*kw strided slice copies lay the patches of the
+(padded) input out as a (B*Ho*Wo, kh*kw*C_in) matrix, and ``np.matmul`` writes the product
+straight into the output buffer. The weight gradient is the same patch matrix transposed
+times the output gradient; the input gradient is a GEMM to patch gradients, then col2im
+(kh*kw strided adds). Pooling loops over the ph*pw window offsets, each a ufunc over a
+strided slice of the whole batch: a few calls per layer, never a Python loop over pixels.
+Max-pool backward walks the offsets in row-major order and hands each position whatever
+gradient its window has not yet given away where it equals the max, so ties go to the
+first maximum; ``max_pool2d_select`` (only used for second derivatives) takes ``argmax``
+over ``sliding_window_view`` windows, which also returns the first maximum.
 
-Temporaries (the padded input, the patch matrix, argmax indices) are allocated by NumPy
-per call; every op's result goes into its preallocated buffer (``out``). Names starting
-with ``_c`` are ours: the Namer never gives a user's node a name starting with '_'.
+Temporaries (the padded input, the patch matrix, masks) are allocated by NumPy per call;
+every op's result goes into its preallocated buffer (``out``). Names starting with ``_c``
+are ours: the Namer never gives a user's node a name starting with '_'.
 """
 
 from __future__ import annotations
