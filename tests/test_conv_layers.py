@@ -111,3 +111,13 @@ def test_errors_name_the_layer():
           "layer 'skip'", "keep the shape", "(batch, 5, 5, 2)", "(batch, 5, 5, 3)")
     # a failed Conv2D leaves no parameter behind
     assert "big_W" not in m.params
+
+
+def test_global_average_pooling_gradient(rng):
+    m = sb.Model("gap")
+    x = scaled_input(m, (5, 4, 3))
+    z = L.Sequential([L.Conv2D(4, 2, strides=(2, 1), padding="same", activation="tanh", name="c"),
+                      L.AvgPool2D(2, strides=1, name="avg"), L.GlobalAvgPool2D(name="gap")])(m, x)
+    c = m.input("c", (4,))
+    m.minimize(sb.sum(z * c))
+    check(m, {"x": rng.normal(size=(3, 5, 4, 3)), "c": rng.normal(size=(3, 4))})
