@@ -37,7 +37,7 @@ from symbp.registry import OpDef, register
 from symbp.structural import node
 
 
-def _pair(v, what: str, where: str) -> tuple[int, int]:
+def int_pair(v, what: str, where: str) -> tuple[int, int]:
     """An int or a pair of ints, each at least 1."""
     pair = (v, v) if isinstance(v, int) and not isinstance(v, bool) else v
     pair = tuple(pair) if isinstance(pair, (tuple, list)) else ()
@@ -46,7 +46,8 @@ def _pair(v, what: str, where: str) -> tuple[int, int]:
     return pair
 
 
-def _image(x: Node, where: str) -> None:
+def check_image(x: Node, where: str) -> None:
+    """Raise unless ``x`` is a float (batch, H, W, C) tensor; ``where`` names the layer."""
     if not isinstance(x, Node):
         raise SymbpError(f"{where}: expected a symbolic tensor, got {type(x).__name__}")
     if x.ndim != 4 or None in x.shape[1:] or x.dtype != "float":
@@ -58,7 +59,7 @@ def _out_len(n: int, k: int, s: int) -> int:
     return (n - k) // s + 1
 
 
-def _windows(hw, kernel, strides, pads, where: str) -> tuple[int, int]:
+def window_counts(hw, kernel, strides, pads, where: str) -> tuple[int, int]:
     """Output height and width; raises when the kernel does not fit the padded input."""
     out = []
     for n, k, s, (a, b), axis in zip(hw, kernel, strides, pads, ("height", "width")):
@@ -76,7 +77,7 @@ def _conv_shape(inputs, strides, pads):
     if w.ndim != 4 or None in w.shape or x.ndim != 4 or w.shape[2] != x.shape[3]:
         raise SymbpError(f"conv2d of {x.describe()} {fmt_shape(x.shape)} with kernel {w.describe()} "
                          f"{fmt_shape(w.shape)}: expects (batch, H, W, C) and (kh, kw, C, filters)")
-    ho, wo = _windows(x.shape[1:3], w.shape[:2], strides, pads, "conv2d")
+    ho, wo = window_counts(x.shape[1:3], w.shape[:2], strides, pads, "conv2d")
     return (x.shape[0], ho, wo, w.shape[3]), "float"
 
 
@@ -142,21 +143,21 @@ def conv2d(x: Node, w: Node, strides=1, padding: str = "valid", name: str | None
         (batch, Ho, Wo, C_out). Add a bias separately: ``conv2d(x, w) + b``.
     """
     where = f"layer {name!r}" if name else "conv2d"
-    _image(x, where)
+    check_image(x, where)
     if not isinstance(w, Node) or w.ndim != 4 or None in w.shape:
         raise SymbpError(f"{where}: the kernel must be a tensor (kh, kw, C_in, C_out), got "
                          f"{w.describe() + ' ' + fmt_shape(w.shape) if isinstance(w, Node) else repr(w)}")
     if w.shape[2] != x.shape[3]:
         raise SymbpError(f"{where}: the input has {x.shape[3]} channels but the kernel {w.describe()} "
                          f"{fmt_shape(w.shape)} expects {w.shape[2]}")
-    strides = _pair(strides, "strides", where)
+    strides = int_pair(strides, "strides", where)
     if padding == "valid":
         pads = ((0, 0), (0, 0))
     elif padding == "same":
         pads = same_pads(x.shape[1:3], w.shape[:2], strides)
     else:
         raise SymbpError(f"{where}: padding must be 'valid' or 'same', got {padding!r}")
-    _windows(x.shape[1:3], w.shape[:2], strides, pads, where)
+    window_counts(x.shape[1:3], w.shape[:2], strides, pads, where)
     return node("conv2d", (x, w), label=name, strides=strides, pads=pads)
 
 
@@ -164,7 +165,7 @@ def conv2d(x: Node, w: Node, strides=1, padding: str = "valid", name: str | None
 
 def _pool_shape(inputs, window, strides):
     x = inputs[0]
-    ho, wo = _windows(x.shape[1:3], window, strides, ((0, 0), (0, 0)), "pooling")
+    ho, wo = window_counts(x.shape[1:3], window, strides, ((0, 0), (0, 0)), "pooling")
     return (x.shape[0], ho, wo, x.shape[3]), "float"
 
 
@@ -218,10 +219,10 @@ register(OpDef("avg_pool2d_grad", "structural", shape=_avg_grad_shape,
 
 def _pool(op: str, x: Node, pool_size, strides, name: str | None) -> Node:
     where = f"layer {name!r}" if name else op
-    _image(x, where)
-    window = _pair(pool_size, "pool_size", where)
-    strides = window if strides is None else _pair(strides, "strides", where)
-    _windows(x.shape[1:3], window, strides, ((0, 0), (0, 0)), where)
+    check_image(x, where)
+    window = int_pair(pool_size, "pool_size", where)
+    strides = window if strides is None else int_pair(strides, "strides", where)
+    window_counts(x.shape[1:3], window, strides, ((0, 0), (0, 0)), where)
     for n, k, s, axis in zip(x.shape[1:3], window, strides, ("height", "width")):
         if (n - k) % s:
             raise SymbpError(f"{where}: pooling windows of {k} with stride {s} do not tile the input {axis} {n} "

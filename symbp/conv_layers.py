@@ -43,16 +43,16 @@ class Conv2D(Layer):
         if padding not in ("valid", "same"):
             raise SymbpError(f"{where}: padding must be 'valid' or 'same', got {padding!r}")
         self.filters, self.padding, self.use_bias, self.init = filters, padding, use_bias, init
-        self.kernel_size = conv._pair(kernel_size, "kernel_size", where)
-        self.strides = conv._pair(strides, "strides", where)
+        self.kernel_size = conv.int_pair(kernel_size, "kernel_size", where)
+        self.strides = conv.int_pair(strides, "strides", where)
         self.activation = activation_fn(activation, where)
 
     def apply(self, m, x: Node) -> Node:
-        conv._image(x, f"layer {self.name!r}")
+        conv.check_image(x, f"layer {self.name!r}")
         # Check the geometry before creating parameters, so a bad layer leaves the model clean.
         pads = conv.same_pads(x.shape[1:3], self.kernel_size, self.strides) if self.padding == "same" \
             else ((0, 0), (0, 0))
-        conv._windows(x.shape[1:3], self.kernel_size, self.strides, pads, f"layer {self.name!r}")
+        conv.window_counts(x.shape[1:3], self.kernel_size, self.strides, pads, f"layer {self.name!r}")
         W = m.param(f"{self.name}_W", (*self.kernel_size, x.shape[3], self.filters), init=self.init)
         z = conv.conv2d(x, W, self.strides, self.padding, name=self.name)
         if self.use_bias:
@@ -78,8 +78,8 @@ class MaxPool2D(Layer):
     def __init__(self, pool_size=2, strides=None, name: str | None = None):
         super().__init__(name)
         where = f"layer {self.name!r}"
-        self.pool_size = conv._pair(pool_size, "pool_size", where)
-        self.strides = self.pool_size if strides is None else conv._pair(strides, "strides", where)
+        self.pool_size = conv.int_pair(pool_size, "pool_size", where)
+        self.strides = self.pool_size if strides is None else conv.int_pair(strides, "strides", where)
 
     def apply(self, m, x: Node) -> Node:
         return self.op(x, self.pool_size, self.strides, name=self.name)
@@ -95,7 +95,7 @@ class GlobalAvgPool2D(Layer):
     """Mean over height and width: (batch, H, W, C) -> (batch, C)."""
 
     def apply(self, m, x: Node) -> Node:
-        conv._image(x, f"layer {self.name!r}")
+        conv.check_image(x, f"layer {self.name!r}")
         y = nn.mean(x, (1, 2))
         y.label = self.name
         return y
