@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sympy as sp
 
+from codegen import numpy_conv
 from codegen.naming import Namer
 from codegen.numpy_printer import KernelWriter, Scratch, literal, scalar_code
 from codegen.spec import Spec
@@ -84,6 +85,7 @@ EMIT = {
     "slice": lambda n, x: f"{x}[{_index(n.attrs['index'])}]",
     "stop_gradient": lambda n, x: x,
 }
+EMIT.update(numpy_conv.EMIT)
 
 
 class Function:

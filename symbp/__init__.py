@@ -20,6 +20,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from symbp import layers, optim  # noqa: E402
+from symbp.conv import avg_pool2d, conv2d, max_pool2d  # noqa: E402,F401
 from symbp.derive import Derivation, derive  # noqa: E402
 from symbp.gradcheck import gradcheck  # noqa: E402
 from symbp.ir import Node, SymbpError  # noqa: E402

@@ -103,3 +103,6 @@ class Sequential(Layer):
         for layer in self.layers:
             x = layer(m, x) if isinstance(layer, Layer) else layer(x)
         return x
+
+
+from symbp.conv_layers import AvgPool2D, Conv2D, Flatten, GlobalAvgPool2D, LayerNorm, MaxPool2D, Residual  # noqa: E402,F401
