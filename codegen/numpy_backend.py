@@ -17,7 +17,10 @@ from symbp.ir import Node
 from symbp.optimise import optimise
 from symbp.schedule import schedule
 
-VIEWS = frozenset({"transpose", "expand_dims", "broadcast_like", "reshape", "slice", "stop_gradient"})
+from codegen import numpy_scan  # noqa: E402 - recurrences: loops emitted by their own module
+
+VIEWS = frozenset({"transpose", "expand_dims", "broadcast_like", "reshape", "slice", "stop_gradient"}) \
+    | numpy_scan.VIEWS
 
 
 def _dims(shape: tuple) -> str:
@@ -83,6 +86,7 @@ EMIT = {
     "reshape": lambda n, x: f"{x}.reshape({_dims(tuple(-1 if d is None else d for d in n.shape))})",
     "slice": lambda n, x: f"{x}[{_index(n.attrs['index'])}]",
     "stop_gradient": lambda n, x: x,
+    **numpy_scan.EMIT,
 }
 
 

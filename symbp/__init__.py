@@ -64,6 +64,7 @@ from symbp.ops import (  # noqa: E402,F401
     transpose,
     where,
 )
+from symbp.scan import scan  # noqa: E402
 from symbp.structural import const as constant  # noqa: E402
 
 
@@ -114,5 +115,5 @@ def compile(derivation: Derivation, backend: str = "numpy", optimizer=None, dtyp
 
 __all__ = [
     "Derivation", "Model", "Node", "SymbpError", "compile", "constant", "derive", "gradcheck",
-    "layers", "optim", "zeros",
+    "layers", "optim", "scan", "zeros",
 ]

@@ -96,3 +96,6 @@ class Sequential(Layer):
         for layer in self.layers:
             x = layer(m, x) if isinstance(layer, Layer) else layer(x)
         return x
+
+
+from symbp.rnn import GRU, LSTM, SimpleRNN  # noqa: E402,F401 - recurrent layers, built on sb.scan
