@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sympy as sp
 
+from codegen import numpy_scan  # recurrences: their loops are emitted by their own module
 from codegen.naming import Namer
 from codegen.numpy_printer import KernelWriter, Scratch, literal, scalar_code
 from codegen.spec import Spec
@@ -16,8 +17,6 @@ from symbp import scalar as S
 from symbp.ir import Node
 from symbp.optimise import optimise
 from symbp.schedule import schedule
-
-from codegen import numpy_scan  # noqa: E402 - recurrences: loops emitted by their own module
 
 VIEWS = frozenset({"transpose", "expand_dims", "broadcast_like", "reshape", "slice", "stop_gradient"}) \
     | numpy_scan.VIEWS

@@ -123,8 +123,8 @@ def emit_scan_bwd(n, out: str, *ins: str) -> list[str]:
              + (f", truncated: every {k1} steps back {k2} steps" if truncated else "") + '."""',
              *_prologue("scan_bwd", out, shapes, bufs, specs, extra),
              *["    " + u for u in unpack],
-             f"    {''.join(f'_dc{k}, ' for k in range(nc))}{''.join(f'_dy{j}, ' for j in range(ny if truncated else 0))}"
-             "= _e",
+             "    " + "".join(f"_dc{k}, " for k in range(nc))
+             + "".join(f"_dy{j}, " for j in range(ny if truncated else 0)) + "= _e",
              "    for _a in _o:",
              "        _a.fill(0.0)",
              f"    _norms = _o[{nin}]",

@@ -211,7 +211,7 @@ def _out_shape(inputs, index, shape, dtype):
 def _scan_vjp(nd: Node, g: Node) -> list:
     """The reverse loop: one scan_bwd node, projected onto each of the scan's inputs."""
     cell, T = nd.attrs["cell"], nd.attrs["length"]
-    nx, nc = len(cell.xs_in), len(cell.carry_in)
+    nc = len(cell.carry_in)
     cots = _unpack(g)
     outs = scan_outputs(cell, T)
     seeds = [cots[k] if k in cots else const(0.0, s) for k, (s, _) in enumerate(outs[:nc + len(cell.ys)])]
