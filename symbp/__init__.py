@@ -66,6 +66,7 @@ from symbp.ops import (  # noqa: E402,F401
 )
 from symbp.scan import scan  # noqa: E402
 from symbp.structural import const as constant  # noqa: E402
+from symbp.structural import onehot  # noqa: E402,F401
 
 
 def zeros(shape) -> Node:
