@@ -190,3 +190,17 @@ def test_bad_input_is_explained():
         sb.scan(lambda h, x: (h + x, x), s, sb.zeros((F,)), truncate=(2, 5))
     with pytest.raises(sb.SymbpError, match="batch, T"):
         sb.scan(lambda h, x: (h, x), W, sb.zeros((H,)))
+
+
+def test_clip_by_value_in_a_recurrent_step(rng):
+    m = seq_model("gru", 6)
+    tr = sb.compile(sb.derive(m), dtype="float64", optimizer=sb.optim.SGD(lr=1.0, clip_value=1e-4))
+    before = {k: v.copy() for k, v in tr.params.items()}
+    tr.step(**seq_batch(rng, 6))
+    moved = max(np.abs(tr.params[k] - before[k]).max() for k in before)
+    assert moved == pytest.approx(1e-4, rel=1e-9)
+
+
+def test_generated_code_is_deterministic():
+    sources = {sb.compile(sb.derive(seq_model("lstm", 5, (2, 3)))).source for _ in range(2)}
+    assert len(sources) == 1
