@@ -148,6 +148,9 @@ def trace(step, xs: tuple, init: tuple, xs_tuple: bool, init_tuple: bool, where:
                 outer[n.id] = n
             continue
         stack.extend(n.inputs)
+    if any(n.op == "scan" for n in _topo_until([*carry_out, *ys], phs | set(outer)) if n.id >= start):
+        raise SymbpError(f"{where}: a scan inside a step function is not supported yet; "
+                         "stack the loops instead (scan over the outputs of another scan)")
     outer_t = tuple(outer[k] for k in sorted(outer))
     captured = tuple(placeholder(n.shape, n.dtype, ("captured", k), n.name or n.label)
                      for k, n in enumerate(outer_t))

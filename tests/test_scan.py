@@ -188,6 +188,8 @@ def test_bad_input_is_explained():
         sb.scan(lambda h, x: (h, x), s[0:0], sb.zeros((H,)))
     with pytest.raises(sb.SymbpError, match="shorter than the truncation window"):
         sb.scan(lambda h, x: (h + x, x), s, sb.zeros((F,)), truncate=(2, 5))
+    with pytest.raises(sb.SymbpError, match="not supported yet"):
+        sb.scan(lambda h, x: (sb.scan(lambda g, z: (g, z), s, sb.zeros((F,)))[0], x), s, sb.zeros((F,)))
     with pytest.raises(sb.SymbpError, match="batch, T"):
         sb.scan(lambda h, x: (h, x), W, sb.zeros((H,)))
 
@@ -204,3 +206,23 @@ def test_clip_by_value_in_a_recurrent_step(rng):
 def test_generated_code_is_deterministic():
     sources = {sb.compile(sb.derive(seq_model("lstm", 5, (2, 3)))).source for _ in range(2)}
     assert len(sources) == 1
+
+
+@pytest.mark.parametrize("truncate", [None, (2, 3)])
+def test_stacked_layers_with_mask_match_unrolled(truncate, rng):
+    """GRU over an LSTM's outputs (gradients flow between loops), padding mask, a context input."""
+    T = 5
+    m = sb.Model("stack")
+    s, mk = m.input("s", (T, F)), m.input("mk", (T,))
+    h1 = sb.layers.LSTM(H, name="l1", truncate=truncate)(m, s, mask=mk)
+    h2 = sb.layers.GRU(H, name="l2", return_sequences=False)(m, sb.tanh(h1), mask=mk)
+    m.minimize(sb.mse(sb.layers.Dense(1, name="out")(m, h2), m.input("y", (1,))))
+    batch = seq_batch(rng, T, mask=True)
+    batch["y"] = rng.normal(size=(B, 1))
+    rolled = sb.compile(sb.derive(m), dtype="float64").gradients(**batch)
+    unrolled = sb.compile(sb.derive(unroll(m)), dtype="float64").gradients(**batch)
+    for k in rolled:
+        np.testing.assert_allclose(rolled[k], unrolled[k], atol=1e-10, err_msg=k)
+    if truncate is None:  # the truncated gradient is not the derivative of the loss
+        result = sb.gradcheck(m, batch)
+        assert result.ok, str(result)
