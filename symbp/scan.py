@@ -143,7 +143,8 @@ def trace(step, xs: tuple, init: tuple, xs_tuple: bool, init_tuple: bool, where:
         if n.id in seen or n.id in phs:
             continue
         seen.add(n.id)
-        if n.id < start:
+        # Parameters declared inside the step are shared across time like any outer tensor.
+        if n.id < start or n.op in ("param", "input") and "role" not in n.attrs:
             if not (n.op == "const" and not n.inputs):
                 outer[n.id] = n
             continue

@@ -86,6 +86,15 @@ def test_scan_tuple_carry_and_captured_batch_tensor(rng):
         np.testing.assert_allclose(rolled[k], unrolled[k], atol=1e-10)
 
 
+def test_parameters_declared_inside_the_step(rng):
+    m = sb.Model("inside")
+    s = m.input("s", (4, F))
+    _, hs = sb.scan(lambda h, x: (sb.tanh(x @ m.param("W", (F, H)) + h), h), s, sb.zeros((H,)))
+    m.minimize(sb.mean(hs * hs))
+    assert list(m.params) == ["W"]
+    assert sb.gradcheck(m, {"s": rng.normal(size=(B, 4, F))}, tolerance=1e-6).ok
+
+
 def _size(T):
     m = seq_model("lstm", T, name="long")
     return sb.compile(sb.derive(m), optimizer=sb.optim.SGD(lr=0.1, clip_norm=1.0)), m
