@@ -98,4 +98,4 @@ class Sequential(Layer):
         return x
 
 
-from symbp.rnn import GRU, LSTM, SimpleRNN  # noqa: E402,F401 - recurrent layers, built on sb.scan
+from symbp.rnn import GRU, LSTM, SimpleRNN, masked_softmax_cross_entropy  # noqa: E402,F401 - recurrent layers, built on sb.scan

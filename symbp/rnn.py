@@ -127,4 +127,25 @@ class GRU(Recurrent):
         return (1.0 - z) * n + z * h
 
 
-__all__ = ["GRU", "LSTM", "Recurrent", "SimpleRNN", "activation"]
+def masked_softmax_cross_entropy(logits: Node, labels: Node, mask: Node) -> Node:
+    """Cross-entropy averaged over the real steps only (mask 1) of padded sequences.
+
+    Args:
+        logits: (batch, T, classes).
+        labels: int64 class indices (batch, T).
+        mask: (batch, T), 1 for real steps, 0 for padding.
+    Returns:
+        The scalar sum(mask * CE) / sum(mask).
+    """
+    from symbp import nn
+    from symbp.structural import onehot
+
+    if logits.ndim != 3 or labels.shape != logits.shape[:2] or mask.shape != logits.shape[:2]:
+        raise SymbpError(f"masked_softmax_cross_entropy: expects logits (batch, T, classes) and labels and mask "
+                         f"(batch, T), got {fmt_shape(logits.shape)}, {fmt_shape(labels.shape)}, "
+                         f"{fmt_shape(mask.shape)}")
+    ce = -nn.sum(onehot(labels, logits.shape[2]) * nn.log_softmax(logits), axis=-1)
+    return nn.sum(ce * mask) / nn.sum(mask)
+
+
+__all__ = ["GRU", "LSTM", "Recurrent", "SimpleRNN", "activation", "masked_softmax_cross_entropy"]

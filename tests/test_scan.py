@@ -235,3 +235,19 @@ def test_stacked_layers_with_mask_match_unrolled(truncate, rng):
     if truncate is None:  # the truncated gradient is not the derivative of the loss
         result = sb.gradcheck(m, batch)
         assert result.ok, str(result)
+
+
+def test_masked_cross_entropy_averages_real_steps_only(rng):
+    T = 4
+    m = sb.Model("mce")
+    s, mk, y = m.input("s", (T, F)), m.input("mk", (T,)), m.input("y", (T,), dtype="int64")
+    logits = sb.layers.Dense(V, name="out")(m, sb.layers.SimpleRNN(H, name="rnn")(m, s, mask=mk))
+    m.output("logits", logits)
+    m.minimize(sb.layers.masked_softmax_cross_entropy(logits, y, mk))
+    tr = sb.compile(sb.derive(m), dtype="float64")
+    batch = seq_batch(rng, T, mask=True)
+    z = tr.predict(**batch)["logits"]
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    ce = -np.take_along_axis(logp, batch["y"][..., None], -1)[..., 0]
+    assert tr.loss(**batch) == pytest.approx((ce * batch["mk"]).sum() / batch["mk"].sum(), rel=1e-12)
+    assert sb.gradcheck(m, batch, tolerance=1e-6).ok
