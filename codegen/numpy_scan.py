@@ -6,6 +6,11 @@ and derived once, see ``symbp.scan``) emitted by the same machinery as a whole m
 source size does not depend on T. Buffers are allocated once per batch size: carries,
 per-step outputs (batch, T, ...), and the residuals the backward reads, saved as (T, batch, ...).
 
+Another backend ports this by emitting the same two loops: everything it needs is on the
+``symbp.scan.Cell`` in ``node.attrs["cell"]`` (closed forward and backward graphs, whose
+placeholders are bound here to loop variables), plus ``length``, ``truncate``, ``stateful`` and,
+on ``scan_bwd``, ``need`` (which inputs want a cotangent). ``scan_out`` is a view of item k.
+
 State and diagnostics live in the generated module's globals: ``STATE[label]`` holds the final
 carries of a stateful scan, ``GRAD_NORMS[label]`` the norm of dL/dh_t for every t after a
 backward pass.

@@ -175,3 +175,15 @@ def format_scan_equations(scan: Node) -> str:
             section = sec
         lines.append("  " + text)
     return "\n".join(lines)
+
+
+def recurrence_equations(d) -> list[tuple[str, str, str, str]]:
+    """The equations of every scan in a derivation, as (loop label, section, text, latex).
+
+    Args:
+        d: a ``symbp.Derivation``.
+    Returns:
+        One block per scan node, in graph order (empty for a model without recurrences).
+    """
+    roots = [d.loss, *d.outputs.values()]
+    return [(n.label or "scan", *eq) for n in topo_order(roots) if n.op == "scan" for eq in scan_equations(n)]

@@ -29,3 +29,16 @@ def test_equations_do_not_grow_with_T_and_show_truncation():
     short, long = scan_equations(scan_of("LSTM", 3)), scan_equations(scan_of("LSTM", 300, (20, 30)))
     assert len(long) == len(short) + 1 and long[-1][0] == "truncation" and "every 20 steps, back 30" in long[-1][1]
     assert "δc_{t-1} =" in format_scan_equations(scan_of("LSTM", 3))
+
+
+def test_recurrence_equations_of_a_derivation():
+    m = sb.Model("two")
+    s = m.input("s", (4, 3))
+    h = sb.layers.GRU(4, name="enc")(m, s)
+    h = sb.layers.SimpleRNN(2, name="dec", return_sequences=False)(m, h)
+    m.minimize(sb.mean(h * h))
+    from symbp.scan_equations import recurrence_equations
+
+    eqs = recurrence_equations(sb.derive(m))
+    assert [label for label in dict.fromkeys(e[0] for e in eqs)] == ["enc", "dec"]
+    assert ("dec", "gradients") in {(e[0], e[1]) for e in eqs}
