@@ -10,6 +10,7 @@ from __future__ import annotations
 import sympy as sp
 
 from codegen import numpy_conv
+from codegen import numpy_scan  # recurrences: their loops are emitted by their own module
 from codegen.naming import Namer
 from codegen.numpy_printer import KernelWriter, Scratch, literal, scalar_code
 from codegen.spec import Spec
@@ -18,7 +19,8 @@ from symbp.ir import Node
 from symbp.optimise import optimise
 from symbp.schedule import schedule
 
-VIEWS = frozenset({"transpose", "expand_dims", "broadcast_like", "reshape", "slice", "stop_gradient"})
+VIEWS = frozenset({"transpose", "expand_dims", "broadcast_like", "reshape", "slice", "stop_gradient"}) \
+    | numpy_scan.VIEWS
 
 
 def _dims(shape: tuple) -> str:
@@ -84,6 +86,7 @@ EMIT = {
     "reshape": lambda n, x: f"{x}.reshape({_dims(tuple(-1 if d is None else d for d in n.shape))})",
     "slice": lambda n, x: f"{x}[{_index(n.attrs['index'])}]",
     "stop_gradient": lambda n, x: x,
+    **numpy_scan.EMIT,
 }
 EMIT.update(numpy_conv.EMIT)
 

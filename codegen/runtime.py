@@ -231,6 +231,23 @@ class Trainer:
         meta["arrays"] = {k: v for k, v in arrays.items() if k.startswith("_")}
         return meta
 
+    # -- recurrences ------------------------------------------------------------------------
+    def reset_state(self) -> None:
+        """Forget the carries of stateful recurrences: the next pass starts from their init."""
+        getattr(self.kernels, "STATE", {}).clear()
+
+    def gradient_norms_through_time(self, **batch) -> dict:
+        """The norm of dL/dh_t (over the batch) for every step t of each recurrence; no update.
+
+        Returns:
+            {loop label: array of shape (T,)}; vanishing gradients show as a decay towards t = 0.
+        """
+        self.kernels.gradients(self.params, self._batch(batch, self._needs("gradients"), "gradient_norms_through_time"))
+        norms = getattr(self.kernels, "GRAD_NORMS", None)
+        if not norms:
+            raise DataError("gradient_norms_through_time(): the model has no recurrence (sb.scan)")
+        return {k: np.array(v) for k, v in norms.items()}
+
     def __repr__(self) -> str:
         return f"<Trainer {self.kernels.MODEL!r} dtype={self.dtype} params={list(self.params)} t={self.t}>"
 

@@ -65,7 +65,9 @@ from symbp.ops import (  # noqa: E402,F401
     transpose,
     where,
 )
+from symbp.scan import scan  # noqa: E402
 from symbp.structural import const as constant  # noqa: E402
+from symbp.structural import onehot  # noqa: E402,F401
 
 
 def zeros(shape) -> Node:
@@ -149,5 +151,5 @@ def build(derivation: Derivation, out: str, backend: str = "numpy", optimizer=No
 
 __all__ = [
     "Derivation", "Model", "Node", "SymbpError", "build", "compile", "constant", "derive", "gradcheck",
-    "layers", "optim", "zeros",
+    "layers", "optim", "scan", "zeros",
 ]

@@ -106,3 +106,4 @@ class Sequential(Layer):
 
 
 from symbp.conv_layers import AvgPool2D, Conv2D, Flatten, GlobalAvgPool2D, LayerNorm, MaxPool2D, Residual  # noqa: E402,F401
+from symbp.rnn import GRU, LSTM, SimpleRNN, masked_softmax_cross_entropy  # noqa: E402,F401 - recurrent layers, built on sb.scan
