@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import sympy as sp
 
-from codegen import numpy_conv
-from codegen import numpy_scan  # recurrences: their loops are emitted by their own module
+from codegen import (
+    numpy_conv,
+    numpy_scan,  # recurrences: their loops are emitted by their own module
+)
 from codegen.naming import Namer
 from codegen.numpy_printer import KernelWriter, Scratch, literal, scalar_code
 from codegen.spec import Spec
