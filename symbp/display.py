@@ -283,7 +283,8 @@ class TexPrinter(_Common, LatexPrinter):
         return self._print_Symbol(e)
 
     def _print_Float(self, e):
-        return repr(float(e)).replace("e", r"\cdot 10^{") + "}" if "e" in repr(float(e)) else repr(float(e))
+        mantissa, _, exponent = repr(float(e)).partition("e")
+        return mantissa + (rf" \cdot 10^{{{int(exponent)}}}" if exponent else "")
 
     def _print_Delta(self, e):
         return r"\delta " + self._print(e.args[0])

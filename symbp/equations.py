@@ -11,16 +11,15 @@ itself is SymPy's printers (symbp.display).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import sympy as sp
 
 from symbp import display as D
 from symbp.elementwise import number
 from symbp.ir import Node, topo_order
-from symbp.registry import OPS
-from symbp.scalar import symbols
+from symbp.notation import COMPOSITES, axes_label, dshape, match_cross_entropy, show_op, symbol
 
 TRANSPARENT = {"stop_gradient", "expand_dims", "broadcast_like"}
 """Ops that leave values as they are (up to broadcasting): shown as their input."""
@@ -34,7 +33,6 @@ ROLE = {"dot": "Z", "exp": "E", "sum": "S", "max": "M", "tanh": "H", "sigmoid": 
 
 MAX_INLINE = 56  # characters: a longer inlined formula gets its own equation instead
 MAX_DATA = 16  # a short formula of data alone (no parameter) is inlined wherever it is read
-FUNC_NAMES = {"sigmoid": "σ", "Abs": "abs"}
 
 
 @dataclass(frozen=True)
@@ -98,7 +96,10 @@ class Equations:
         return "\\begin{align*}\n" + " \\\\\n".join(rows) + "\n\\end{align*}"
 
     def _repr_latex_(self) -> str:
-        return self.latex()
+        # Notebook renderers (MathJax, KaTeX) want math delimiters and allow no \tag inside
+        # `aligned`, so the numbers go in a column of their own.
+        rows = [f"{e.latex()} && ({e.number})" for e in self.entries]
+        return "$$\\begin{aligned}\n" + " \\\\\n".join(rows) + "\n\\end{aligned}$$"
 
     def __str__(self) -> str:
         return self.text()
@@ -107,207 +108,6 @@ class Equations:
 
     def __len__(self) -> int:
         return len(self.entries)
-
-
-# -- display of single ops --------------------------------------------------------------------
-
-B = sp.Symbol("B", positive=True, integer=True)
-
-
-def dshape(shape: tuple) -> tuple:
-    """A tensor shape as a display matrix shape: (None, n) -> (B, n); a 1-D parameter is a row."""
-    dims = [B if d is None else d for d in shape]
-    if not dims:
-        return ()
-    if len(dims) == 1:
-        return (B, 1) if shape[0] is None else (1, dims[0])
-    return (dims[0], sp.Mul(*dims[1:]) if len(dims) > 2 else dims[1])
-
-
-def symbol(name: str, shape: tuple) -> sp.Basic:
-    return sp.MatrixSymbol(name, *dshape(shape)) if shape else sp.Symbol(name)
-
-
-def axes_label(x: Node, axes: tuple) -> str:
-    """How a reduction's axes read: "batch" for the batch axis, "j" for the last one."""
-    return ",".join("batch" if x.shape[a] is None else "j" if a == x.ndim - 1 else f"axis{a}" for a in axes)
-
-
-def _index(idx: tuple) -> str:
-    return ", ".join(str(i) if isinstance(i, int) else ":" if i == (0, 0, 1) else
-                     f"{i[0]}:{i[1]}" + (f":{i[2]}" if i[2] != 1 else "") for i in idx)
-
-
-def _show_dot(n, a, b):
-    return D.MatMul(D.Transpose(a) if n.attrs["ta"] else a, D.Transpose(b) if n.attrs["tb"] else b)
-
-
-SHOW: dict[str, Callable] = {
-    "dot": _show_dot,
-    "transpose": lambda n, a: D.Transpose(a) if n.attrs["perm"] == (1, 0) else
-    D.func("transpose", dshape(n.shape), a, sub=str(n.attrs["perm"])),
-    "sum": lambda n, a: D.func("Σ", dshape(n.shape), a, sub=axes_label(n.inputs[0], n.attrs["axes"])),
-    "max": lambda n, a: D.func("max", dshape(n.shape), a, sub=axes_label(n.inputs[0], n.attrs["axes"])),
-    "size": lambda n, _: sp.Mul(*[B if n.inputs[0].shape[a] is None else n.inputs[0].shape[a]
-                                  for a in n.attrs["axes"]]),
-    "slice": lambda n, a: D.func("index", dshape(n.shape), a, sub=_index(n.attrs["index"])),
-    "unslice": lambda n, g, _: D.func("unslice", dshape(n.shape), g, sub=_index(n.attrs["index"])),
-    "reshape": lambda n, a: D.func("reshape", dshape(n.shape), a) if D.is_matrix(a) else a,
-    "concat": lambda n, *xs: D.func("concat", dshape(n.shape), *xs),
-    "onehot": lambda n, y: D.func("onehot", dshape(n.shape), y),
-}
-"""Display of structural ops: ``show(node, *input displays)``. A registered op's own
-``OpDef.show(args, node)`` takes precedence; an op found in neither reads as ``op(args)``."""
-
-
-def show_op(n: Node, args: list) -> sp.Basic:
-    """The display expression of node ``n`` given the display forms of its inputs."""
-    od = OPS.get(n.op)
-    if od is not None and od.show is not None:
-        return od.show(args, n)
-    if "expr" in n.attrs:
-        return translate(n.attrs["expr"], args, dshape(n.shape))
-    if n.op in SHOW:
-        return SHOW[n.op](n, *args)
-    return D.func(n.op, dshape(n.shape), *[a for a in args if a is not None])
-
-
-def translate(expr: sp.Expr, args: list, shape: tuple) -> sp.Basic:
-    """Map an elementwise formula over x0..xn to a matrix display expression of ``shape``.
-
-    Products of matrices become Hadamard products, quotients elementwise divisions,
-    squares H⊙H, functions of matrices Func; parts that involve only scalars stay scalar.
-    """
-    xs = symbols(len(args))
-    env = dict(zip(xs, args))
-    scalar_env = {x: a for x, a in env.items() if not D.is_matrix(a)}
-    expr = expr.xreplace(scalar_env)  # constants and scalars fold into the formula first
-    # 8943/200000 reads better as 0.044715; small fractions (1/2, 2/3) stay exact.
-    expr = expr.xreplace({r: sp.Float(r) for r in expr.atoms(sp.Rational) if r.q > 100})
-
-    def fit(e):
-        if not D.is_matrix(e):
-            return D.Fill(e, *shape) if shape else e
-        return e if e.shape == shape or not shape else D.Bcast(e, *shape)
-
-    def product(factors):
-        coef, mats = sp.S.One, []
-        for p in map(go, factors):
-            if isinstance(p, D.MatMul) and sum(map(D.is_matrix, p.args)) == 1:
-                c, p = D.split_coeff(p)  # fold −(A⊙B) into the coefficient of the product
-                coef, p = coef * c, p[0]
-            if not D.is_matrix(p):
-                coef *= p
-            else:
-                mats.extend(p.args if isinstance(p, D.HadamardProduct) else [fit(p)])
-        if not mats:
-            return coef
-        body = mats[0] if len(mats) == 1 else D.HadamardProduct(*mats)
-        if coef == 1:
-            return body
-        return D.MatMul(coef, *(body.args if isinstance(body, D.MatMul) else [body]))
-
-    def go(e):
-        if e in env:
-            return env[e]
-        if not e.free_symbols & set(xs):
-            return e
-        if e.is_Add:
-            terms = [go(a) for a in e.args]
-            if not any(map(D.is_matrix, terms)):
-                return sp.Add(*terms)
-            return D.MatAdd(*[fit(t) for t in terms])
-        if e.is_Mul:
-            num = [f for f in e.args if not (f.is_Pow and f.exp.is_negative)]
-            den = [f.base ** -f.exp for f in e.args if f.is_Pow and f.exp.is_negative]
-            top, bottom = product(num), product(den)
-            if not D.is_matrix(bottom):
-                return product([*num, 1 / bottom]) if D.is_matrix(top) else top / bottom
-            return D.Div(fit(top), fit(bottom))
-        if e.is_Pow:
-            base = go(e.base)
-            if not D.is_matrix(base):
-                return base ** e.exp
-            if e.exp.is_negative:
-                return D.Div(fit(1), fit(go(e.base ** -e.exp)))
-            if e.exp == 2:
-                return D.HadamardProduct(fit(base), fit(base))
-            if e.exp == sp.S.Half:
-                return D.func("sqrt", shape, fit(base))
-            return D.HadamardPower(fit(base), e.exp)
-        args_ = [go(a) for a in e.args]
-        if not any(map(D.is_matrix, args_)):
-            return e.func(*args_)
-        args_ = [fit(a) if D.is_matrix(a) else a for a in args_]
-        name = getattr(e.func, "__name__", type(e).__name__)
-        if name == "select":
-            c, a, b = e.args
-            if (a, b) == (1, 0):
-                return D.func("𝟙", shape, args_[0])
-            if c == a - b or c == b - a:  # maximum and minimum
-                return D.func("max" if c == a - b else "min", shape, *args_[1:])
-            if (a, b) == (0, 1):
-                return D.MatAdd(fit(1), D.MatMul(-1, D.func("𝟙", shape, args_[0])))
-            return D.func("where", shape, *args_)
-        return D.func(FUNC_NAMES.get(name, name), shape, *args_)
-
-    return go(expr)
-
-
-# -- composites: softmax family read as one function ------------------------------------------
-
-def _lse(n: Node):
-    """logsumexp(X) as symbp.nn builds it: (X, axes, ids of its nodes) or None."""
-    top = n.inputs[0] if n.op == "reshape" else n
-    if top.op != "add" or len(top.inputs) != 2:
-        return None
-    lg, m = top.inputs
-    if lg.op != "log" or lg.inputs[0].op != "sum":
-        return None
-    s = lg.inputs[0]
-    e = s.inputs[0]
-    if e.op != "exp" or e.inputs[0].op != "sub" or e.inputs[0].inputs[1] is not m:
-        return None
-    x = e.inputs[0].inputs[0]
-    if m.op != "stop_gradient" or m.inputs[0].op != "max" or m.inputs[0].inputs[0] is not x:
-        return None
-    return x, s.attrs["axes"], {n.id, top.id, lg.id, s.id, e.id, e.inputs[0].id, m.id, m.inputs[0].id}
-
-
-def _log_softmax(n: Node):
-    if n.op != "sub" or len(n.inputs) != 2:
-        return None
-    found = _lse(n.inputs[1])
-    return found and found[0] is n.inputs[0] and (found[0], found[1], found[2] | {n.id})
-
-
-def _softmax(n: Node):
-    if n.op != "div" or len(n.inputs) != 2 or n.inputs[1].op != "sum" or n.inputs[1].inputs[0] is not n.inputs[0]:
-        return None
-    e = n.inputs[0]
-    if e.op != "exp" or e.inputs[0].op != "sub":
-        return None
-    x, m = e.inputs[0].inputs
-    if m.op != "stop_gradient" or m.inputs[0].op != "max" or m.inputs[0].inputs[0] is not x:
-        return None
-    return x, n.inputs[1].attrs["axes"], {n.id, n.inputs[1].id, e.id, e.inputs[0].id, m.id, m.inputs[0].id}
-
-
-def _cross_entropy(n: Node):
-    """mean(−Σ_j onehot(y) ⊙ log_softmax(Z)) as symbp.nn builds it: (Z, onehot, size, ids)."""
-    if n.op != "div" or len(n.inputs) != 2 or n.inputs[1].op != "size":
-        return None
-    t, size = n.inputs
-    if t.op != "sum" or t.inputs[0].op != "neg" or t.inputs[0].inputs[0].op != "sum":
-        return None
-    mul = t.inputs[0].inputs[0].inputs[0]
-    if mul.op != "mul" or len(mul.inputs) != 2 or mul.inputs[0].op != "onehot":
-        return None
-    found = _log_softmax(mul.inputs[1])
-    if not found:
-        return None
-    return found[0], mul.inputs[0], size, found[2] | {n.id, t.id, t.inputs[0].id, t.inputs[0].inputs[0].id,
-                                                        mul.id, size.id}
 
 
 # -- the walk ---------------------------------------------------------------------------------
@@ -333,19 +133,17 @@ class _Builder:
 
     def _composites(self) -> None:
         for n in self.fwd:
-            for name, match in (("log_softmax", _log_softmax), ("softmax", _softmax), ("logsumexp", _lse)):
+            for name, match in COMPOSITES:
                 found = match(n)
                 if found:
                     x, axes, _ = found
-                    sub = axes_label(x, axes)
-                    self.special[n.id] = (lambda a, n=n, nm=name, sub=sub: D.func(nm, dshape(n.shape), a, sub=sub),
-                                          [x])
+                    self.special[n.id] = (partial(D.func, name, dshape(n.shape), sub=axes_label(x, axes)), [x])
                     break
             self._cross_entropy_delta(n)
 
     def _cross_entropy_delta(self, n: Node) -> None:
         """δZ = (softmax(Z) − onehot(y)) · g / N where L = CE(Z, y) is all that reads Z."""
-        found, cot = _cross_entropy(n), self.d.cotangents
+        found, cot = match_cross_entropy(n), self.d.cotangents
         if not found or found[0].id not in cot or n.id not in cot:
             return
         z, onehot, size, inside = found

@@ -2,9 +2,11 @@
 equations' values checked against the compiled gradients (so the display cannot drift from
 what is computed)."""
 
+import dataclasses
 import functools
 import operator
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +14,8 @@ import sympy as sp
 
 import symbp as sb
 from symbp import display as D
-from symbp.equations import B, Equations, symbol
+from symbp.equations import Equations
+from symbp.notation import B, symbol
 from tests.helpers import BATCH, op_model, op_names
 
 
@@ -194,7 +197,9 @@ def test_mlp_latex_is_well_formed():
     eqs = sb.derive(readme_mlp()).equations()
     tex = eqs.latex()
     assert tex.startswith(r"\begin{align*}") and tex.endswith(r"\end{align*}")
-    assert eqs._repr_latex_() == tex
+    shown = eqs._repr_latex_()
+    assert shown.startswith("$$\\begin{aligned}") and shown.endswith("\\end{aligned}$$") and balanced(shown)
+    assert "&& (10)" in shown and r"\tag" not in shown
     assert balanced(tex) and tex.isascii(), tex
     for piece in [r"W_{1}", r"\tanh", r"^{\top}", r"\odot", r"\sum_{\text{batch}} \delta Z_{1}",
                   r"\frac{\partial L}{\partial W_{1}}", r"\tag{1}", r"\delta Z_{2} &= \frac{"]:
@@ -261,3 +266,17 @@ def test_output_is_deterministic():
     first = sb.derive(readme_mlp()).equations()
     second = sb.derive(readme_mlp()).equations()
     assert first.text() == second.text() and first.latex() == second.latex()
+
+
+def test_readme_sample_is_current():
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    sample = readme.split("## Reading the equations", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
+    assert sample.rstrip("\n") == str(sb.derive(readme_mlp()).equations())
+
+
+def test_without_recorded_cotangents_the_deltas_get_plain_names(rng):
+    m = readme_mlp()
+    d = sb.derive(m)
+    bare = dataclasses.replace(d, cotangents={})
+    text = str(bare.equations())
+    assert "δ" not in text and "G₁" in text and "∂L/∂W1 = xᵀ " in text
