@@ -275,7 +275,7 @@ class TexPrinter(_Common, LatexPrinter):
     _frac_parens = False
 
     def _print_Symbol(self, e, style="plain"):
-        if _PLAIN_NAME.match(e.name) or e.name in ("B",):
+        if _PLAIN_NAME.match(e.name):
             return super()._print_Symbol(e, style)
         return r"\mathrm{" + e.name.replace("_", r"\_") + "}"
 

@@ -227,7 +227,7 @@ class _Builder:
                                              n.id in shared and width <= MAX_DATA and n.id not in trained):
                 mat.discard(n.id)  # e.g. onehot(y): reads as well as a name, and costs nothing
             if n.id in mat:
-                self.names[n.id] = self._name(n, owner.get(n.id), disp)
+                self.names[n.id] = self._name(n, owner.get(n.id), e)
             disp[n.id] = self.names.get(n.id, e)
 
         entries: list[Equation] = []
@@ -245,7 +245,7 @@ class _Builder:
             entries.append(Equation(len(entries) + 1, lhs, rhs, g.id, self._folded(g, mat), "gradients"))
         return entries
 
-    def _name(self, n: Node, owner: Node | None, disp: dict) -> sp.Basic:
+    def _name(self, n: Node, owner: Node | None, e: sp.Basic) -> sp.Basic:
         """The symbol of a node with its own equation: L, an output or layer name, δX, Z₁..."""
         d = self.d
         params = {g.id: p for p, g in d.grads.items()}
@@ -263,8 +263,7 @@ class _Builder:
         if n.label and not n.label.startswith("d") and n.label not in self.used:
             self.used.add(n.label)
             return symbol(n.label, n.shape)
-        affine = n.op in ("add", "sub") and any(self.resolve(i).op == "dot" for i in n.inputs)
-        return symbol(self._fresh("Z" if affine else ROLE.get(n.op, "A")), n.shape)
+        return symbol(self._fresh("Z" if _affine(e) else ROLE.get(n.op, "A")), n.shape)
 
     def _fresh(self, letter: str) -> str:
         while True:
@@ -283,6 +282,12 @@ class _Builder:
                 ids.add(m.id)
                 stack.extend(i for i in m.inputs if i.inputs and i.id not in mat and (i.id in self.is_fwd) == side)
         return tuple(sorted(ids))
+
+
+def _affine(e: sp.Basic) -> bool:
+    """A matrix product, plus or minus other terms: X W + b."""
+    terms = e.args if isinstance(e, D.MatAdd) else (e,)
+    return any(isinstance(t, D.MatMul) and sum(map(D.is_matrix, t.args)) > 1 for t in terms)
 
 
 def equations(d) -> Equations:

@@ -124,7 +124,8 @@ def translate(expr: sp.Expr, args: list, shape: tuple) -> sp.Basic:
             terms = [go(a) for a in e.args]
             if not any(map(D.is_matrix, terms)):
                 return sp.Add(*terms)
-            return D.MatAdd(*[fit(t) for t in terms])
+            flat = [a for t in terms for a in (t.args if isinstance(t, D.MatAdd) else [t])]
+            return D.MatAdd(*[fit(t) for t in flat])
         if e.is_Mul:
             num = [f for f in e.args if not (f.is_Pow and f.exp.is_negative)]
             den = [f.base ** -f.exp for f in e.args if f.is_Pow and f.exp.is_negative]

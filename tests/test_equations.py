@@ -5,7 +5,10 @@ what is computed)."""
 import dataclasses
 import functools
 import operator
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -228,7 +231,7 @@ def test_equations_compute_the_gradients(name, rng):
 def test_named_layers_and_outputs_name_equations():
     text = str(sb.derive(dense_mse()).equations())
     for piece in ["fc1_z = x fc1_W + fc1_b", "= relu(fc1_z)", "σ(fc2_z)", "δfc1_z = (δfc2_z fc2_Wᵀ) ⊙ 𝟙[fc1_z > 0]",
-                  "δfc2_z = (δA₁ out_Wᵀ) ⊙ fc2 ⊙ (1 − fc2)"]:
+                  "δfc2_z = (δZ₁ out_Wᵀ) ⊙ fc2 ⊙ (1 − fc2)"]:
         assert piece in text, f"{piece!r} missing from:\n{text}"
     assert "probs = softmax_j(" in str(sb.derive(softmax_slices()).equations())
 
@@ -266,6 +269,13 @@ def test_output_is_deterministic():
     first = sb.derive(readme_mlp()).equations()
     second = sb.derive(readme_mlp()).equations()
     assert first.text() == second.text() and first.latex() == second.latex()
+    # another process, another hash seed: nothing may depend on set order or node ids
+    root = Path(__file__).parent.parent
+    code = "from tests.test_equations import *; e = sb.derive(shared_logits()).equations(); print(e, e.latex())"
+    env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, check=True)
+    here = sb.derive(shared_logits()).equations()
+    assert out.stdout == f"{here} {here.latex()}\n"
 
 
 def test_readme_sample_is_current():
