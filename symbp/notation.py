@@ -17,7 +17,7 @@ from symbp.registry import OPS
 from symbp.scalar import symbols
 
 FUNC_NAMES = {"sigmoid": "σ", "Abs": "abs"}
-
+"""SymPy function names that read differently in an equation."""
 
 B = sp.Symbol("B", positive=True, integer=True)
 
@@ -33,6 +33,7 @@ def dshape(shape: tuple) -> tuple:
 
 
 def symbol(name: str, shape: tuple) -> sp.Basic:
+    """The display symbol of a named tensor: a MatrixSymbol, or a Symbol for a scalar."""
     return sp.MatrixSymbol(name, *dshape(shape)) if shape else sp.Symbol(name)
 
 
@@ -69,7 +70,15 @@ SHOW: dict[str, Callable] = {
 
 
 def show_op(n: Node, args: list) -> sp.Basic:
-    """The display expression of node ``n`` given the display forms of its inputs."""
+    """The display expression of node ``n``.
+
+    Args:
+        n: a graph node.
+        args: the display forms of its inputs, in order (None for inputs read only for
+            their shape, such as the reference of ``broadcast_like``).
+    Returns:
+        A SymPy expression: a matrix expression, or a scalar for a shape-() result.
+    """
     od = OPS.get(n.op)
     if od is not None and od.show is not None:
         return od.show(args, n)
@@ -81,10 +90,17 @@ def show_op(n: Node, args: list) -> sp.Basic:
 
 
 def translate(expr: sp.Expr, args: list, shape: tuple) -> sp.Basic:
-    """Map an elementwise formula over x0..xn to a matrix display expression of ``shape``.
+    """Map an elementwise formula over x0..xn to a matrix display expression.
 
     Products of matrices become Hadamard products, quotients elementwise divisions,
     squares H⊙H, functions of matrices Func; parts that involve only scalars stay scalar.
+
+    Args:
+        expr: the node's ``attrs["expr"]``.
+        args: the display forms of x0..xn (matrix expressions or scalars).
+        shape: the display shape of the result (every matrix operand is broadcast to it).
+    Returns:
+        The display expression.
     """
     xs = symbols(len(args))
     env = dict(zip(xs, args))

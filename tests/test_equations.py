@@ -290,3 +290,17 @@ def test_without_recorded_cotangents_the_deltas_get_plain_names(rng):
     bare = dataclasses.replace(d, cotangents={})
     text = str(bare.equations())
     assert "δ" not in text and "G₁" in text and "∂L/∂W1 = xᵀ " in text
+
+
+def test_an_ops_own_show_rule_is_used_and_unknown_ops_read_as_calls(monkeypatch):
+    from symbp import notation
+    from symbp.registry import OPS
+
+    monkeypatch.setitem(OPS, "dot", dataclasses.replace(OPS["dot"], show=lambda args, n: D.func(
+        "mm", notation.dshape(n.shape), *args)))
+    text = str(sb.derive(readme_mlp()).equations())
+    assert "Z₁ = mm(x, W1) + b1" in text and "∂L/∂W1 = mm(x, δZ₁)" in text
+    monkeypatch.setitem(OPS, "dot", dataclasses.replace(OPS["dot"], show=None))
+    monkeypatch.delitem(notation.SHOW, "dot")
+    text = str(sb.derive(readme_mlp()).equations())
+    assert "Z₁ = dot(x, W1) + b1" in text
