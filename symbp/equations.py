@@ -263,7 +263,8 @@ class _Builder:
         if n.label and not n.label.startswith("d") and n.label not in self.used:
             self.used.add(n.label)
             return symbol(n.label, n.shape)
-        affine = _affine(e) or n.op in ("add", "sub") and any(self.resolve(i).op == "dot" for i in n.inputs)
+        affine = _affine(e) or n.id not in self.special and n.op in ("add", "sub") and any(
+            self.resolve(i).op == "dot" for i in n.inputs)
         return symbol(self._fresh("Z" if affine else ROLE.get(n.op, "A")), n.shape)
 
     def _fresh(self, letter: str) -> str:

@@ -62,7 +62,25 @@ def softmax_slices():
     return m
 
 
-MODELS = {"mlp": readme_mlp, "dense_mse": dense_mse, "shared_logits": shared_logits, "softmax_slices": softmax_slices}
+def scalar_param():
+    m = sb.Model("sc")
+    x, a, W = m.input("x", (3,)), m.param("alpha", (), init=0.5), m.param("W_out", (3, 2))
+    m.minimize(sb.mean(sb.leaky_relu(a * (x @ W), 0.2)))
+    return m
+
+
+def two_cross_entropies():
+    """One scaled CE whose logits are read again (general form), one whose are not (identity)."""
+    m = sb.Model("two")
+    x, y, p = m.input("x", (3,)), m.input("y", (), dtype="int64"), m.input("p", (4,))
+    z = x @ m.param("W", (3, 4))
+    m.minimize(2 * sb.softmax_cross_entropy(z, y) + sb.softmax_cross_entropy(sb.tanh(z), y)
+               + sb.softmax_cross_entropy(z, p) + sb.binary_cross_entropy_with_logits(z, p))
+    return m
+
+
+MODELS = {"mlp": readme_mlp, "dense_mse": dense_mse, "shared_logits": shared_logits, "softmax_slices": softmax_slices,
+          "scalar_param": scalar_param, "two_cross_entropies": two_cross_entropies}
 
 
 def random_batch(m, rng):
