@@ -48,7 +48,8 @@ def _dot(n, out, a, b):
     ta, tb = n.attrs["ta"], n.attrs["tb"]
     x, y = n.inputs
     if ta:
-        return [f"np.matmul({a}.reshape(-1, {a}.shape[-1]).T, {b}.reshape(-1, {b}.shape[-1]), out={out})"]
+        flat = [v if node.ndim == 2 else f"{v}.reshape(-1, {v}.shape[-1])" for v, node in ((a, x), (b, y))]
+        return [f"np.matmul({flat[0]}.T, {flat[1]}, out={out})"]
     rhs = f"{b}.T" if tb else b
     if x.ndim > 2:
         return [f"np.matmul({a}.reshape(-1, {a}.shape[-1]), {rhs}, out={out}.reshape(-1, {out}.shape[-1]))"]
@@ -102,18 +103,22 @@ EMIT.update(numpy_conv.EMIT)
 class Function:
     """One emitted function: its schedule, buffer list and body lines."""
 
-    def __init__(self, name: str, roots: list[Node], namer: Namer, scratch: Scratch):
+    def __init__(self, name: str, roots: list[Node], namer: Namer, scratch: Scratch, equations=None):
         self.name = name
         self.sched = schedule(roots, VIEWS)
         self.namer = namer
         self.scratch = scratch
+        self.equations = equations
         self.body: list[str] = []
 
     def compile_body(self) -> None:
         name = self.namer
+        shown: set = set()
         for n in self.sched.order:
             out = name(n)
             ins = [name(i) for i in n.inputs]
+            if self.equations is not None:
+                self.body += equation_comment(self.equations, n, shown)
             if n.op in VIEWS:
                 self.body.append(f"{out} = {EMIT[n.op](n, *ins)}")
                 continue
@@ -125,19 +130,43 @@ class Function:
                 self.body += EMIT[n.op](n, out, *ins)
 
 
+def equation_comment(equations, n: Node, shown: set) -> list[str]:
+    """``# (k) lhs = rhs`` before the first statement that computes part of equation k
+    (of ``d.equations()``), so a reader can go from the maths to the code and back."""
+    numbers = sorted({k for o in n.origin if (k := equations.number(o)) is not None} - shown)
+    shown.update(numbers)
+    out = []
+    for k in numbers:
+        text = " ".join(equations.entries[k - 1].text().split())
+        out.append(f"# ({k}) {text if len(text) <= 90 else text[:87] + '...'}")
+    return out
+
+
+def equation_names(equations) -> dict[int, str]:
+    """Node id -> the name its equation gives it, as an identifier (Z₁ -> Z1, δZ₂ -> dZ2)."""
+    sub = str.maketrans("₀₁₂₃₄₅₆₇₈₉δ∂", "0123456789dd")
+    out = {}
+    for e in equations.entries:
+        text = e.text().split(" = ")[0].translate(sub)
+        if text.isascii() and text.replace("_", "").isalnum():
+            out[e.node] = text
+    return out
+
+
 def emit(spec: Spec) -> str:
     """The NumPy module for ``spec`` (see ``codegen.spec``)."""
     d = spec.derivation
     pnames = list(d.params)
     roots = optimise([d.loss, *d.grads.values(), *d.outputs.values()])
     loss, grads, outs = roots[0], roots[1:1 + len(pnames)], roots[1 + len(pnames):]
-    namer = Namer()
+    eqs = d.equations()
+    namer = Namer(hints=equation_names(eqs))
     for n in [*d.inputs.values(), *d.params.values()]:
         namer(n)
     scratch = Scratch()
-    fns = [Function("gradients", [loss, *grads], namer, scratch), Function("loss", [loss], namer, scratch)]
+    fns = [Function("gradients", [loss, *grads], namer, scratch, eqs), Function("loss", [loss], namer, scratch, eqs)]
     if outs:
-        fns.append(Function("predict", outs, namer, scratch))
+        fns.append(Function("predict", outs, namer, scratch, eqs))
     for f in fns:
         f.compile_body()
     lines = [*spec.header("NumPy"), "import math", "", "import numpy as np", "", *spec.constants(), ""]

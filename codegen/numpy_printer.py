@@ -129,10 +129,20 @@ class KernelWriter:
         if e.is_Symbol or e.is_Number or e.is_NumberSymbol or self.scalar_only(e):
             self.emit(f"np.copyto({out}, {self.val(e)})")
         elif e.is_Add:
-            terms = [self.val(a) for a in e.args]
-            self.emit(f"np.add({terms[0]}, {terms[1]}, out={out})")
-            for t in terms[2:]:
-                self.emit(f"np.add({out}, {t}, out={out})")
+            # a - b as one subtract, not a negate and an add
+            args = sorted(e.args, key=lambda a: a.could_extract_minus_sign())
+            signs = [a.could_extract_minus_sign() for a in args]
+            terms = [self.val(-a if neg else a) for a, neg in zip(args, signs)]
+            if signs[0]:
+                self.emit(f"np.negative({terms[0]}, out={out})")
+                first, rest = out, zip(signs[1:], terms[1:])
+            else:
+                first, rest = terms[0], None
+            if rest is None:
+                self.emit(f"np.{'subtract' if signs[1] else 'add'}({first}, {terms[1]}, out={out})")
+                rest = zip(signs[2:], terms[2:])
+            for neg, t in rest:
+                self.emit(f"np.{'subtract' if neg else 'add'}({out}, {t}, out={out})")
         elif e.is_Mul:
             self.mul(e, out)
         elif e.is_Pow:

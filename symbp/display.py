@@ -36,6 +36,8 @@ class Func(MatrixExpr):
 class SFunc(sp.Expr):
     """The scalar counterpart of Func, for results of shape () (a sum over every axis)."""
 
+    is_commutative = True  # a scalar: MatMul must be able to pull it out as a coefficient
+
     def __new__(cls, name: str, sub: str, *args):
         return sp.Expr.__new__(cls, Str(name), Str(sub), *map(sp.sympify, args))
 
@@ -92,9 +94,13 @@ class Grad(MatrixExpr):
 class SDelta(sp.Expr):
     """δx for a scalar x."""
 
+    is_commutative = True  # a scalar: MatMul must be able to pull it out as a coefficient
+
 
 class SGrad(sp.Expr):
     """∂L/∂w for a scalar parameter w."""
+
+    is_commutative = True  # a scalar: MatMul must be able to pull it out as a coefficient
 
 
 def delta(x) -> sp.Basic:

@@ -80,12 +80,17 @@ def show_op(n: Node, args: list) -> sp.Basic:
         A SymPy expression: a matrix expression, or a scalar for a shape-() result.
     """
     od = OPS.get(n.op)
-    if od is not None and od.show is not None:
-        return od.show(args, n)
-    if "expr" in n.attrs:
-        return translate(n.attrs["expr"], args, dshape(n.shape))
-    if n.op in SHOW:
-        return SHOW[n.op](n, *args)
+    try:
+        if od is not None and od.show is not None:
+            return od.show(args, n)
+        if "expr" in n.attrs:
+            return translate(n.attrs["expr"], args, dshape(n.shape))
+        if n.op in SHOW:
+            return SHOW[n.op](n, *args)
+    except (sp.matrices.exceptions.ShapeError, AttributeError, TypeError, ValueError, NotImplementedError):
+        # Tensors of 3+ axes are shown flattened to matrices, where a matrix form can fail to
+        # line up (a (B, T·F) sequence times an (F, H) weight): then the op reads as op(args).
+        pass
     return D.func(n.op, dshape(n.shape), *[a for a in args if a is not None])
 
 

@@ -26,6 +26,7 @@ def optimise(roots: list[Node]) -> list[Node]:
 
 def _rebuild(n: Node, inputs: list[Node], attrs: dict | None = None) -> Node:
     m = Node(n.op, inputs, n.shape, n.dtype, n.attrs if attrs is None else attrs, n.name, n.label)
+    m.origin = n.origin
     return m
 
 
@@ -42,6 +43,7 @@ def dedupe(roots: list[Node]) -> list[Node]:
         key = probe.key()
         if key in seen:
             new[n.id] = seen[key]
+            seen[key].origin += n.origin
         else:
             seen[key] = new[n.id] = probe
     return [new[r.id] for r in roots]
@@ -73,6 +75,7 @@ def fuse(roots: list[Node]) -> list[Node]:
             continue
         inputs: list[Node] = []
         subs = {}
+        origin = n.origin
         xs = S.symbols(len(n.inputs))
         for x, old in zip(xs, n.inputs):
             src = new[old.id]
@@ -85,6 +88,7 @@ def fuse(roots: list[Node]) -> list[Node]:
                         inputs.append(pin)
                     psubs[px] = _tmp(inputs.index(pin))
                 subs[x] = src.attrs["expr"].xreplace(psubs)
+                origin += src.origin
             else:
                 if src not in inputs:
                     inputs.append(src)
@@ -94,7 +98,10 @@ def fuse(roots: list[Node]) -> list[Node]:
         if inputs == [new[i.id] for i in n.inputs] and expr == n.attrs["expr"]:
             new[n.id] = _rebuild(n, inputs)
         else:
-            new[n.id] = E.make("ew", inputs, expr, label=n.label)
+            made = E.make("ew", inputs, expr, label=n.label)
+            if made not in inputs:  # not an identity that returned an existing node
+                made.origin = origin
+            new[n.id] = made
     return [new[r.id] for r in roots]
 
 
