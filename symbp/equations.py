@@ -64,9 +64,11 @@ class Equation:
 class Equations:
     """A model's derived equations: ``print`` it, or ``.latex()``; Jupyter renders it."""
 
-    def __init__(self, name: str, entries: list[Equation]):
+    def __init__(self, name: str, entries: list[Equation], recurrences: list | None = None):
         self.name = name
         self.entries = entries
+        # (loop, section, text, latex) of each sb.scan: its cell at step t and the δ-recurrence
+        self.recurrences = recurrences or []
         self._by_node = {}
         for e in entries:
             for i in e.nodes:
@@ -88,17 +90,25 @@ class Equations:
             width, nw = max(map(len, lhs)), len(str(self.entries[-1].number)) + 2
             for e, left in zip(rows, lhs):
                 lines.append(f"  {f'({e.number})':>{nw}}  {left:<{width}} = {D.TextPrinter().doprint(e.rhs)}")
+        heading = None
+        for loop, section, text, _ in self.recurrences:
+            if (loop, section) != heading:
+                lines.append(f"recurrence {loop!r}, {section} (rolled loop: derived once, run for every t)")
+                heading = (loop, section)
+            lines.append(f"    {text}")
         return "\n".join(lines)
 
     def latex(self) -> str:
         """The equations as a LaTeX ``align*`` environment, numbered with ``\\tag``."""
         rows = [f"{e.latex()} \\tag{{{e.number}}}" for e in self.entries]
+        rows += [f"&{tex} \\notag" for _, _, _, tex in self.recurrences]
         return "\\begin{align*}\n" + " \\\\\n".join(rows) + "\n\\end{align*}"
 
     def _repr_latex_(self) -> str:
         # Notebook renderers (MathJax, KaTeX) want math delimiters and allow no \tag inside
         # `aligned`, so the numbers go in a column of their own.
         rows = [f"{e.latex()} && ({e.number})" for e in self.entries]
+        rows += [f"&{tex} &&" for _, _, _, tex in self.recurrences]
         return "$$\\begin{aligned}\n" + " \\\\\n".join(rows) + "\n\\end{aligned}$$"
 
     def __str__(self) -> str:
@@ -300,4 +310,6 @@ def equations(d) -> Equations:
     Returns:
         An Equations object: ``print`` it, ``.latex()``, ``.entries``.
     """
-    return Equations(d.name, _Builder(d).build())
+    from symbp.scan_equations import recurrence_equations
+
+    return Equations(d.name, _Builder(d).build(), recurrence_equations(d))

@@ -73,7 +73,12 @@ class _Printer:
                 if " " in arg and not (expr.is_Add or isinstance(expr, sp.Function) and len(expr.args) == 1):
                     arg = f"({arg})"
                 text = text.replace(f"_v{k}", arg)
-            latex = sp.latex(expr, symbol_names={sp.Symbol(f"_v{k}"): a[k][1] for k in range(len(a))})
+            # SymPy takes each argument's LaTeX as an atom: parenthesise compound ones as the
+            # text does, or (δh + δy)(1 - h²) would print as δh + δy (1 - h²).
+            bare = expr.is_Add or isinstance(expr, sp.Function) and len(expr.args) == 1
+            names = {sp.Symbol(f"_v{k}"): a[k][1] if bare or not re.search(r"[ +\-]", a[k][1].replace("_{t-1}", ""))
+                     else f"\\left({a[k][1]}\\right)" for k in range(len(a))}
+            latex = sp.latex(expr, symbol_names=names)
             return text, latex
         if n.op == "const":
             v = n.attrs["value"]
@@ -147,7 +152,7 @@ def scan_equations(scan: Node) -> list[tuple[str, str, str]]:
     bnamed = {r.id: (f"δ{h}_{{t-1}}", f"\\delta {h}_{{t-1}}") for r, h in zip(cell.d_carry_in, hs) if r is not None}
     grads = [(r, c) for r, c in zip(cell.d_captured, cap) if r is not None and (outer[cap.index(c)].op == "param")]
     for r, c in grads:
-        bnamed.setdefault(r.id, (f"Δ{c}_t", f"\\Delta {c}_{{t}}"))
+        bnamed.setdefault(r.id, (f"Δ{c}_t", f"\\Delta {c.replace('_', chr(92) + '_')}_{{t}}"))
     bwd.show([r for r in cell.d_carry_in if r is not None] + [r for r, _ in grads], bnamed, set())
     lead = [("backward", f"δ{h}_t = ∂L/∂{h}_t through the steps after t (at t = {T - 1}: ∂L/∂{h} of the final carry); "
                          f"δ{y}_t = ∂L/∂{y}_t, the step's output error",
