@@ -12,7 +12,6 @@ import itertools
 import keyword
 import re
 from collections.abc import Iterable
-from typing import Any
 
 import networkx as nx
 
