@@ -16,23 +16,31 @@ class Namer:
     """Gives every node one identifier: parameters and inputs keep their names, gradients
     read ``dW1``, layer outputs their layer's name; anything else ``t<k>``. Never a reserved word."""
 
-    def __init__(self, reserved=()):
+    def __init__(self, reserved=(), hints: dict | None = None):
         self.taken = set(RESERVED) | set(reserved)
+        self.hints = hints or {}  # node id -> a preferred name (from the numbered equations)
         self.names: dict[int, str] = {}
+        self.next: dict[str, int] = {}  # next suffix to try per base: naming stays linear
 
     def fresh(self, base: str) -> str:
         base = sanitise(base)
-        name, k = base, 1
-        while name in self.taken or name.startswith("_"):
+        name, k = base, self.next.get(base, 1)
+        while name in self.taken:
             name = f"{base}_{k}"
             k += 1
+        self.next[base] = k
         self.taken.add(name)
         return name
 
     def __call__(self, n: Node) -> str:
         if n.id not in self.names:
+            hint = next((self.hints[o] for o in n.origin if o in self.hints), None)
             if n.name:
                 base = n.name
+            elif n.label and not n.label.startswith("d_"):
+                base = n.label
+            elif hint:
+                base = hint
             elif n.label:
                 base = n.label
             else:

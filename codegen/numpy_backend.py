@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import sympy as sp
 
+from codegen import (
+    numpy_conv,
+    numpy_scan,  # recurrences: their loops are emitted by their own module
+)
 from codegen.naming import Namer
 from codegen.numpy_printer import KernelWriter, Scratch, literal, scalar_code
 from codegen.spec import Spec
@@ -17,7 +21,8 @@ from symbp.ir import Node
 from symbp.optimise import optimise
 from symbp.schedule import schedule
 
-VIEWS = frozenset({"transpose", "expand_dims", "broadcast_like", "reshape", "slice", "stop_gradient"})
+VIEWS = frozenset({"transpose", "expand_dims", "broadcast_like", "reshape", "slice", "stop_gradient"}) \
+    | numpy_scan.VIEWS
 
 
 def _dims(shape: tuple) -> str:
@@ -43,16 +48,23 @@ def _dot(n, out, a, b):
     ta, tb = n.attrs["ta"], n.attrs["tb"]
     x, y = n.inputs
     if ta:
-        return [f"np.matmul({a}.reshape(-1, {x.shape[-1]}).T, {b}.reshape(-1, {y.shape[-1]}), out={out})"]
+        flat = [v if node.ndim == 2 else f"{v}.reshape(-1, {v}.shape[-1])" for v, node in ((a, x), (b, y))]
+        return [f"np.matmul({flat[0]}.T, {flat[1]}, out={out})"]
     rhs = f"{b}.T" if tb else b
     if x.ndim > 2:
-        return [f"np.matmul({a}.reshape(-1, {x.shape[-1]}), {rhs}, out={out}.reshape(-1, {n.shape[-1]}))"]
+        return [f"np.matmul({a}.reshape(-1, {a}.shape[-1]), {rhs}, out={out}.reshape(-1, {out}.shape[-1]))"]
     return [f"np.matmul({a}, {rhs}, out={out})"]
 
 
 def _reduce(fn):
     def emit(n, out, x):
-        return [f"np.{fn}({x}, axis={n.attrs['axes']}, keepdims={n.attrs['keepdims']}, out={out})"]
+        axes, nd = n.attrs["axes"], n.inputs[0].ndim
+        if fn == "sum" and axes == tuple(range(len(axes))) and len(axes) < nd:
+            # Summing leading axes (bias gradients) as ones @ x runs in BLAS: NumPy's
+            # multi-axis sum is 5-15x slower at these shapes.
+            return [f"_x = {x}.reshape(-1, {out}.size)",
+                    f"np.matmul(_ones(_x.shape[0]), _x, out={out}.reshape(-1))"]
+        return [f"np.{fn}({x}, axis={axes}, keepdims={n.attrs['keepdims']}, out={out})"]
     return emit
 
 
@@ -83,24 +95,30 @@ EMIT = {
     "reshape": lambda n, x: f"{x}.reshape({_dims(tuple(-1 if d is None else d for d in n.shape))})",
     "slice": lambda n, x: f"{x}[{_index(n.attrs['index'])}]",
     "stop_gradient": lambda n, x: x,
+    **numpy_scan.EMIT,
 }
+EMIT.update(numpy_conv.EMIT)
 
 
 class Function:
     """One emitted function: its schedule, buffer list and body lines."""
 
-    def __init__(self, name: str, roots: list[Node], namer: Namer, scratch: Scratch):
+    def __init__(self, name: str, roots: list[Node], namer: Namer, scratch: Scratch, equations=None):
         self.name = name
         self.sched = schedule(roots, VIEWS)
         self.namer = namer
         self.scratch = scratch
+        self.equations = equations
         self.body: list[str] = []
 
     def compile_body(self) -> None:
         name = self.namer
+        shown: set = set()
         for n in self.sched.order:
             out = name(n)
             ins = [name(i) for i in n.inputs]
+            if self.equations is not None:
+                self.body += equation_comment(self.equations, n, shown)
             if n.op in VIEWS:
                 self.body.append(f"{out} = {EMIT[n.op](n, *ins)}")
                 continue
@@ -112,27 +130,55 @@ class Function:
                 self.body += EMIT[n.op](n, out, *ins)
 
 
+def equation_comment(equations, n: Node, shown: set) -> list[str]:
+    """``# (k) lhs = rhs`` before the first statement that computes part of equation k
+    (of ``d.equations()``), so a reader can go from the maths to the code and back."""
+    numbers = sorted({k for o in n.origin if (k := equations.number(o)) is not None} - shown)
+    shown.update(numbers)
+    out = []
+    for k in numbers:
+        text = " ".join(equations.entries[k - 1].text().split())
+        out.append(f"# ({k}) {text if len(text) <= 90 else text[:87] + '...'}")
+    return out
+
+
+def equation_names(equations) -> dict[int, str]:
+    """Node id -> the name its equation gives it, as an identifier (Z₁ -> Z1, δZ₂ -> dZ2)."""
+    sub = str.maketrans("₀₁₂₃₄₅₆₇₈₉δ∂", "0123456789dd")
+    out = {}
+    for e in equations.entries:
+        text = e.text().split(" = ")[0].translate(sub)
+        if text.isascii() and text.replace("_", "").isalnum():
+            out[e.node] = text
+    return out
+
+
 def emit(spec: Spec) -> str:
     """The NumPy module for ``spec`` (see ``codegen.spec``)."""
     d = spec.derivation
     pnames = list(d.params)
     roots = optimise([d.loss, *d.grads.values(), *d.outputs.values()])
     loss, grads, outs = roots[0], roots[1:1 + len(pnames)], roots[1 + len(pnames):]
-    namer = Namer()
+    eqs = d.equations()
+    namer = Namer(hints=equation_names(eqs))
     for n in [*d.inputs.values(), *d.params.values()]:
         namer(n)
     scratch = Scratch()
-    fns = [Function("gradients", [loss, *grads], namer, scratch), Function("loss", [loss], namer, scratch)]
+    fns = [Function("gradients", [loss, *grads], namer, scratch, eqs), Function("loss", [loss], namer, scratch, eqs)]
     if outs:
-        fns.append(Function("predict", outs, namer, scratch))
+        fns.append(Function("predict", outs, namer, scratch, eqs))
     for f in fns:
         f.compile_body()
     lines = [*spec.header("NumPy"), "import math", "", "import numpy as np", "", *spec.constants(), ""]
     lines += ["", "def _alloc(shapes, B):",
-              "    return [np.empty(tuple(B if d is None else d for d in s), dtype=DTYPE if k == 'float' else np.int64)",
-              "            for s, k in shapes]", ""]
+              "    return [np.empty(tuple(B if d is None else d for d in s),",
+              "                     dtype=DTYPE if k == 'float' else np.int64) for s, k in shapes]", ""]
     lines.append(f"_SCRATCH = {[(s, 'float') for _, s in scratch.specs()]!r}")
     lines.append("_cache = {}")
+    lines += ["", "", "def _ones(n):",
+              "    if ('ones', n) not in _cache:",
+              "        _cache['ones', n] = np.ones(n, dtype=DTYPE)",
+              "    return _cache['ones', n]"]
     lines += ["", "", "def _buffers(fn, shapes, B):",
               "    key = (fn, B)",
               "    if key not in _cache:",
@@ -169,7 +215,8 @@ def _function(f: Function, namer: Namer, scratch: Scratch, d, result, spec: Spec
     lines += ["    " + line for line in f.body]
     loss, table = result
     if f.name == "gradients":
-        lines.append(f"    return float({namer(loss)}), {{{', '.join(f'{k!r}: {namer(v)}' for k, v in table.items())}}}")
+        grads = ", ".join(f"{k!r}: {namer(v)}" for k, v in table.items())
+        lines.append(f"    return float({namer(loss)}), {{{grads}}}")
     elif f.name == "loss":
         lines.append(f"    return float({namer(loss)})")
     else:

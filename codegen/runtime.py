@@ -1,16 +1,27 @@
 """Run-time wrapper around a generated training module. Imports only NumPy.
 
 The same file serves models compiled in-process (``sb.compile``) and standalone packages
-(``sb.build`` copies it beside the generated code), so both check data the same way:
-missing or extra inputs, wrong shapes or dtypes and out-of-range labels are reported in the
-model's terms before any generated code runs.
+(``sb.build`` copies it, and ``training.py`` beside it, next to the generated code), so both
+check data the same way: missing or extra inputs, wrong shapes or dtypes and out-of-range
+labels are reported in the model's terms before any generated code runs.
+
+Weights files (``save``/``load``, checkpoints) are plain ``.npz``: parameters under their own
+names (``np.load(f)["W1"]``), optimiser slots under ``state.<slot>.<param>`` (a dot cannot
+occur in a parameter name), and a JSON string under ``_meta`` (step count, hyperparameters,
+and for checkpoints the training loop's position). They are written atomically: a reader
+sees the previous file or the new one, never half of one.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import tempfile
 
 import numpy as np
+
+FORMAT = 1
 
 
 class DataError(ValueError):
@@ -128,7 +139,10 @@ class Trainer:
         Raises:
             NonFiniteLoss: the loss is NaN or Inf (the parameters are left unchanged).
         """
-        data = self._batch(batch, self._needs("gradients"), "step")
+        return self._step(self._batch(batch, self._needs("gradients"), "step"))
+
+    def _step(self, data: dict) -> float:
+        """``step`` on data already checked by ``_batch`` (the training loop checks once)."""
         self.t += 1
         loss = self.kernels.step(self.params, self.state, data, self.hyper, self.t)
         if not math.isfinite(loss):
@@ -145,5 +159,115 @@ class Trainer:
         out = self.kernels.predict(self.params, self._batch(batch, self._needs("predict"), "predict"))
         return {k: np.array(v) for k, v in out.items()}
 
+    def evaluate(self, data: dict, batch_size: int = 256) -> dict:
+        """Mean loss over ``data`` (and accuracy, see ``training.accuracy_pair``), in batches.
+
+        Returns:
+            ``{"loss": float}`` plus ``"accuracy"`` where the model has a class output.
+        """
+        from .training import evaluate
+
+        return evaluate(self, data, batch_size)
+
+    def fit(self, data: dict, epochs: int = 1, batch_size: int = 32, **options) -> dict:
+        """Train on ``data`` (arrays by input name) in shuffled minibatches; see ``training.fit``.
+
+        Returns:
+            The history: per-epoch lists ``loss`` (and ``accuracy``, ``val_loss``, ...).
+        """
+        from .training import fit
+
+        return fit(self, data, epochs, batch_size, **options)
+
+    # -- weights files --------------------------------------------------------------------
+    def save(self, path, extra: dict | None = None, meta: dict | None = None) -> None:
+        """Write weights, optimiser state, step count and hyperparameters to ``path`` (.npz).
+
+        Args:
+            path: the file; replaced atomically (temporary file in the same folder, then rename).
+            extra: more arrays to store (the training loop's own, under ``_``-prefixed keys).
+            meta: more JSON-able metadata (merged into ``_meta``).
+        """
+        arrays = {k: v for k, v in self.params.items()}
+        for slot, table in self.state.items():
+            arrays.update({f"state.{slot}.{k}": v for k, v in table.items()})
+        info = {"format": FORMAT, "model": self.kernels.MODEL, "dtype": str(self.dtype), "t": self.t,
+                "hyper": self.hyper, **(meta or {})}
+        arrays["_meta"] = np.array(json.dumps(info, sort_keys=True))
+        arrays.update(extra or {})
+        write_npz(path, arrays)
+
+    def load(self, path) -> dict:
+        """Restore parameters (and optimiser state, step count, hyperparameters where the file
+        has them) from ``path``, as written by ``save`` or a checkpoint.
+
+        Returns:
+            The file's metadata (empty for a bare weights file) and its ``_``-prefixed arrays.
+        """
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+        meta = json.loads(str(arrays.pop("_meta"))) if "_meta" in arrays else {}
+        if meta.get("model", self.kernels.MODEL) != self.kernels.MODEL:
+            raise DataError(f"{path}: written for model {meta['model']!r}, not {self.kernels.MODEL!r}")
+        names = [k for k in arrays if "." not in k and not k.startswith("_")]
+        missing = [k for k in self.params if k not in arrays]
+        extra = [k for k in names if k not in self.params]
+        if missing or extra:
+            raise DataError(f"{path}: " + "; ".join(
+                ([f"missing parameter(s) {', '.join(map(repr, missing))}"] if missing else [])
+                + ([f"unknown parameter(s) {', '.join(map(repr, extra))}"] if extra else [])))
+        for k in self.params:
+            self.params[k] = arrays[k]
+        if any(k.startswith("state.") for k in arrays):
+            for slot, table in self.state.items():
+                for k in table:
+                    key = f"state.{slot}.{k}"
+                    if key not in arrays:
+                        raise DataError(f"{path}: no optimiser state {key!r}; was it written by another optimiser?")
+                    table[k] = np.array(arrays[key], dtype=self.dtype, order="C")
+        if "t" in meta:
+            self.t = int(meta["t"])
+        self.hyper.update(meta.get("hyper", {}))
+        meta["arrays"] = {k: v for k, v in arrays.items() if k.startswith("_")}
+        return meta
+
+    # -- recurrences ------------------------------------------------------------------------
+    def reset_state(self) -> None:
+        """Forget the carries of stateful recurrences: the next pass starts from their init."""
+        getattr(self.kernels, "STATE", {}).clear()
+
+    def gradient_norms_through_time(self, **batch) -> dict:
+        """The norm of dL/dh_t (over the batch) for every step t of each recurrence; no update.
+
+        Returns:
+            {loop label: array of shape (T,)}; vanishing gradients show as a decay towards t = 0.
+        """
+        self.kernels.gradients(self.params, self._batch(batch, self._needs("gradients"), "gradient_norms_through_time"))
+        norms = getattr(self.kernels, "GRAD_NORMS", None)
+        if not norms:
+            raise DataError("gradient_norms_through_time(): the model has no recurrence (sb.scan)")
+        return {k: np.array(v) for k, v in norms.items()}
+
     def __repr__(self) -> str:
         return f"<Trainer {self.kernels.MODEL!r} dtype={self.dtype} params={list(self.params)} t={self.t}>"
+
+
+def write_npz(path, arrays: dict) -> None:
+    """``np.savez`` to ``path`` atomically: a temporary file beside it, fsync, then rename.
+
+    A crash or kill at any point leaves either the previous file or the new one.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a weights file is an ordinary file
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

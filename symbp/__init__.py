@@ -20,6 +20,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from symbp import layers, optim  # noqa: E402
+from symbp.conv import avg_pool2d, conv2d, max_pool2d  # noqa: E402,F401
 from symbp.derive import Derivation, derive  # noqa: E402
 from symbp.gradcheck import gradcheck  # noqa: E402
 from symbp.ir import Node, SymbpError  # noqa: E402
@@ -64,7 +65,9 @@ from symbp.ops import (  # noqa: E402,F401
     transpose,
     where,
 )
+from symbp.scan import scan  # noqa: E402
 from symbp.structural import const as constant  # noqa: E402
+from symbp.structural import onehot  # noqa: E402,F401
 
 
 def zeros(shape) -> Node:
@@ -111,7 +114,41 @@ def compile(derivation: Derivation, backend: str = "numpy", optimizer=None, dtyp
     return tr
 
 
+def build(derivation: Derivation, out: str, backend: str = "numpy", optimizer=None, dtype: str = "float32",
+          seed: int = 0, name: str | None = None, params: dict | None = None):
+    """Write a standalone training package (imports only NumPy at run time, never symbp).
+
+    Args:
+        derivation: from ``sb.derive(model)``.
+        out: the folder to write (``pip install out`` installs it).
+        backend: a backend with standalone packaging (``codegen.standalone.PACKAGERS``).
+        optimizer: an ``sb.optim`` optimiser (default SGD with lr=0.01).
+        dtype: "float32" or "float64".
+        seed: seeds the initial weights.
+        name: the package's import name (default: the model's name).
+        params: initial values by name, overriding the initialisers.
+    Returns:
+        The folder as a ``pathlib.Path``. In it: pyproject.toml, README.md and the package
+        (``trainer()``, ``python -m NAME --selftest``, ``python -m NAME train data.npz``).
+    """
+    import codegen
+    from codegen import standalone
+    from symbp.init import initial_values
+
+    if not isinstance(derivation, Derivation):
+        raise SymbpError(f"sb.build expects the result of sb.derive(model), got {type(derivation).__name__}")
+    if dtype not in codegen.FLOAT_DTYPES:
+        raise SymbpError(f"unknown dtype {dtype!r}; choose from {', '.join(codegen.FLOAT_DTYPES)}")
+    optimizer = optim.check(optimizer if optimizer is not None else optim.SGD(lr=0.01))
+    values = initial_values(derivation.params, seed)
+    for k, v in (params or {}).items():
+        if k not in values:
+            raise SymbpError(f"params: the model has no parameter {k!r}")
+        values[k] = v
+    return standalone.write(codegen.Spec(derivation, optimizer, dtype), out, backend, values, name)
+
+
 __all__ = [
-    "Derivation", "Model", "Node", "SymbpError", "compile", "constant", "derive", "gradcheck",
-    "layers", "optim", "zeros",
+    "Derivation", "Model", "Node", "SymbpError", "build", "compile", "constant", "derive", "gradcheck",
+    "layers", "optim", "scan", "zeros",
 ]

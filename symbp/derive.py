@@ -15,9 +15,13 @@ from symbp.registry import opdef
 from symbp.structural import const, reduce_to
 
 
-def vjp(outputs: list[Node], seeds: list[Node], wrt: list[Node]) -> list[Node | None]:
+def vjp(outputs: list[Node], seeds: list[Node], wrt: list[Node],
+        cotangents: dict | None = None) -> list[Node | None]:
     """Cotangents of ``wrt`` given cotangents ``seeds`` of ``outputs``.
 
+    Args:
+        cotangents: if given, filled with every node's total cotangent (node id -> Node),
+            which lets the equations name each δ after the tensor it belongs to.
     Returns:
         One node per ``wrt`` entry, shaped like it, or None where no path connects it.
     """
@@ -43,6 +47,8 @@ def vjp(outputs: list[Node], seeds: list[Node], wrt: list[Node]) -> list[Node | 
         for inp, c in zip(n.inputs, rule(n, g)):
             if c is not None and inp.id in live and inp.dtype == "float":
                 _accumulate(cot, inp, reduce_to(c, inp.shape))
+    if cotangents is not None:
+        cotangents.update(cot)
     return [cot.get(w.id) for w in wrt]
 
 
@@ -65,6 +71,7 @@ class Derivation:
         params: parameter nodes by name, in definition order.
         grads: d loss / d param, by parameter name.
         outputs: named prediction outputs (``m.output``).
+        cotangents: forward node id -> its total cotangent node (d loss / d node).
     """
 
     name: str
@@ -73,6 +80,7 @@ class Derivation:
     params: dict[str, Node]
     grads: dict[str, Node]
     outputs: dict[str, Node] = field(default_factory=dict)
+    cotangents: dict[int, Node] = field(default_factory=dict)
 
     def equations(self):
         """The derived gradient equations (print them, or ``.latex()`` / Jupyter display)."""
@@ -86,6 +94,18 @@ class Derivation:
 
         roots = [self.loss, *self.outputs.values()] + (list(self.grads.values()) if backward else [])
         return to_networkx(roots)
+
+    def dot(self, backward: bool = False) -> str:
+        """The forward (with ``backward``: and backward) graph as Graphviz DOT text."""
+        from symbp.graphviz import to_dot
+
+        return to_dot(self, backward)
+
+    def _repr_svg_(self):
+        """Jupyter shows the forward graph when Graphviz's ``dot`` is installed (else nothing)."""
+        from symbp.graphviz import have_dot, render_svg
+
+        return render_svg(self.dot()) if have_dot() else None
 
 
 def derive(model) -> Derivation:
@@ -105,11 +125,12 @@ def derive(model) -> Derivation:
     if unused:
         raise SymbpError(f"model {model.name!r}: parameter(s) {', '.join(map(repr, unused))} "
                          "do not affect the loss")
-    grads = vjp([loss], [const(1.0)], list(params.values()))
+    cotangents: dict[int, Node] = {}
+    grads = vjp([loss], [const(1.0)], list(params.values()), cotangents)
     out = {}
     for (name, p), g in zip(params.items(), grads):
         if g is None:
             g = const(0.0, p.shape)
         g.label = "d" + name
         out[name] = g
-    return Derivation(model.name, loss, dict(model.inputs), params, out, dict(model.outputs))
+    return Derivation(model.name, loss, dict(model.inputs), params, out, dict(model.outputs), cotangents)

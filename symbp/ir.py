@@ -12,7 +12,6 @@ import itertools
 import keyword
 import re
 from collections.abc import Iterable
-from typing import Any
 
 import networkx as nx
 
@@ -76,9 +75,11 @@ class Node:
         attrs: op parameters (hashable values: ints, tuples, SymPy expressions, strings).
         name: a user-facing name (parameters, inputs, layer outputs) or None.
         id: creation order, which makes every traversal deterministic.
+        origin: ids of the derivation's nodes this node computes; rewrites (fusion, shared
+            subexpressions) keep them, so generated code can point back to the equations.
     """
 
-    __slots__ = ("op", "inputs", "shape", "dtype", "attrs", "name", "id", "label", "__weakref__")
+    __slots__ = ("op", "inputs", "shape", "dtype", "attrs", "name", "id", "label", "origin", "__weakref__")
     __array_priority__ = 1000  # let `ndarray @ node` reach Node.__rmatmul__
 
     def __init__(self, op: str, inputs: tuple, shape: Shape, dtype: str = "float",
@@ -91,6 +92,7 @@ class Node:
         self.name = name
         self.label = label  # layer scope, e.g. "fc1", used to name buffers and in errors
         self.id = next(_ids)
+        self.origin = (self.id,)  # the derivation's nodes this one computes (set by optimise)
 
     # -- identity -----------------------------------------------------------------------
     def key(self) -> tuple:
@@ -189,5 +191,3 @@ def to_networkx(outputs: Iterable[Node]) -> nx.DiGraph:
     return g
 
 
-def attr_repr(value: Any) -> str:
-    return repr(value)

@@ -66,14 +66,21 @@ class Dense(Layer):
             raise SymbpError(f"layer {self.name!r}: units must be a positive int, got {units!r}")
         self.units, self.use_bias, self.init = units, use_bias, init
         self.activation = globals()["activation"](activation, f"layer {self.name!r}")
+        self.params: dict = {}  # per model: calling the layer again shares its weights
 
     def apply(self, m, x: Node) -> Node:
         if x.ndim < 1 or x.shape[-1] is None:
             raise SymbpError(f"layer {self.name!r}: expects features on the last axis, got shape {fmt_shape(x.shape)}")
-        W = m.param(f"{self.name}_W", (x.shape[-1], self.units), init=self.init)
+        if id(m) not in self.params:
+            W = m.param(f"{self.name}_W", (x.shape[-1], self.units), init=self.init)
+            b = m.param(f"{self.name}_b", (self.units,), init="zeros") if self.use_bias else None
+            self.params[id(m)] = (W, b)
+        W, b = self.params[id(m)]
+        if x.shape[-1] != W.shape[0]:
+            raise SymbpError(f"layer {self.name!r}: expects input width {W.shape[0]}, got {x.shape[-1]}")
         z = x @ W
-        if self.use_bias:
-            z = z + m.param(f"{self.name}_b", (self.units,), init="zeros")
+        if b is not None:
+            z = z + b
         z.label = f"{self.name}_z"
         if self.activation is None:
             return z
@@ -96,3 +103,7 @@ class Sequential(Layer):
         for layer in self.layers:
             x = layer(m, x) if isinstance(layer, Layer) else layer(x)
         return x
+
+
+from symbp.conv_layers import AvgPool2D, Conv2D, Flatten, GlobalAvgPool2D, LayerNorm, MaxPool2D, Residual  # noqa: E402,F401
+from symbp.rnn import GRU, LSTM, SimpleRNN, masked_softmax_cross_entropy  # noqa: E402,F401 - recurrent layers, built on sb.scan

@@ -1,5 +1,6 @@
 """Every op function in one namespace: what ``Node`` operators and ``symbp`` re-export."""
 
+from symbp.conv import avg_pool2d, conv2d, max_pool2d  # noqa: F401
 from symbp.elementwise import (  # noqa: F401
     abs,
     add,

@@ -7,8 +7,16 @@ untouched.
 
 from __future__ import annotations
 
+import sympy as sp
+
+from symbp import elementwise as E
 from symbp import scalar as S
 from symbp.ir import Node, topo_order, users_of
+
+# Bounds on one fused kernel: past them fusing saves nothing and SymPy work grows (a weight
+# shared by thousands of steps would otherwise become one Add of thousands of terms).
+MAX_INPUTS = 12
+MAX_OPS = 60
 
 
 def optimise(roots: list[Node]) -> list[Node]:
@@ -18,6 +26,7 @@ def optimise(roots: list[Node]) -> list[Node]:
 
 def _rebuild(n: Node, inputs: list[Node], attrs: dict | None = None) -> Node:
     m = Node(n.op, inputs, n.shape, n.dtype, n.attrs if attrs is None else attrs, n.name, n.label)
+    m.origin = n.origin
     return m
 
 
@@ -34,6 +43,7 @@ def dedupe(roots: list[Node]) -> list[Node]:
         key = probe.key()
         if key in seen:
             new[n.id] = seen[key]
+            seen[key].origin += n.origin
         else:
             seen[key] = new[n.id] = probe
     return [new[r.id] for r in roots]
@@ -50,9 +60,10 @@ def fuse(roots: list[Node]) -> list[Node]:
     users = users_of(order)
     root_ids = {r.id for r in roots}
 
-    def inlinable(p: Node, user: Node) -> bool:
+    def inlinable(p: Node, user: Node, n_inputs: int) -> bool:
         return ("expr" in p.attrs and p.id not in root_ids and len(users.get(p.id, ())) == 1
-                and p.shape == user.shape)
+                and p.shape == user.shape and n_inputs + len(new[p.id].inputs) <= MAX_INPUTS
+                and sp.count_ops(new[p.id].attrs["expr"]) <= MAX_OPS)
 
     new: dict[int, Node] = {}
     for n in order:
@@ -64,10 +75,11 @@ def fuse(roots: list[Node]) -> list[Node]:
             continue
         inputs: list[Node] = []
         subs = {}
+        origin = n.origin
         xs = S.symbols(len(n.inputs))
         for x, old in zip(xs, n.inputs):
             src = new[old.id]
-            if inlinable(old, n):
+            if inlinable(old, n, len(inputs)):
                 # the producer is already fused with its own producers: splice its formula
                 pxs = S.symbols(len(src.inputs))
                 psubs = {}
@@ -76,17 +88,22 @@ def fuse(roots: list[Node]) -> list[Node]:
                         inputs.append(pin)
                     psubs[px] = _tmp(inputs.index(pin))
                 subs[x] = src.attrs["expr"].xreplace(psubs)
+                origin += src.origin
             else:
                 if src not in inputs:
                     inputs.append(src)
                 subs[x] = _tmp(inputs.index(src))
         expr = n.attrs["expr"].xreplace(subs)
         expr = expr.xreplace({_tmp(i): x for i, x in enumerate(S.symbols(len(inputs)))})
-        attrs = {**n.attrs, "expr": expr}
-        op = n.op if inputs == [new[i.id] for i in n.inputs] else "ew"
-        new[n.id] = Node(op, inputs, n.shape, n.dtype, attrs, n.name, n.label)
+        if inputs == [new[i.id] for i in n.inputs] and expr == n.attrs["expr"]:
+            new[n.id] = _rebuild(n, inputs)
+        else:
+            made = E.make("ew", inputs, expr, label=n.label)
+            if made not in inputs:  # not an identity that returned an existing node
+                made.origin = origin
+            new[n.id] = made
     return [new[r.id] for r in roots]
 
 
 def _tmp(i: int):
-    return S.sp.Symbol(f"_t{i}", real=True)
+    return sp.Symbol(f"_t{i}", real=True)

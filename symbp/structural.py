@@ -96,6 +96,8 @@ def matmul(a, b) -> Node:
         raise SymbpError("matmul (@) needs two symbolic tensors; wrap arrays with sb.constant")
     if b.op == "transpose" and b.ndim == 2:
         return dot(a, b.inputs[0], tb=True)
+    if a.op == "transpose" and a.ndim == 2 and b.ndim == 2:
+        return dot(a.inputs[0], b, ta=True)
     return dot(a, b)
 
 

@@ -1,0 +1,148 @@
+"""Standalone training packages: a folder that pip installs and that never imports symbp.
+
+``write(spec, folder, ...)`` lays out::
+
+    folder/
+      pyproject.toml        builds and installs the package (setuptools)
+      README.md             how to train, predict, self-test
+      <name>/__init__.py    trainer(): the Trainer with the initial (or given) weights
+      <name>/__main__.py    python -m <name> --selftest | train data.npz ...
+                            (both copied from standalone_files/, where ruff lints them)
+      <name>/runtime.py     copies of codegen/runtime.py and codegen/training.py
+      <name>/training.py      (they import only NumPy)
+      <name>/weights.npz    the initial weights
+      ...                   the backend's own files (see PACKAGERS)
+
+Each backend supplies its files through a *packager* in ``PACKAGERS``: a function of the
+spec returning a ``BackendFiles``. Whatever it supplies, the package imports two kernel
+modules by name: ``_kernels`` (the compiled dtype) and ``_kernels64`` (float64, the
+self-test's oracle for finite differences). A Cython packager ships ``.pyx`` sources with a
+``setup.py`` declaring the extensions; pip then compiles them when the folder is installed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import re
+from collections.abc import Callable
+
+import numpy as np
+
+import symbp
+from codegen.spec import Spec
+from symbp.ir import SymbpError, check_identifier
+
+HERE = pathlib.Path(__file__).parent
+FILES = HERE / "standalone_files"
+
+
+@dataclasses.dataclass
+class BackendFiles:
+    """What a backend adds to a standalone package.
+
+    Attributes:
+        files: path inside the package folder -> text (must provide ``_kernels`` and
+            ``_kernels64`` as modules: ``.py`` files, or extensions built by ``setup_py``).
+        build_requires: extra ``[build-system] requires`` (e.g. Cython, numpy).
+        dependencies: run-time requirements besides numpy.
+        setup_py: text of a ``setup.py`` beside pyproject.toml (extensions), or None.
+        package_data: extra glob patterns to install with the package (e.g. ``*.pyx``).
+    """
+
+    files: dict[str, str]
+    build_requires: list[str] = dataclasses.field(default_factory=list)
+    dependencies: list[str] = dataclasses.field(default_factory=list)
+    setup_py: str | None = None
+    package_data: list[str] = dataclasses.field(default_factory=list)
+
+
+def numpy_files(spec: Spec, name: str) -> BackendFiles:
+    """The NumPy backend's files: the generated module, and its float64 twin for the self-test."""
+    from codegen import numpy_backend
+
+    f64 = dataclasses.replace(spec, dtype="float64")
+    src = numpy_backend.emit(spec)
+    return BackendFiles({"_kernels.py": src, "_kernels64.py": src if spec.dtype == "float64" else
+                         numpy_backend.emit(f64)})
+
+
+# backend name -> packager; the Cython backend registers its own (see the module docstring).
+PACKAGERS: dict[str, Callable[[Spec, str], BackendFiles]] = {"numpy": numpy_files}
+
+
+def write(spec: Spec, folder, backend: str, values: dict, name: str | None = None) -> pathlib.Path:
+    """Write a standalone package for ``spec`` into ``folder``.
+
+    Args:
+        spec: derivation, optimiser and dtype.
+        folder: created if missing; files symbp writes there are overwritten.
+        backend: a key of ``PACKAGERS``.
+        values: initial parameter values by name.
+        name: the Python package name (default: the model's name).
+    Returns:
+        The folder, ready for ``pip install FOLDER``.
+    """
+    name = check_identifier(name or spec.derivation.name, "package")
+    if backend not in PACKAGERS:
+        raise SymbpError(f"sb.build: no standalone packaging for backend {backend!r} yet; "
+                         f"choose from {', '.join(PACKAGERS)}")
+    out = pathlib.Path(folder)
+    pkg = out / name
+    pkg.mkdir(parents=True, exist_ok=True)
+    files = PACKAGERS[backend](spec, name)
+    subs = _substitutions(spec, name, backend, files)
+    texts = {
+        "pyproject.toml": _template("pyproject.toml.in", subs),
+        "README.md": _template("README.md.in", subs),
+        f"{name}/__init__.py": (FILES / "package_init.py").read_text(),
+        f"{name}/__main__.py": (FILES / "package_main.py").read_text(),
+        f"{name}/runtime.py": (HERE / "runtime.py").read_text(),
+        f"{name}/training.py": (HERE / "training.py").read_text(),
+        **{f"{name}/{k}": v for k, v in files.files.items()},
+    }
+    if files.setup_py is not None:
+        texts["setup.py"] = files.setup_py
+    for rel, text in texts.items():
+        (out / rel).write_text(text)
+    dtype = np.dtype(spec.dtype)
+    np.savez(pkg / "weights.npz", **{k: np.asarray(v, dtype=dtype) for k, v in values.items()})
+    return out
+
+
+def _substitutions(spec: Spec, name: str, backend: str, files: BackendFiles) -> dict[str, str]:
+    d = spec.derivation
+    deps = ["numpy>=1.22", *files.dependencies]
+    build = ["setuptools>=61", *files.build_requires]
+    inputs = ", ".join(f"{k} {_shape(n.shape)}{' int64' if n.dtype == 'int64' else ''}" for k, n in d.inputs.items())
+    return {
+        "NAME": name,
+        "MODEL": d.name,
+        "BACKEND": backend,
+        "DTYPE": spec.dtype,
+        "OPTIMIZER": repr(spec.optimizer),
+        "VERSION": symbp.__version__,
+        "INPUTS": inputs,
+        "PARAMS": ", ".join(f"{k} {_shape(p.shape)}" for k, p in d.params.items()),
+        "OUTPUTS": ", ".join(d.outputs) or "(none)",
+        "DEPENDENCIES": json.dumps(deps),
+        "BUILD_REQUIRES": json.dumps(build),
+        "PACKAGE_DATA": json.dumps(["weights.npz", *files.package_data]),
+        "FIRST_INPUTS": ", ".join(f"{k}={k.upper()}" for k in d.inputs),
+    }
+
+
+def _shape(shape) -> str:
+    return "(" + ", ".join("batch" if s is None else str(s) for s in shape) + ")"
+
+
+def _template(fname: str, subs: dict[str, str]) -> str:
+    """Fill ``@KEY@`` markers (chosen so that braces in TOML and Markdown need no escaping)."""
+    text = (FILES / fname).read_text()
+    for k, v in subs.items():
+        text = text.replace(f"@{k}@", v)
+    left = re.findall(r"@[A-Z_]+@", text)
+    if left:
+        raise AssertionError(f"{fname}: unfilled template marker(s) {left}")
+    return text

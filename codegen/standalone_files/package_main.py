@@ -1,0 +1,152 @@
+"""Command line of a standalone training module: ``python -m NAME --selftest`` and
+``python -m NAME train data.npz --epochs N``. Imports only NumPy.
+
+(This file is copied verbatim into every package symbp builds.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from . import DTYPE, INPUTS, MODEL, plot_history, trainer
+from .runtime import DataError, NonFiniteLoss
+from .training import need_matplotlib
+
+# Relative error tolerated between the compiled-dtype kernels and the float64 ones. float32
+# rounds each operation to ~6e-8; through a few dozen operations and sums over a batch that
+# grows to ~1e-5, so 1e-3 separates rounding from a wrong kernel by two orders of magnitude.
+AGREEMENT = {"float64": 1e-12, "float32": 1e-3}
+
+
+def random_batch(rng, batch: int) -> dict:
+    """Random data for every input: standard normal floats; labels within each input's classes."""
+    from . import _kernels
+
+    out = {}
+    for name, (shape, kind) in INPUTS.items():
+        dims = tuple(batch if d is None else d for d in shape)
+        if kind == "int64":
+            out[name] = rng.integers(0, _kernels.CLASSES.get(name, 2), dims)
+        else:
+            out[name] = rng.normal(0.0, 1.0, dims)
+    return out
+
+
+def selftest(batch: int = 4, entries: int = 16, eps: float = 1e-5, tolerance: float = 1e-5, seed: int = 0) -> bool:
+    """Check the gradients of the float64 kernels against central finite differences, then
+    the compiled kernels against the float64 ones. Prints a table; returns the verdict.
+
+    An entry's error is relative to the larger of the two values, floored at 1% of the
+    parameter's largest gradient entry: a near-zero entry is then not judged by the
+    finite difference's rounding noise (~1e-16 * loss / eps).
+    """
+    rng = np.random.default_rng(seed)
+    data = random_batch(rng, batch)
+    ref = trainer(float64=True)
+    analytic = ref.gradients(**data)
+    ok = True
+    print(f"{MODEL}: gradients of the float64 kernels vs central differences (eps={eps:g}, batch {batch})")
+    for name, g in analytic.items():
+        flat = ref.params[name].reshape(-1)
+        idx = np.arange(flat.size) if flat.size <= entries else rng.choice(flat.size, entries, replace=False)
+        worst, floor = 0.0, max(1e-2 * float(np.abs(g).max()), 1e-8)
+        for i in idx:
+            old = flat[i]
+            flat[i] = old + eps
+            up = ref.loss(**data)
+            flat[i] = old - eps
+            down = ref.loss(**data)
+            flat[i] = old
+            num, ana = (up - down) / (2 * eps), g.reshape(-1)[i]
+            worst = max(worst, abs(num - ana) / max(abs(num), abs(ana), floor))
+        ok &= worst <= tolerance
+        print(f"  {name:<24} {worst:.2e}  {'ok' if worst <= tolerance else 'FAIL'}")
+    tr = trainer()
+    got = tr.gradients(**data)
+    num = sum(float(np.sum((got[k].astype(np.float64) - analytic[k]) ** 2)) for k in analytic)
+    den = sum(float(np.sum(analytic[k] ** 2)) for k in analytic)
+    err = (num / max(den, 1e-300)) ** 0.5
+    loss_err = abs(tr.loss(**data) - ref.loss(**data)) / max(abs(ref.loss(**data)), 1e-12)
+    tol = AGREEMENT.get(DTYPE, 1e-3)
+    agree = err <= tol and loss_err <= tol
+    ok &= agree
+    print(f"{DTYPE} kernels vs float64: gradients {err:.1e}, loss {loss_err:.1e} relative "
+          f"(tolerance {tol:g})  {'ok' if agree else 'FAIL'}")
+    print("selftest passed" if ok else "selftest FAILED")
+    return ok
+
+
+def _load(path: str, what: str) -> dict:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"{what}: cannot read {path}: {e}") from None
+
+
+def train(args) -> int:
+    """The ``train`` command: fit on a .npz, save the weights (and optional checkpoints/plot)."""
+    if args.plot:
+        try:
+            need_matplotlib()
+        except ImportError as e:
+            print(f"train: {e}", file=sys.stderr)
+            return 1
+    tr = trainer(args.weights)
+    if args.lr is not None:
+        tr.hyper["lr"] = args.lr
+    data = _load(args.data, "train")
+    val = _load(args.validation, "validation") if args.validation else None
+    try:
+        hist = tr.fit(data, epochs=args.epochs, batch_size=args.batch_size, validation=val, seed=args.seed,
+                      checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
+                      resume=args.checkpoint if args.resume else None, progress=not args.quiet)
+    except (DataError, NonFiniteLoss) as e:
+        print(f"train: {e}", file=sys.stderr)
+        return 1
+    tr.save(args.out)
+    last = {k: v[-1] for k, v in hist.items() if k not in ("epoch", "step", "step_loss") and v}
+    print(f"trained {hist['epoch'][-1] if hist['epoch'] else 0} epochs ({tr.t} steps): "
+          + "  ".join(f"{k} {v:.4f}" for k, v in last.items()) + f"; weights in {args.out}")
+    if args.plot:
+        plot_history(hist, args.plot)
+        print(f"loss curves in {args.plot}")
+    return 0
+
+
+def main(argv=None) -> int:
+    """Entry point of ``python -m NAME`` and of the ``NAME`` console script."""
+    ap = argparse.ArgumentParser(prog=f"python -m {__package__}",
+                                 description=f"Training module for the model {MODEL!r} (generated by symbp).")
+    ap.add_argument("--selftest", action="store_true", help="check gradients against finite differences")
+    sub = ap.add_subparsers(dest="command")
+    t = sub.add_parser("train", help="train on a .npz file (one array per input name)")
+    t.add_argument("data", help=".npz with arrays named " + ", ".join(INPUTS))
+    t.add_argument("--epochs", type=int, default=1)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--lr", type=float, default=None, help="learning rate (default: as built)")
+    t.add_argument("--seed", type=int, default=0, help="seeds the shuffling")
+    t.add_argument("--validation", help=".npz evaluated after each epoch")
+    t.add_argument("--weights", help="start from these weights (.npz from a previous run)")
+    t.add_argument("--out", default=f"{__package__}_trained.npz", help="where to save the trained weights")
+    t.add_argument("--checkpoint", help="checkpoint file (written atomically)")
+    t.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
+    t.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+    t.add_argument("--plot", help="save loss curves to this PNG (needs matplotlib)")
+    t.add_argument("--quiet", action="store_true", help="no progress output")
+    args = ap.parse_args(argv)
+    if args.selftest:
+        return 0 if selftest() else 1
+    if args.command == "train":
+        if args.resume and not args.checkpoint:
+            ap.error("--resume needs --checkpoint FILE")
+        return train(args)
+    ap.print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,271 @@
+"""The training loop: shuffled minibatches, progress, validation, checkpoints, resume.
+
+Imports only NumPy (tqdm and matplotlib when present and asked for): ``sb.build`` copies
+this file into standalone packages beside ``runtime.py``.
+
+Resuming is exact. A checkpoint stores the weights, the optimiser state and step count, the
+shuffling RNG's state *at the start of the current epoch*, how many batches of that epoch
+are done, and the losses seen so far. Resuming restores the RNG, draws the same permutation
+again and skips the batches already done, so an interrupted and resumed run computes the
+same numbers as an uninterrupted one (bit for bit in float64 on the NumPy backend).
+
+Accuracy is reported when the model has a class output: exactly one int64 input of shape
+(batch,) used as class labels (C classes, through the loss's one-hot), and a named output
+(``m.output``) of shape (batch, C) — probabilities or logits, the argmax is the same. The
+first such output counts; the training accuracy of a batch is measured before its update.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+
+from .runtime import DataError, NonFiniteLoss
+
+
+def accuracy_pair(tr) -> tuple[str, str] | None:
+    """``(output name, label input name)`` when accuracy is meaningful (see above), else None."""
+    k = tr.kernels
+    labels = [(name, c) for name, c in k.CLASSES.items() if tuple(k.INPUTS[name][0]) == (None,)]
+    if len(labels) != 1:
+        return None
+    label, classes = labels[0]
+    for name, shape in k.OUTPUTS.items():
+        if tuple(shape) == (None, classes):
+            return name, label
+    return None
+
+
+def _batches(n: int, batch_size: int):
+    return range(0, n, batch_size)
+
+
+def evaluate(tr, data: dict, batch_size: int = 256) -> dict:
+    """Mean loss (weighted by batch size) and accuracy over ``data``."""
+    pair = accuracy_pair(tr)
+    names = list(dict.fromkeys(tr._needs("loss") + (tr._needs("predict") if pair else [])))
+    data = tr._batch(data, names, "evaluate")
+    n = len(next(iter(data.values())))
+    total, correct = 0.0, 0
+    for i in _batches(n, batch_size):
+        b = {k: v[i:i + batch_size] for k, v in data.items()}
+        size = len(next(iter(b.values())))
+        total += tr.kernels.loss(tr.params, {k: b[k] for k in tr._needs("loss")}) * size
+        if pair:
+            correct += _correct(tr, b, pair)
+    out = {"loss": total / n}
+    if pair:
+        out["accuracy"] = correct / n
+    return out
+
+
+def _correct(tr, batch: dict, pair) -> int:
+    out = tr.kernels.predict(tr.params, {k: batch[k] for k in tr._needs("predict")})[pair[0]]
+    return int((out.argmax(axis=-1) == batch[pair[1]]).sum())
+
+
+class _Progress:
+    """A tqdm bar per epoch when tqdm is installed (and wanted), else one printed line per epoch."""
+
+    def __init__(self, enabled: bool):
+        self.tqdm = None
+        if enabled:
+            try:
+                from tqdm.auto import tqdm
+
+                self.tqdm = tqdm
+            except ImportError:
+                pass
+        self.enabled, self.bar = enabled, None
+
+    def start(self, epoch: int, epochs: int, total: int, done: int) -> None:
+        if self.tqdm is not None:
+            self.bar = self.tqdm(total=total, initial=done, desc=f"epoch {epoch}/{epochs}", leave=True,
+                                 unit="batch", dynamic_ncols=True)
+
+    def update(self, metrics: dict) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix({k: f"{v:.4f}" for k, v in metrics.items()}, refresh=False)
+            self.bar.update(1)
+
+    def end(self, epoch: int, epochs: int, metrics: dict) -> None:
+        text = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        if self.bar is not None:
+            self.bar.set_postfix({k: f"{v:.4f}" for k, v in metrics.items()})
+            self.bar.close()
+            self.bar = None
+        elif self.enabled:
+            print(f"epoch {epoch}/{epochs}  {text}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def fit(tr, data: dict, epochs: int = 1, batch_size: int = 32, validation: dict | None = None,
+        shuffle: bool = True, seed: int = 0, checkpoint=None, checkpoint_every: int | None = None,
+        resume=None, progress: bool = True) -> dict:
+    """Train ``tr`` on ``data`` for ``epochs`` passes in minibatches.
+
+    Args:
+        tr: a Trainer.
+        data: arrays by input name, all with the same number of examples.
+        epochs: the epoch to stop after (counted from the start of the run, resumed or not).
+        batch_size: examples per step; the last batch of an epoch may be smaller.
+        validation: arrays by input name, evaluated after each epoch (``val_loss``, ...).
+        shuffle: draw a new permutation each epoch (from ``seed``), else keep data order.
+        seed: seeds the shuffling RNG.
+        checkpoint: a path; written every ``checkpoint_every`` steps and at the end.
+        checkpoint_every: steps between checkpoints (None: only at the end).
+        resume: a checkpoint path to continue from (same data, batch size, shuffle and seed).
+        progress: show a progress bar (tqdm) or per-epoch lines.
+    Returns:
+        History: per-epoch lists ``epoch``, ``step``, ``loss`` (mean over the epoch's steps),
+        ``accuracy`` (when the model has a class output), ``val_loss``/``val_accuracy``
+        (with ``validation``), and ``step_loss`` (every step's loss).
+    Raises:
+        NonFiniteLoss: the loss became NaN/Inf; the message gives the step, epoch and batch.
+    """
+    for what, v in (("epochs", epochs), ("batch_size", batch_size)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < (0 if what == "epochs" else 1):
+            raise DataError(f"fit(): {what} must be a {'non-negative' if what == 'epochs' else 'positive'} "
+                            f"int, got {v!r}")
+    if checkpoint_every is not None and (not isinstance(checkpoint_every, int) or checkpoint_every < 1):
+        raise DataError(f"fit(): checkpoint_every must be a positive int, got {checkpoint_every!r}")
+    pair = accuracy_pair(tr)
+    names = list(dict.fromkeys(tr._needs("gradients") + (tr._needs("predict") if pair else [])))
+    data = tr._batch(data, names, "fit")
+    n = len(next(iter(data.values())))
+    per_epoch = math.ceil(n / batch_size)
+    config = {"examples": n, "batch_size": batch_size, "shuffle": bool(shuffle), "seed": seed}
+    rng = np.random.default_rng(seed)
+    hist = {"epoch": [], "step": [], "loss": []}
+    if pair:
+        hist["accuracy"] = []
+    if validation is not None:
+        hist["val_loss"] = []
+        if pair:
+            hist["val_accuracy"] = []
+    step_loss: list[float] = []
+    epoch, done, correct = 0, 0, 0
+    if resume is not None:
+        epoch, done, correct, hist, step_loss = _resume(tr, resume, config, rng)
+    saved = tr.t if resume is not None else None  # the step of the last checkpoint written or read
+    bar = _Progress(progress)
+    try:
+        while epoch < epochs:
+            start_state = rng.bit_generator.state
+            order = rng.permutation(n) if shuffle else np.arange(n)
+            first = len(step_loss) - done  # index of this epoch's first step in step_loss
+            bar.start(epoch + 1, epochs, per_epoch, done)
+            for b in range(done, per_epoch):
+                idx = order[b * batch_size:(b + 1) * batch_size]
+                batch = {k: v[idx] for k, v in data.items()}
+                if pair:
+                    correct += _correct(tr, batch, pair)
+                try:
+                    loss = tr._step({k: batch[k] for k in tr._needs("gradients")})
+                except NonFiniteLoss as e:
+                    bar.close()
+                    where = f" The last checkpoint, after step {saved}, is in {checkpoint}." if saved else ""
+                    raise NonFiniteLoss(f"fit stopped in epoch {epoch + 1}, batch {b + 1} of {per_epoch}: {e}"
+                                        + where) from None
+                step_loss.append(loss)
+                seen = min((b + 1) * batch_size, n)
+                metrics = {"loss": float(np.mean(step_loss[first:]))}
+                if pair:
+                    metrics["accuracy"] = correct / seen
+                bar.update(metrics)
+                if checkpoint is not None and checkpoint_every and len(step_loss) % checkpoint_every == 0:
+                    _save(tr, checkpoint, config, start_state, epoch, b + 1, correct, hist, step_loss)
+                    saved = tr.t
+            metrics = {"loss": float(np.mean(step_loss[first:]))}
+            if pair:
+                metrics["accuracy"] = correct / n
+            if validation is not None:
+                metrics.update({f"val_{k}": v for k, v in evaluate(tr, validation).items()})
+            for k, v in metrics.items():
+                hist[k].append(v)
+            hist["epoch"].append(epoch + 1)
+            hist["step"].append(tr.t)
+            bar.end(epoch + 1, epochs, metrics)
+            epoch, done, correct = epoch + 1, 0, 0
+        if checkpoint is not None:
+            _save(tr, checkpoint, config, rng.bit_generator.state, epoch, 0, 0, hist, step_loss)
+    finally:
+        bar.close()
+    hist["step_loss"] = step_loss
+    return hist
+
+
+def _save(tr, path, config, rng_state, epoch, done, correct, hist, step_loss) -> None:
+    fit_meta = {"config": config, "rng": rng_state, "epoch": epoch, "done": done, "correct": correct,
+                "history": hist}
+    tr.save(path, extra={"_step_loss": np.array(step_loss, dtype=np.float64)}, meta={"fit": fit_meta})
+
+
+def _resume(tr, path, config: dict, rng):
+    import os
+
+    if not os.path.exists(path):
+        raise DataError(f"resume: there is no checkpoint {path}")
+    meta = tr.load(path)
+    state = meta.get("fit")
+    if state is None:
+        raise DataError(f"resume: {path} holds weights but no training-loop state; pass it to tr.load() instead")
+    for k, v in config.items():
+        if state["config"][k] != v:
+            raise DataError(f"resume: {path} was written with {k}={state['config'][k]!r}, "
+                            f"this run has {k}={v!r}; resuming needs the same data and settings")
+    rng.bit_generator.state = state["rng"]
+    step_loss = [float(x) for x in meta["arrays"]["_step_loss"]]
+    return state["epoch"], state["done"], state["correct"], state["history"], step_loss
+
+
+def need_matplotlib() -> None:
+    """Raise an ImportError that says what to install when matplotlib is missing (check before
+    a long run, not after it)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ImportError("plotting loss curves needs matplotlib: pip install matplotlib") from None
+
+
+def plot_history(history: dict, path) -> None:
+    """Save loss curves (and accuracy, where present) from ``fit``'s history to a PNG.
+
+    Needs matplotlib (``pip install matplotlib``).
+    """
+    need_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    acc = "accuracy" in history or "val_accuracy" in history
+    fig, axes = plt.subplots(1, 2 if acc else 1, figsize=(10 if acc else 6, 4), squeeze=False)
+    ax = axes[0][0]
+    steps = np.arange(1, len(history.get("step_loss", [])) + 1)
+    per_epoch = len(steps) / max(len(history["epoch"]), 1)
+    if len(steps):
+        ax.plot(steps / per_epoch, history["step_loss"], lw=0.6, alpha=0.4, label="loss (step)")
+    ax.plot(history["epoch"], history["loss"], "o-", label="loss (epoch mean)")
+    if "val_loss" in history:
+        ax.plot(history["epoch"], history["val_loss"], "s-", label="validation loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.legend()
+    if acc:
+        ax = axes[0][1]
+        for k in ("accuracy", "val_accuracy"):
+            if k in history:
+                ax.plot(history["epoch"], history[k], "o-", label=k.replace("_", " "))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("accuracy")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

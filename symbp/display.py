@@ -1,0 +1,344 @@
+"""Display expressions for the derived equations, and the text and LaTeX printers for them.
+
+A displayed equation is a SymPy matrix expression: ``MatrixSymbol`` for named tensors,
+``MatMul``/``Transpose`` for products, ``HadamardProduct`` for elementwise products, plus
+the small classes below for what SymPy has no matrix form of (an elementwise function
+applied to a matrix, a reduction, a broadcast constant). They exist only to be printed:
+derivation never goes through them (SymPy's matrix calculus is not reliable; see DESIGN).
+"""
+
+from __future__ import annotations
+
+import re
+
+import sympy as sp
+from sympy.core.symbol import Str
+from sympy.matrices.expressions import HadamardPower, HadamardProduct, MatAdd, MatMul, MatrixExpr, Transpose
+from sympy.printing.latex import LatexPrinter
+from sympy.printing.str import StrPrinter
+
+_SUB = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
+
+
+class Func(MatrixExpr):
+    """``name_sub(args)`` applied elementwise or along axes, with the result's shape."""
+
+    def __new__(cls, name: str, sub: str, rows, cols, *args):
+        return sp.Basic.__new__(cls, Str(name), Str(sub), sp.sympify(rows), sp.sympify(cols),
+                                *map(sp.sympify, args))
+
+    name = property(lambda self: self.args[0].name)
+    sub = property(lambda self: self.args[1].name)
+    operands = property(lambda self: self.args[4:])
+    shape = property(lambda self: (self.args[2], self.args[3]))
+
+
+class SFunc(sp.Expr):
+    """The scalar counterpart of Func, for results of shape () (a sum over every axis)."""
+
+    is_commutative = True  # a scalar: MatMul must be able to pull it out as a coefficient
+
+    def __new__(cls, name: str, sub: str, *args):
+        return sp.Expr.__new__(cls, Str(name), Str(sub), *map(sp.sympify, args))
+
+    name = property(lambda self: self.args[0].name)
+    sub = property(lambda self: self.args[1].name)
+    operands = property(lambda self: self.args[2:])
+
+
+class Fill(MatrixExpr):
+    """A matrix filled with one scalar: prints as the scalar (the ``1`` in ``1 − H⊙H``)."""
+
+    def __new__(cls, value, rows, cols):
+        return sp.Basic.__new__(cls, sp.sympify(value), sp.sympify(rows), sp.sympify(cols))
+
+    shape = property(lambda self: (self.args[1], self.args[2]))
+
+
+class Bcast(MatrixExpr):
+    """A matrix broadcast to a larger shape (a bias row over the batch): prints as itself."""
+
+    def __new__(cls, x, rows, cols):
+        return sp.Basic.__new__(cls, x, sp.sympify(rows), sp.sympify(cols))
+
+    shape = property(lambda self: (self.args[1], self.args[2]))
+
+
+class Div(MatrixExpr):
+    """Elementwise quotient of two matrices of one shape."""
+
+    def __new__(cls, num, den):
+        return sp.Basic.__new__(cls, num, den)
+
+    shape = property(lambda self: self.args[0].shape)
+
+
+class Delta(MatrixExpr):
+    """δX: the gradient of the loss with respect to the named tensor X."""
+
+    def __new__(cls, x):
+        return sp.Basic.__new__(cls, x)
+
+    shape = property(lambda self: self.args[0].shape)
+
+
+class Grad(MatrixExpr):
+    """∂L/∂W: the gradient of the loss with respect to a parameter."""
+
+    def __new__(cls, loss, param):
+        return sp.Basic.__new__(cls, loss, param)
+
+    shape = property(lambda self: self.args[1].shape)
+
+
+class SDelta(sp.Expr):
+    """δx for a scalar x."""
+
+    is_commutative = True  # a scalar: MatMul must be able to pull it out as a coefficient
+
+
+class SGrad(sp.Expr):
+    """∂L/∂w for a scalar parameter w."""
+
+    is_commutative = True  # a scalar: MatMul must be able to pull it out as a coefficient
+
+
+def delta(x) -> sp.Basic:
+    """δx, a matrix or a scalar like ``x``."""
+    return Delta(x) if is_matrix(x) else SDelta(x)
+
+
+def grad(loss, param) -> sp.Basic:
+    """∂loss/∂param, a matrix or a scalar like ``param``."""
+    return Grad(loss, param) if is_matrix(param) else SGrad(loss, param)
+
+
+def func(name: str, shape: tuple, *args, sub: str = "") -> sp.Basic:
+    """A function applied to display expressions, as a matrix of ``shape`` (or a scalar).
+
+    Args:
+        name: how it reads ("tanh", "Σ", "onehot", ...).
+        shape: the display shape (rows, cols), or () for a scalar.
+        args: display expressions (matrices or scalars).
+        sub: a subscript, e.g. the axes of a reduction ("batch", "j").
+    Returns:
+        A Func (matrix) or SFunc (scalar) expression.
+    """
+    return SFunc(name, sub, *args) if shape == () else Func(name, sub, *shape, *args)
+
+
+def is_matrix(e) -> bool:
+    return isinstance(e, MatrixExpr)
+
+
+# -- printing ---------------------------------------------------------------------------------
+
+_ATOMS = (sp.Symbol, sp.MatrixSymbol, Delta, Grad, SDelta, SGrad, Func, SFunc, sp.Number)
+
+
+def _atomic(e) -> bool:
+    if isinstance(e, (Bcast, Fill)):
+        return _atomic(e.args[0])
+    if isinstance(e, Transpose):
+        return True  # printed as (…)ᵀ when its argument needs brackets
+    if isinstance(e, (Func, SFunc)):
+        return not (e.name == "Σ" and _atomic(e.operands[0]))  # "Σ_batch δZ" binds loosely
+    return isinstance(e, _ATOMS) or not is_matrix(e) and _scalar_atomic(e)
+
+
+def _scalar_atomic(e) -> bool:
+    return not (e.is_Add or e.is_Mul or e.is_Rational and not e.is_Integer or e.could_extract_minus_sign())
+
+
+def split_coeff(e: MatMul) -> tuple:
+    """Split a MatMul into its scalar coefficient and its matrix factors."""
+    scal = [a for a in e.args if not is_matrix(a)]
+    return sp.Mul(*scal), [a for a in e.args if is_matrix(a)]
+
+
+def _negative(e) -> bool:
+    if isinstance(e, Fill):
+        return e.args[0].could_extract_minus_sign()
+    return isinstance(e, MatMul) and split_coeff(e)[0].could_extract_minus_sign()
+
+
+def _negate(e):
+    if isinstance(e, Fill):
+        return Fill(-e.args[0], *e.shape)
+    c, mats = split_coeff(e)
+    return MatMul(-c, *mats) if -c != 1 else (mats[0] if len(mats) == 1 else MatMul(*mats))
+
+
+class _Common:
+    """Layout shared by the two printers; each supplies the symbols (``_sym``)."""
+
+    def paren(self, e) -> str:
+        return self._print(e) if _atomic(e) else self._sym["(" ] + self._print(e) + self._sym[")"]
+
+    def _print_Bcast(self, e):
+        return self._print(e.args[0])
+
+    def _print_Fill(self, e):
+        return self._print(e.args[0]) if _atomic(e.args[0]) else self.paren(e.args[0])
+
+    def _print_MatAdd(self, e):
+        terms = sorted(e.args, key=_negative)  # stable: a positive term leads where there is one
+        out = self._print(terms[0])
+        for t in terms[1:]:
+            out += f" {self._sym['-']} " + self._term(_negate(t)) if _negative(t) else " + " + self._term(t)
+        return out
+
+    def _term(self, t):
+        return self.paren(t) if isinstance(t, MatAdd) else self._print(t)
+
+    def _print_HadamardProduct(self, e):
+        simple = all(isinstance(a, (sp.MatrixSymbol, Delta)) for a in e.args) and self._sym["⊙"] == "⊙"
+        joiner = self._sym["⊙"] if simple else f" {self._sym['⊙']} "
+        return joiner.join(self.paren(a) for a in e.args)
+
+    def _print_MatMul(self, e):
+        c, mats = split_coeff(e)
+        num, den = sp.fraction(c)
+        sign = ""
+        if num.could_extract_minus_sign():
+            sign, num = self._sym["-"], -num
+        bare = (MatAdd, Div, MatMul) if len(mats) == 1 else (MatAdd, HadamardProduct, Div, MatMul)
+        body = " ".join(self.paren(m) if isinstance(m, bare) else self._print(m) for m in mats)
+        if den != 1 and len(mats) == 1 and not self._frac_parens:
+            body = self._print(mats[0])
+        if num != 1:
+            body = (self._print(num) if _atomic(num) else self.paren(num)) + self._sym["*"] + body
+        return sign + (self._frac(body, mats, den) if den != 1 else body)
+
+
+class TextPrinter(_Common, StrPrinter):
+    """One-line unicode: ⊙ for elementwise products, ᵀ for transposes, Σ_batch for batch sums."""
+
+    _sym = {"(": "(", ")": ")", "-": "−", "⊙": "⊙", "*": " "}
+    _frac_parens = True
+
+    def _print_Symbol(self, e):
+        return re.sub(r"_(\d+)$", lambda m: m.group(1).translate(_SUB), e.name)
+
+    _print_MatrixSymbol = _print_Symbol
+
+    def _print_Float(self, e):
+        return repr(float(e))
+
+    def _print_Delta(self, e):
+        return "δ" + self._print(e.args[0])
+
+    _print_SDelta = _print_Delta
+
+    def _print_Grad(self, e):
+        return f"∂{self._print(e.args[0])}/∂{self._print(e.args[1])}"
+
+    _print_SGrad = _print_Grad
+
+    def _print_Transpose(self, e):
+        return self.paren(e.arg) + "ᵀ"
+
+    def _print_HadamardPower(self, e):
+        return f"{self.paren(e.base)}^⊙{self._print(e.exp)}"
+
+    def _frac(self, body, mats, den):
+        bare = len(mats) == 1 and (_atomic(mats[0]) or isinstance(mats[0], (MatAdd, HadamardProduct, Div)))
+        return (body if bare else f"({body})") + "/" + (self._print(den) if _atomic(den) else self.paren(den))
+
+    def _print_Div(self, e):
+        return self.paren(e.args[0]) + "/" + self.paren(e.args[1])
+
+    def _print_Func(self, e):
+        args = [self._print(a) for a in e.operands]
+        if e.name == "𝟙":
+            return f"𝟙[{args[0]} > 0]"
+        if e.name == "where":
+            return f"where({args[0]} > 0, {', '.join(args[1:])})"
+        if e.name == "abs":
+            return f"|{args[0]}|"
+        if e.name == "index":
+            return f"{self.paren(e.operands[0])}[{e.sub}]"
+        head = e.name + (f"_[{e.sub}]" if " " in e.sub else f"_{e.sub}" if e.sub else "")
+        if e.name == "Σ" and _atomic(e.operands[0]):
+            return f"{head} {args[0]}"
+        return f"{head}({', '.join(args)})"
+
+    _print_SFunc = _print_Func
+
+    def doprint(self, expr):
+        return super().doprint(expr).replace("-", "−").replace("**", "^").replace("*", "·")
+
+
+_LATEX_FUNCS = {"tanh": r"\tanh", "exp": r"\exp", "log": r"\log", "σ": r"\sigma", "Σ": r"\sum", "max": r"\max",
+                "sinh": r"\sinh", "cosh": r"\cosh", "sign": r"\operatorname{sign}"}
+_PLAIN_NAME = re.compile(r"^[A-Za-z]+(_?\d+)?$")
+
+
+class TexPrinter(_Common, LatexPrinter):
+    """LaTeX for an align environment: ⊙ as \\odot, transposes as ^\\top, reductions as \\sum."""
+
+    _sym = {"(": r"\left(", ")": r"\right)", "-": "-", "⊙": r"\odot", "*": " "}
+    _frac_parens = False
+
+    def _print_Symbol(self, e, style="plain"):
+        if _PLAIN_NAME.match(e.name):
+            return super()._print_Symbol(e, style)
+        return r"\mathrm{" + e.name.replace("_", r"\_") + "}"
+
+    def _print_MatrixSymbol(self, e):
+        return self._print_Symbol(e)
+
+    def _print_Float(self, e):
+        mantissa, _, exponent = repr(float(e)).partition("e")
+        return mantissa + (rf" \cdot 10^{{{int(exponent)}}}" if exponent else "")
+
+    def _print_Delta(self, e):
+        return r"\delta " + self._print(e.args[0])
+
+    _print_SDelta = _print_Delta
+
+    def _print_Grad(self, e):
+        return rf"\frac{{\partial {self._print(e.args[0])}}}{{\partial {self._print(e.args[1])}}}"
+
+    _print_SGrad = _print_Grad
+
+    def _print_Transpose(self, e):
+        return self.paren(e.arg) + r"^{\top}"
+
+    def _print_HadamardPower(self, e):
+        return rf"{self.paren(e.base)}^{{\odot {self._print(e.exp)}}}"
+
+    def _frac(self, body, mats, den):
+        return rf"\frac{{{body}}}{{{self._print(den)}}}"
+
+    def _print_Div(self, e):
+        return rf"\frac{{{self._print(e.args[0])}}}{{{self._print(e.args[1])}}}"
+
+    def _print_Func(self, e):
+        args = [self._print(a) for a in e.operands]
+        if e.name == "𝟙":
+            return rf"\mathbb{{1}}\left[{args[0]} > 0\right]"
+        if e.name == "where":
+            return rf"\operatorname{{where}}\left({args[0]} > 0, {', '.join(args[1:])}\right)"
+        if e.name == "abs":
+            return rf"\left|{args[0]}\right|"
+        if e.name == "sqrt":
+            return rf"\sqrt{{{args[0]}}}"
+        if e.name == "index":
+            return rf"{self.paren(e.operands[0])}\left[{e.sub}\right]"
+        head = _LATEX_FUNCS.get(e.name, rf"\operatorname{{{_tex_escape(e.name)}}}")
+        if e.sub:
+            head += "_{" + (e.sub if len(e.sub) == 1 else rf"\text{{{_tex_escape(e.sub)}}}") + "}"
+        if e.name == "Σ" and _atomic(e.operands[0]):
+            return f"{head} {args[0]}"
+        return head + r"\left(" + ", ".join(args) + r"\right)"
+
+    _print_SFunc = _print_Func
+
+
+def _tex_escape(s: str) -> str:
+    return re.sub(r"([_&%#$])", r"\\\1", s)
+
+
+__all__ = ["Bcast", "Delta", "Div", "Fill", "Func", "Grad", "HadamardPower", "HadamardProduct", "MatAdd",
+           "MatMul", "SFunc", "TexPrinter", "TextPrinter", "Transpose", "func", "is_matrix"]

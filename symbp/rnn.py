@@ -1,0 +1,151 @@
+"""Recurrent layers over ``sb.scan``: SimpleRNN, LSTM and GRU.
+
+    h = sb.layers.LSTM(64, name="lstm")(m, x)                       # x: (batch, T, F) -> (batch, T, 64)
+    last = sb.layers.GRU(32, return_sequences=False)(m, x, mask=mk)  # mk: (batch, T), 1 = real step
+
+Each layer's cell is traced once; its weights are shared across time. With a padding mask,
+a padded step keeps the previous state, so the last state is the state at the last real step.
+"""
+
+from __future__ import annotations
+
+from symbp import ops
+from symbp.ir import Node, SymbpError, fmt_shape
+from symbp.layers import Layer, activation
+from symbp.scan import scan
+from symbp.structural import reshape
+
+
+class Recurrent(Layer):
+    """Base class: ``layer(m, x, mask=None)`` scans the layer's cell over axis 1 of ``x``.
+
+    Args:
+        units: state width H.
+        return_sequences: return every step's output (batch, T, H), else the last (batch, H).
+        truncate: (k1, k2) truncated BPTT (see ``sb.scan``).
+        stateful: carry the final state into the next batch (``tr.reset_state()`` to start over).
+        init: initialiser of the weight matrices.
+        name: prefix of the parameter names and the loop's label.
+    """
+
+    n_gates = 1
+
+    def __init__(self, units: int, return_sequences: bool = True, truncate: tuple | None = None,
+                 stateful: bool = False, init: str = "glorot_uniform", name: str | None = None):
+        super().__init__(name)
+        if not isinstance(units, int) or units < 1:
+            raise SymbpError(f"layer {self.name!r}: units must be a positive int, got {units!r}")
+        self.units, self.return_sequences = units, return_sequences
+        self.truncate, self.stateful, self.init = truncate, stateful, init
+
+    def __call__(self, m, x: Node, mask: Node | None = None) -> Node:
+        if not isinstance(x, Node):
+            raise SymbpError(f"layer {self.name!r}: expected a symbolic tensor input, got {type(x).__name__}")
+        if x.ndim != 3 or x.shape[0] is not None:
+            raise SymbpError(f"layer {self.name!r}: expects a sequence of shape (batch, T, features), "
+                             f"got {fmt_shape(x.shape)}")
+        if mask is not None and (not isinstance(mask, Node) or mask.shape != x.shape[:2]):
+            raise SymbpError(f"layer {self.name!r}: the mask must have shape {fmt_shape(x.shape[:2])} "
+                             f"(1 for real steps, 0 for padding)")
+        H, F, k = self.units, x.shape[2], self.n_gates
+        Wx = m.param(f"{self.name}_Wx", (F, k * H), init=self.init)
+        Wh = m.param(f"{self.name}_Wh", (H, k * H), init=self.init)
+        b = m.param(f"{self.name}_b", (k * H,), init="zeros")
+        init = self.initial_state()
+
+        def step(carry, inp):
+            x_t, m_t = inp if mask is not None else (inp, None)
+            new = self.cell(carry, x_t, Wx, Wh, b)
+            if m_t is not None:  # padding keeps the previous state
+                keep = reshape(m_t, (1,))
+                new = tuple(keep * n + (1.0 - keep) * c for n, c in zip(new, carry)) \
+                    if isinstance(new, tuple) else keep * new + (1.0 - keep) * carry
+            h = new[0] if isinstance(new, tuple) else new
+            return new, h
+
+        last, seq = scan(step, x if mask is None else (x, mask), init, truncate=self.truncate,
+                         stateful=self.stateful, label=self.name)
+        out = seq if self.return_sequences else (last[0] if isinstance(last, tuple) else last)
+        out.label = self.name
+        return out
+
+    def initial_state(self):
+        from symbp.structural import const
+
+        return const(0.0, (None, self.units))
+
+    def cell(self, carry, x_t, Wx, Wh, b):
+        raise NotImplementedError
+
+
+class SimpleRNN(Recurrent):
+    """h_t = activation(x_t Wx + h_{t-1} Wh + b) (tanh by default)."""
+
+    def __init__(self, units: int, activation="tanh", **kw):
+        super().__init__(units, **kw)
+        self.act = globals()["activation"](activation, f"layer {self.name!r}")
+
+    def cell(self, h, x_t, Wx, Wh, b):
+        return self.act(x_t @ Wx + h @ Wh + b)
+
+
+class LSTM(Recurrent):
+    """Gates [i, f, g, o] = x_t Wx + h Wh + b; c' = σ(f + forget_bias) c + σ(i) tanh(g); h' = σ(o) tanh(c')."""
+
+    n_gates = 4
+
+    def __init__(self, units: int, forget_bias: float = 1.0, **kw):
+        super().__init__(units, **kw)
+        self.forget_bias = float(forget_bias)
+
+    def initial_state(self):
+        z = super().initial_state()
+        return (z, super().initial_state())
+
+    def cell(self, carry, x_t, Wx, Wh, b):
+        h, c = carry
+        H = self.units
+        z = x_t @ Wx + h @ Wh + b
+        i, f, g, o = (z[k * H:(k + 1) * H] for k in range(4))
+        c = ops.sigmoid(f + self.forget_bias) * c + ops.sigmoid(i) * ops.tanh(g)
+        h = ops.sigmoid(o) * ops.tanh(c)
+        return (h, c)
+
+
+class GRU(Recurrent):
+    """z, r = σ(.), n = tanh(x Wn + b_n + r ⊙ (h Un)); h' = (1 - z) ⊙ n + z ⊙ h (reset after the product)."""
+
+    n_gates = 3
+
+    def cell(self, h, x_t, Wx, Wh, b):
+        H = self.units
+        a = x_t @ Wx + b
+        u = h @ Wh
+        z = ops.sigmoid(a[0:H] + u[0:H])
+        r = ops.sigmoid(a[H:2 * H] + u[H:2 * H])
+        n = ops.tanh(a[2 * H:] + r * u[2 * H:])
+        return (1.0 - z) * n + z * h
+
+
+def masked_softmax_cross_entropy(logits: Node, labels: Node, mask: Node) -> Node:
+    """Cross-entropy averaged over the real steps only (mask 1) of padded sequences.
+
+    Args:
+        logits: (batch, T, classes).
+        labels: int64 class indices (batch, T).
+        mask: (batch, T), 1 for real steps, 0 for padding.
+    Returns:
+        The scalar sum(mask * CE) / sum(mask).
+    """
+    from symbp import nn
+    from symbp.structural import onehot
+
+    if logits.ndim != 3 or labels.shape != logits.shape[:2] or mask.shape != logits.shape[:2]:
+        raise SymbpError(f"masked_softmax_cross_entropy: expects logits (batch, T, classes) and labels and mask "
+                         f"(batch, T), got {fmt_shape(logits.shape)}, {fmt_shape(labels.shape)}, "
+                         f"{fmt_shape(mask.shape)}")
+    ce = -nn.sum(onehot(labels, logits.shape[2]) * nn.log_softmax(logits), axis=-1)
+    return nn.sum(ce * mask) / nn.sum(mask)
+
+
+__all__ = ["GRU", "LSTM", "Recurrent", "SimpleRNN", "activation", "masked_softmax_cross_entropy"]
