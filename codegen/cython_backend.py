@@ -18,6 +18,7 @@ from pathlib import Path
 import sympy as sp
 
 import symbp
+from codegen import cython_conv
 from codegen import cython_kernels as K
 from codegen.cython_printer import CTYPES, KernelPrinter, helpers, kernel_body
 from codegen.naming import Namer
@@ -27,9 +28,11 @@ from symbp.ir import Node, SymbpError, topo_order
 from symbp.optimise import optimise
 from symbp.schedule import schedule
 
-_EMITTER_FILES = ("codegen/cython_backend.py", "codegen/cython_kernels.py", "codegen/cython_module.py",
-                  "codegen/cython_printer.py", "codegen/spec.py", "codegen/naming.py", "symbp/optimise.py",
-                  "symbp/schedule.py", "symbp/optim.py")
+EMIT = {**K.EMIT, **cython_conv.EMIT}
+"""How each structural op that computes into a buffer is emitted (views: K.VIEWS)."""
+_EMITTER_FILES = ("codegen/cython_conv.py", "codegen/cython_backend.py", "codegen/cython_kernels.py",
+                  "codegen/cython_module.py", "codegen/cython_printer.py", "codegen/spec.py", "codegen/naming.py",
+                  "symbp/optimise.py", "symbp/schedule.py", "symbp/optim.py")
 
 
 @functools.cache
@@ -116,8 +119,8 @@ class Function:
             self.body.append(f"/* {self.namer(n)} = {n.op} */")
             if "expr" in n.attrs:
                 self.body += self._elementwise(n, out, ins)
-            elif n.op in K.EMIT:
-                self.body += K.EMIT[n.op](self, n, out, *ins)
+            elif n.op in EMIT:
+                self.body += EMIT[n.op](self, n, out, *ins)
             else:
                 raise SymbpError(f"the cython backend cannot emit op {n.op!r} ({n.describe()}) yet; "
                                  "use backend=\"numpy\" for this model")

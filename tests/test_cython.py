@@ -189,12 +189,18 @@ def test_emission_is_deterministic_and_the_kernels_are_plain_c():
     assert "sb_gemm(" in kernels and "tanhf(" in kernels and "double x" not in kernels
 
 
+NOT_YET = {"scan", "scan_bwd", "scan_out", "scan_cot"}
+"""Recurrences (symbp.scan): the Cython backend reports them as not supported yet."""
+
+
 def test_every_registered_op_has_a_cython_emitter():
     """A new op must be taught to this backend (codegen.cython_kernels) or fail clearly."""
     from codegen import cython_kernels as K
+    from codegen.cython_backend import EMIT
     from symbp.registry import OPS
 
-    missing = [k for k, v in OPS.items() if v.kind == "structural" and k not in K.EMIT and k not in K.VIEWS]
+    missing = [k for k, v in OPS.items() if v.kind == "structural" and k not in EMIT and k not in K.VIEWS
+               and k not in NOT_YET]
     assert not missing, f"no cython emitter for {missing}"
 
 
