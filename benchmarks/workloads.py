@@ -76,7 +76,7 @@ def mlp_torch(P, D):
         with torch.no_grad():
             for q in p:
                 q.add_(q.grad, alpha=-LR)
-        return float(loss)
+        return float(loss.detach())
     return step
 
 
@@ -106,7 +106,92 @@ def mlp_jax(P, D):
     return run
 
 
+# -- CNN: 8x8x1 -> conv 3x3x16 valid -> ReLU -> max-pool 2x2 -> dense 10, batch 64 --------------
+# The peers' layout is NCHW with weights (16, 1, 3, 3); symbp's is NHWC with (3, 3, 1, 16).
+# The problem is converted (same numbers, and the dense rows permuted to the NHWC flatten
+# order), so every framework computes the same function from the same start.
+
+BC = 64
+
+
+def cnn_problem():
+    rng = np.random.default_rng(0)
+    Wc, bc = _uniform(rng, (16, 1, 3, 3), 9), _uniform(rng, (16,), 9)
+    Wd, bd = _uniform(rng, (144, 10), 144), _uniform(rng, (10,), 144)
+    X = rng.standard_normal((BC, 1, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 10, size=BC).astype(np.int64)
+    # NCHW flatten index c*9 + h*3 + w  ->  NHWC flatten index (h*3 + w)*16 + c
+    perm = np.array([c * 9 + h * 3 + w for h in range(3) for w in range(3) for c in range(16)])
+    P = {"Wc": np.ascontiguousarray(Wc.transpose(2, 3, 1, 0)), "bc": bc,
+         "Wd": np.ascontiguousarray(Wd[perm]), "bd": bd}
+    return P, {"x": np.ascontiguousarray(X.transpose(0, 2, 3, 1)), "y": y}
+
+
+def cnn_model():
+    import symbp as sb
+
+    m = sb.Model("cnn")
+    x = m.input("x", (8, 8, 1))
+    y = m.input("y", (), dtype="int64")
+    h = sb.relu(sb.conv2d(x, m.param("Wc", (3, 3, 1, 16))) + m.param("bc", (16,)))
+    h = sb.reshape(sb.max_pool2d(h, 2), (144,))
+    m.minimize(sb.softmax_cross_entropy(h @ m.param("Wd", (144, 10)) + m.param("bd", (10,)), y))
+    return m
+
+
+def cnn_torch(P, D):
+    import torch
+    import torch.nn.functional as F
+
+    p = [torch.tensor(v, requires_grad=True) for v in P.values()]
+    X, y = torch.from_numpy(D["x"]), torch.from_numpy(D["y"])
+
+    def step():
+        Wc, bc, Wd, bd = p
+        h = F.relu(F.conv2d(X.permute(0, 3, 1, 2), Wc.permute(3, 2, 0, 1)) + bc[None, :, None, None])
+        h = F.max_pool2d(h, 2).permute(0, 2, 3, 1).reshape(-1, 144)
+        loss = F.cross_entropy(h @ Wd + bd, y)
+        for q in p:
+            q.grad = None
+        loss.backward()
+        with torch.no_grad():
+            for q in p:
+                q.add_(q.grad, alpha=-LR)
+        return float(loss.detach())
+    return step
+
+
+def cnn_jax(P, D):
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    def loss_fn(p, X, y):
+        Wc, bc, Wd, bd = p
+        c = lax.conv_general_dilated(X, Wc, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        r = jax.nn.relu(c + bc)
+        pooled = r.reshape(X.shape[0], 3, 2, 3, 2, 16).max(axis=(2, 4)).reshape(X.shape[0], 144)
+        z = pooled @ Wd + bd
+        return jnp.mean(jax.nn.logsumexp(z, axis=1) - jnp.take_along_axis(z, y[:, None], axis=1)[:, 0])
+
+    def step(p, X, y):
+        loss, g = jax.value_and_grad(loss_fn)(p, X, y)
+        return tuple(a - LR * b for a, b in zip(p, g)), loss
+
+    jstep = jax.jit(step, donate_argnums=0)
+    state = {"p": tuple(jnp.asarray(v) for v in P.values())}
+    X, y = jnp.asarray(D["x"]), jnp.asarray(D["y"].astype(np.int32))
+
+    def run():
+        state["p"], loss = jstep(state["p"], X, y)
+        jax.block_until_ready((state["p"], loss))
+        return float(loss)
+    return run
+
+
 WORKLOADS = {
     "mlp": Workload("mlp", mlp_problem, mlp_model, mlp_torch, mlp_jax,
                     flops=2 * BM * (64 * 256 + 256 * 256 + 256 * 10)),
+    "cnn": Workload("cnn", cnn_problem, cnn_model, cnn_torch, cnn_jax,
+                    flops=2 * BC * 16 * 6 * 6 * 9 + 2 * BC * 144 * 10),
 }
