@@ -42,36 +42,54 @@ def _windows(t: str, kh: int, kw: int, h, w, sh, sw, top, left, ho, wo) -> list[
             f"{t}out = (({t}b * {ho} + {t}i) * {wo} + {t}j) * O_;"]
 
 
+def _im2col(ctx, n, x: K.View, lines: list[str], pooled: tuple) -> K.View:
+    """Scratch (B, Ho, Wo, kh*kw*C) holding each output pixel's receptive field (zeros in the
+    padding), so that the convolution and its weight gradient are single matrix products."""
+    kh, kw = n.attrs["kernel"] if "kernel" in n.attrs else n.inputs[1].shape[:2]
+    xp = _dense(ctx, x, n.inputs[0].shape, lines)
+    h, w, c, ho, wo, sh, sw, top, left = _geometry(n, n.inputs[0].shape, (None, *pooled, 0))
+    cols = ctx.scratch((None, ho, wo, kh * kw * c), "float")
+    t = ctx.tag()
+    lines += ["{", f"const long C_ = {c};",
+              f"for (long {t}b = 0; {t}b < B; {t}b++)",
+              f"for (long {t}i = 0; {t}i < {ho}; {t}i++)",
+              f"for (long {t}j = 0; {t}j < {wo}; {t}j++) {{",
+              f"    sb_real *restrict col = {cols.base()} + (({t}b * {ho} + {t}i) * {wo} + {t}j) * {kh * kw} * C_;",
+              f"    for (long p = 0; p < {kh}; p++)",
+              f"        for (long q = 0; q < {kw}; q++) {{",
+              f"            const long y = {t}i * {sh} + p - {top}, x = {t}j * {sw} + q - {left};",
+              f"            sb_real *restrict dst = col + (p * {kw} + q) * C_;",
+              f"            if (y < 0 || y >= {h} || x < 0 || x >= {w}) {{",
+              "                for (long c = 0; c < C_; c++) dst[c] = 0; }",
+              f"            else {{ const sb_real *restrict src = {xp} + (({t}b * {h} + y) * {w} + x) * C_;",
+              "                   for (long c = 0; c < C_; c++) dst[c] = src[c]; }",
+              "        }", "}", "}"]
+    return cols
+
+
+class _Product:
+    """Stands in for a ``dot`` node when a conv op reuses the gemm emitter."""
+
+    def __init__(self, ta: bool):
+        self.attrs = {"ta": ta, "tb": False}
+
+
 def conv2d(ctx, n, out, x, wt):
+    """im2col, then one product (B*Ho*Wo, kh*kw*C) x (kh*kw*C, O) straight into ``out``."""
     kh, kw, c, o = n.inputs[1].shape
     lines: list[str] = []
-    xp, wp = _dense(ctx, x, n.inputs[0].shape, lines), _dense(ctx, wt, n.inputs[1].shape, lines)
-    h, w, _, ho, wo, sh, sw, top, left = _geometry(n, n.inputs[0].shape, n.shape)
-    t = ctx.tag()
-    lines += K.fill(out, "0", ctx.tag())
-    lines += ["{", f"const long C_ = {c}, O_ = {o};"] + _windows(t, kh, kw, h, w, sh, sw, top, left, ho, wo)
-    lines += [f"    const sb_real *restrict xr = {xp} + {t}in;",
-              f"    const sb_real *restrict wr = {wp} + ({t}p * {kw} + {t}q) * C_ * O_;",
-              f"    sb_real *restrict orow = {out.base()} + {t}out;",
-              "    for (long c = 0; c < C_; c++)",
-              "        for (long o = 0; o < O_; o++) orow[o] += xr[c] * wr[c * O_ + o];", "}", "}"]
-    return lines
+    cols = _im2col(ctx, n, x, lines, n.shape[1:3])
+    w2 = K.dense(_dense(ctx, wt, n.inputs[1].shape, lines), (kh * kw * c, o))
+    return lines + K.emit_dot(ctx, _Product(False), out, cols, w2)
 
 
 def conv2d_weight_grad(ctx, n, out, x, g):
+    """The same patch matrix, transposed, times the output gradient."""
     kh, kw, c, o = n.shape
     lines: list[str] = []
-    xp, gp = _dense(ctx, x, n.inputs[0].shape, lines), _dense(ctx, g, n.inputs[1].shape, lines)
-    h, w, _, ho, wo, sh, sw, top, left = _geometry(n, n.inputs[0].shape, n.inputs[1].shape)
-    t = ctx.tag()
-    lines += K.fill(out, "0", ctx.tag())
-    lines += ["{", f"const long C_ = {c}, O_ = {o};"] + _windows(t, kh, kw, h, w, sh, sw, top, left, ho, wo)
-    lines += [f"    const sb_real *restrict xr = {xp} + {t}in;",
-              f"    const sb_real *restrict gr = {gp} + {t}out;",
-              f"    sb_real *restrict dw = {out.base()} + ({t}p * {kw} + {t}q) * C_ * O_;",
-              "    for (long c = 0; c < C_; c++)",
-              "        for (long o = 0; o < O_; o++) dw[c * O_ + o] += xr[c] * gr[o];", "}", "}"]
-    return lines
+    cols = _im2col(ctx, n, x, lines, n.inputs[1].shape[1:3])
+    gv = K.dense(_dense(ctx, g, n.inputs[1].shape, lines), n.inputs[1].shape)
+    return lines + K.emit_dot(ctx, _Product(True), K.dense(out.base(), (kh * kw * c, o)), cols, gv)
 
 
 def conv2d_input_grad(ctx, n, out, g, wt):
