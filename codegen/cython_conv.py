@@ -144,13 +144,36 @@ def max_pool2d(ctx, n, out, x):
 
 
 def max_pool2d_grad(ctx, n, out, x, g):
+    """Each window's gradient goes to its first maximum. The search runs over the channel
+    axis in vectors (running max and its window offset per channel), the scatter after it."""
     lines: list[str] = []
     xp, ph, pw, h, w, c, ho, wo, sh, sw = _pool(ctx, n, x, n.inputs[0].shape, n.inputs[1].shape, lines)
     gp = _dense(ctx, g, n.inputs[1].shape, lines)
     t = ctx.tag()
     lines += K.fill(out, "0", ctx.tag())
-    return lines + ["{", f"const long C_ = {c};"] + _argmax_lines(t, xp, ph, pw, h, w, ho, wo, sh, sw) + \
-        [f"    {out.base()}[{t}k] += {gp}[{t}o];", "}", "}"]
+    return lines + [
+        "{", f"const long C_ = {c};",
+        "sb_real *m_ = (sb_real *)malloc(C_ * sizeof(sb_real));",
+        "long *k_ = (long *)malloc(C_ * sizeof(long));",
+        "if (m_ && k_) {",
+        f"for (long {t}b = 0; {t}b < B; {t}b++)",
+        f"for (long {t}i = 0; {t}i < {ho}; {t}i++)",
+        f"for (long {t}j = 0; {t}j < {wo}; {t}j++) {{",
+        f"    const long base = (({t}b * {h} + {t}i * {sh}) * {w} + {t}j * {sw}) * C_;",
+        f"    const long o = (({t}b * {ho} + {t}i) * {wo} + {t}j) * C_;",
+        f"    for (long c = 0; c < C_; c++) {{ m_[c] = {xp}[base + c]; k_[c] = base; }}",
+        f"    for (long p = 0; p < {ph}; p++)",
+        f"        for (long q = (p == 0); q < {pw}; q++) {{",
+        f"            const long off = base + (p * {w} + q) * C_;",
+        "            for (long c = 0; c < C_; c++) {",
+        f"                const sb_real v = {xp}[off + c];",
+        "                const int up = v > m_[c] || (v != v && m_[c] == m_[c]);  /* NaN wins */",
+        "                m_[c] = up ? v : m_[c];",
+        "                k_[c] = up ? off : k_[c];",
+        "            }",
+        "        }",
+        f"    for (long c = 0; c < C_; c++) {out.base()}[k_[c] + c] += {gp}[o + c];",
+        "}", "}", "free(m_); free(k_);", "}"]
 
 
 def max_pool2d_select(ctx, n, out, x, hv):
