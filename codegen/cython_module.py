@@ -88,6 +88,7 @@ def render(spec, fns, update: list[str], pnames: list[str], helpers: str, ctype:
          "#include <math.h>", "#include <stdint.h>", "#include <stdlib.h>",
          "#if defined(__GNUC__)", '#define SB_EXPORT __attribute__((visibility("hidden")))', "#else",
          "#define SB_EXPORT", "#endif",
+         "#if defined(_MSC_VER) && !defined(restrict)", "#define restrict __restrict", "#endif",
          "SB_EXPORT int sb_run(int fn, void **a, double *io, long B);", "SB_EXPORT void sb_set_gemm(void *f);",
          "#ifndef SB_GLUE_ONLY", helpers.strip(), "",
          f"typedef void (*sb_gemm_t)(char *, char *, int *, int *, int *, {ctype} *, {ctype} *, int *, "

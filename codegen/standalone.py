@@ -68,8 +68,15 @@ def numpy_files(spec: Spec, name: str) -> BackendFiles:
                          numpy_backend.emit(f64)})
 
 
+def cython_files(spec: Spec, name: str) -> BackendFiles:
+    """The Cython backend's files: .pyx sources and a setup.py (see codegen.cython_standalone)."""
+    from codegen import cython_standalone
+
+    return cython_standalone.files(spec, name)
+
+
 # backend name -> packager; the Cython backend registers its own (see the module docstring).
-PACKAGERS: dict[str, Callable[[Spec, str], BackendFiles]] = {"numpy": numpy_files}
+PACKAGERS: dict[str, Callable[[Spec, str], BackendFiles]] = {"numpy": numpy_files, "cython": cython_files}
 
 
 def write(spec: Spec, folder, backend: str, values: dict, name: str | None = None) -> pathlib.Path:

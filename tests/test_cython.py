@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -215,3 +217,20 @@ def test_pyx_builds_as_one_file_too():
     whole = build.build(tc.source.replace(BEGIN, "/* (one file) */"), "onefile", ("-O1",))
     batch = tc._batch(mlp_batch(12, 8, 3), tc.kernels.NEEDS["loss"], "loss")
     np.testing.assert_allclose(whole.loss(dict(tc.params), batch), tc.kernels.loss(dict(tc.params), batch), rtol=1e-12)
+
+
+def test_standalone_cython_package_builds_and_passes_its_selftest(tmp_path):
+    """sb.build(backend="cython"): the package's setup.py cythonizes the .pyx files (here in
+    place, with this interpreter's Cython and setuptools) and the package's own self-test, run
+    from the package folder, checks the compiled gradients against finite differences."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "cy_pkg"
+    sb.build(sb.derive(mlp((5, 7, 3))), out, backend="cython", optimizer=sb.optim.Adam(lr=0.01), seed=3)
+    assert (out / "setup.py").exists() and (out / "mlp" / "_kernels.pyx").exists()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=out, env=env, check=True,
+                   capture_output=True)
+    done = subprocess.run([sys.executable, "-m", "mlp", "--selftest"], cwd=out, env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and "selftest passed" in done.stdout, done.stdout + done.stderr
