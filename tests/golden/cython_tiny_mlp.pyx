@@ -28,6 +28,9 @@ cdef extern from *:
     #else
     #define SB_EXPORT
     #endif
+    #if defined(_MSC_VER) && !defined(restrict)
+    #define restrict __restrict
+    #endif
     SB_EXPORT int sb_run(int fn, void **a, double *io, long B);
     SB_EXPORT void sb_set_gemm(void *f);
     #ifndef SB_GLUE_ONLY
