@@ -88,7 +88,8 @@ def run(fw: str, wl: str, threads: int, python: str, target: float, cache: str) 
     for line in res.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
-    print(f"  {fw}/{wl}: failed\n{res.stderr[-2000:]}", file=sys.stderr)
+    last = [line for line in res.stderr.strip().splitlines() if line.strip()][-1:] or ["no output"]
+    print(f"  {fw}/{wl}: failed: {last[0][:300]}", file=sys.stderr)
     return None
 
 

@@ -189,9 +189,155 @@ def cnn_jax(P, D):
     return run
 
 
+# -- RNN / LSTM: one-hot vocab 64 -> hidden 128 -> 64 logits, CE at every step, T=32, batch 32 --
+# Batch-first here ((B, T, V)); the peers' arrays are time-first. Input and output projections
+# are hoisted out of the loop, as in every peer implementation; only h @ W_hh is inside.
+
+T, BR, V, H = 32, 32, 64, 128
+
+
+def _onehot(idx, n):
+    out = np.zeros(idx.shape + (n,), dtype=np.float32)
+    np.put_along_axis(out, idx[..., None], 1.0, axis=-1)
+    return out
+
+
+def _seq_data(rng):
+    tok = rng.integers(0, V, size=(T, BR))
+    y = rng.integers(0, V, size=(T, BR)).astype(np.int64)
+    return {"x": np.ascontiguousarray(_onehot(tok, V).transpose(1, 0, 2)), "y": np.ascontiguousarray(y.T)}
+
+
+def rnn_problem():
+    rng = np.random.default_rng(0)
+    P = {"Wxh": _uniform(rng, (V, H), V), "Whh": _uniform(rng, (H, H), H), "bh": _uniform(rng, (H,), H),
+         "Why": _uniform(rng, (H, V), H), "by": _uniform(rng, (V,), H)}
+    return P, _seq_data(rng)
+
+
+def lstm_problem():
+    rng = np.random.default_rng(0)
+    P = {"Wx": _uniform(rng, (V, 4 * H), V), "Wh": _uniform(rng, (H, 4 * H), H), "b": _uniform(rng, (4 * H,), H),
+         "Why": _uniform(rng, (H, V), H), "by": _uniform(rng, (V,), H)}
+    return P, _seq_data(rng)
+
+
+def rnn_model():
+    import symbp as sb
+
+    m = sb.Model("rnn")
+    x, y = m.input("x", (T, V)), m.input("y", (T,), dtype="int64")
+    Wxh, Whh, bh = m.param("Wxh", (V, H)), m.param("Whh", (H, H)), m.param("bh", (H,))
+    _, hs = sb.scan(lambda h, u: (lambda h2: (h2, h2))(sb.tanh(u + h @ Whh)), x @ Wxh + bh, sb.zeros((H,)))
+    m.minimize(sb.softmax_cross_entropy(hs @ m.param("Why", (H, V)) + m.param("by", (V,)), y))
+    return m
+
+
+def lstm_model():
+    import symbp as sb
+
+    m = sb.Model("lstm")
+    x, y = m.input("x", (T, V)), m.input("y", (T,), dtype="int64")
+    Wx, Wh, b = m.param("Wx", (V, 4 * H)), m.param("Wh", (H, 4 * H)), m.param("b", (4 * H,))
+
+    def cell(carry, u):
+        h, c = carry
+        z = u + h @ Wh
+        i, f, g, o = (z[k * H:(k + 1) * H] for k in range(4))
+        c = sb.sigmoid(f) * c + sb.sigmoid(i) * sb.tanh(g)
+        h = sb.sigmoid(o) * sb.tanh(c)
+        return (h, c), h
+
+    _, hs = sb.scan(cell, x @ Wx + b, (sb.zeros((H,)), sb.zeros((H,))))
+    m.minimize(sb.softmax_cross_entropy(hs @ m.param("Why", (H, V)) + m.param("by", (V,)), y))
+    return m
+
+
+def _seq_torch(lstm: bool):
+    def build(P, D):
+        import torch
+        import torch.nn.functional as F
+
+        p = [torch.tensor(v, requires_grad=True) for v in P.values()]
+        X, y = torch.from_numpy(D["x"]), torch.from_numpy(D["y"])
+
+        def step():
+            Wx, Wh, b, Why, by = p
+            u = X @ Wx + b
+            h = torch.zeros(BR, H)
+            c = torch.zeros(BR, H)
+            hs = []
+            for t in range(T):
+                z = u[:, t] + h @ Wh
+                if lstm:
+                    i, f, g, o = z.split(H, dim=1)
+                    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                    h = torch.sigmoid(o) * torch.tanh(c)
+                else:
+                    h = torch.tanh(z)
+                hs.append(h)
+            logits = torch.stack(hs, 1) @ Why + by
+            loss = F.cross_entropy(logits.reshape(-1, V), y.reshape(-1))
+            for q in p:
+                q.grad = None
+            loss.backward()
+            with torch.no_grad():
+                for q in p:
+                    q.add_(q.grad, alpha=-LR)
+            return float(loss.detach())
+        return step
+    return build
+
+
+def _seq_jax(lstm: bool):
+    def build(P, D):
+        import jax
+        import jax.numpy as jnp
+        from jax import lax
+
+        def loss_fn(p, X, y):
+            Wx, Wh, b, Why, by = p
+            u = jnp.swapaxes(X @ Wx + b, 0, 1)  # (T, B, .)
+
+            def cell(carry, ut):
+                h, c = carry
+                z = ut + h @ Wh
+                if lstm:
+                    i, f, g, o = jnp.split(z, 4, axis=1)
+                    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+                    h = jax.nn.sigmoid(o) * jnp.tanh(c)
+                else:
+                    h = jnp.tanh(z)
+                return (h, c), h
+
+            zeros = jnp.zeros((X.shape[0], H), X.dtype)
+            _, hs = lax.scan(cell, (zeros, zeros), u)
+            z = jnp.swapaxes(hs, 0, 1) @ Why + by
+            return jnp.mean(jax.nn.logsumexp(z, axis=-1) - jnp.take_along_axis(z, y[..., None], axis=-1)[..., 0])
+
+        def step(p, X, y):
+            loss, g = jax.value_and_grad(loss_fn)(p, X, y)
+            return tuple(a - LR * b for a, b in zip(p, g)), loss
+
+        jstep = jax.jit(step, donate_argnums=0)
+        state = {"p": tuple(jnp.asarray(v) for v in P.values())}
+        X, y = jnp.asarray(D["x"]), jnp.asarray(D["y"].astype(np.int32))
+
+        def run():
+            state["p"], loss = jstep(state["p"], X, y)
+            jax.block_until_ready((state["p"], loss))
+            return float(loss)
+        return run
+    return build
+
+
 WORKLOADS = {
     "mlp": Workload("mlp", mlp_problem, mlp_model, mlp_torch, mlp_jax,
                     flops=2 * BM * (64 * 256 + 256 * 256 + 256 * 10)),
     "cnn": Workload("cnn", cnn_problem, cnn_model, cnn_torch, cnn_jax,
                     flops=2 * BC * 16 * 6 * 6 * 9 + 2 * BC * 144 * 10),
+    "rnn": Workload("rnn", rnn_problem, rnn_model, _seq_torch(False), _seq_jax(False),
+                    flops=2 * T * BR * (V * H + H * H + H * V)),
+    "lstm": Workload("lstm", lstm_problem, lstm_model, _seq_torch(True), _seq_jax(True),
+                     flops=2 * T * BR * (V * 4 * H + H * 4 * H + H * V)),
 }
