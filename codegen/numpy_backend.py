@@ -17,7 +17,7 @@ from codegen.naming import Namer
 from codegen.numpy_printer import KernelWriter, Scratch, literal, scalar_code
 from codegen.spec import Spec
 from symbp import scalar as S
-from symbp.ir import Node
+from symbp.ir import Node, topo_order
 from symbp.optimise import optimise
 from symbp.schedule import schedule
 
@@ -160,7 +160,8 @@ def emit(spec: Spec) -> str:
     roots = optimise([d.loss, *d.grads.values(), *d.outputs.values()])
     loss, grads, outs = roots[0], roots[1:1 + len(pnames)], roots[1 + len(pnames):]
     eqs = d.equations()
-    namer = Namer(hints=equation_names(eqs))
+    forward = {n.id for n in topo_order([d.loss, *d.outputs.values()])}
+    namer = Namer(hints=equation_names(eqs), forward=forward)
     for n in [*d.inputs.values(), *d.params.values()]:
         namer(n)
     scratch = Scratch()
@@ -238,7 +239,8 @@ def _step(spec: Spec, namer: Namer, pnames: list[str]) -> list[str]:
     from symbp.optim import GNORM, g, p, t  # noqa: F401 - the rule symbols
 
     if gexpr.has(GNORM):
-        lines.append("    gnorm = math.sqrt(sum(float(np.vdot(v, v)) for v in G.values()))")
+        clipped = "v" if opt.clip_value is None else f"np.clip(v, {-opt.clip_value!r}, {opt.clip_value!r})"
+        lines.append(f"    gnorm = math.sqrt(sum(float(np.vdot(c, c)) for c in ({clipped} for v in G.values())))")
     for sym, formula in opt.scalars():
         lines.append(f"    {sym} = {scalar_code(formula)}")
     scratch = Scratch()

@@ -4,7 +4,8 @@
 operator becomes one ufunc call with ``out=`` into a preallocated scratch buffer, after
 SymPy's CSE. Stable forms are printed stably and with vectorised ufuncs only (NumPy's
 ``logaddexp`` is not vectorised: 6-20x slower): softplus as ``max(x, 0) + log1p(exp(-|x|))``,
-sigmoid as ``0.5 tanh(x/2) + 0.5``, neither of which can overflow.
+sigmoid as ``exp(min(x, 0)) / (1 + exp(-|x|))``: neither can overflow, and both keep
+their relative accuracy in the tails.
 """
 
 from __future__ import annotations
@@ -165,10 +166,18 @@ class KernelWriter:
             self.emit(f"np.maximum({x}, 0.0, out={out})")
             self.emit(f"np.add({out}, {tmp}, out={out})")
         elif isinstance(e, S.sigmoid):
-            self.emit(f"np.multiply({self.val(e.args[0])}, 0.5, out={out})")
-            self.emit(f"np.tanh({out}, out={out})")
-            self.emit(f"np.multiply({out}, 0.5, out={out})")
-            self.emit(f"np.add({out}, 0.5, out={out})")
+            # exp(min(x, 0)) / (1 + exp(-|x|)): accurate in both tails (log(sigmoid(-40))
+            # stays finite), never overflows, and every ufunc is vectorised (a masked
+            # `where=` multiply would cost more than a second exp).
+            x = self.val(e.args[0])
+            tmp = self.scratch.take(self.shape(e))
+            self.emit(f"np.minimum({x}, 0.0, out={out})")
+            self.emit(f"np.exp({out}, out={out})")
+            self.emit(f"np.abs({x}, out={tmp})")
+            self.emit(f"np.negative({tmp}, out={tmp})")
+            self.emit(f"np.exp({tmp}, out={tmp})")
+            self.emit(f"np.add({tmp}, 1.0, out={tmp})")
+            self.emit(f"np.divide({out}, {tmp}, out={out})")
         elif e.func in UNARY:
             self.emit(f"{UNARY[e.func]}({self.val(e.args[0])}, out={out})")
         else:
