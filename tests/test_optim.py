@@ -54,8 +54,10 @@ def clip(grads, clip_value, clip_norm):
     return grads
 
 
-@pytest.mark.parametrize("clipping", [{}, {"clip_value": 0.05}, {"clip_norm": 0.1}, {"clip_value": 0.05, "clip_norm": 0.1}],
-                         ids=["plain", "value", "norm", "value-then-norm"])
+CLIPPING = [{}, {"clip_value": 0.05}, {"clip_norm": 0.1}, {"clip_value": 0.05, "clip_norm": 0.1}]
+
+
+@pytest.mark.parametrize("clipping", CLIPPING, ids=["plain", "value", "norm", "value-then-norm"])
 @pytest.mark.parametrize("name", sorted(OPTIMISERS))
 def test_update_matches_reference(name, clipping, rng):
     d = tiny_model()
