@@ -46,6 +46,11 @@ def _cell_code(roots: list, bound: dict, indent: str):
     return [indent + line for line in f.body], f.sched.buffers, specs, unpack, names
 
 
+def _swap(a: str, b: str, n: int) -> str:
+    """``_a0, _b0, ... = _b0, _a0, ...``: the new values become current without a copy."""
+    return f"{', '.join(f'{a}{k}, {b}{k}' for k in range(n))} = {', '.join(f'{b}{k}, {a}{k}' for k in range(n))}"
+
+
 def _prologue(fn: str, key: str, shapes: list, bufs: list, specs: list, extra: list) -> list[str]:
     return [f"    _key = ({fn!r}, {key!r}, B)",
             "    if _key not in _cache:",
@@ -66,13 +71,15 @@ def emit_scan(n, out: str, *ins: str) -> list[str]:
     roots = cell.forward_roots()
     body, bufs, specs, unpack, names = _cell_code(roots, bound, "        ")
     outs = scan_outputs(cell, T)
-    carries = [(c.shape, c.dtype) for c in cell.carry_in]
+    # Two buffers per carry: the step writes all new carries, then the pair swaps, so a cell
+    # that shifts or swaps its carries ((a, b) -> (n, a)) never reads a carry already replaced.
+    carries = [(c.shape, c.dtype) for c in cell.carry_in] * 2
     fn = f"_scan_{out}"
     lines = [f"def {fn}(B, {', '.join(args)}):",
              f'    """Scan {label!r}: the cell, traced once, run for t = 0..{T - 1}."""',
              *_prologue("scan", out, outs, bufs, specs, carries),
              *["    " + u for u in unpack],
-             f"    {', '.join(f'_h{k}' for k in range(nc))}, = _e"]
+             f"    {''.join(f'_h{k}, ' for k in range(nc))}{''.join(f'_n{k}, ' for k in range(nc))}= _e"]
     if n.attrs["stateful"]:
         lines.append(f"    _st = globals().setdefault('STATE', {{}}).get({label!r})")
         for k in range(nc):
@@ -88,7 +95,8 @@ def emit_scan(n, out: str, *ins: str) -> list[str]:
     for r in range(len(cell.residuals)):
         lines.append(f"        _o[{nc + ny + r}][t] = {names[nc + ny + r]}")
     for k in range(nc):
-        lines.append(f"        np.copyto(_h{k}, {names[k]})")
+        lines.append(f"        np.copyto(_n{k}, {names[k]})")
+    lines.append(f"        {_swap('_h', '_n', nc)}")
     lines += [f"    np.copyto(_o[{k}], _h{k})" for k in range(nc)]
     if n.attrs["stateful"]:
         lines.append(f"    STATE[{label!r}] = ({''.join(f'_h{k}.copy(), ' for k in range(nc))})")
@@ -120,7 +128,7 @@ def emit_scan_bwd(n, out: str, *ins: str) -> list[str]:
     d_cap, d_h = names[nc + nx:nin], names[nin:]
     inputs = n.inputs[:nin]
     shapes = [(i.shape if need[k] else (), "float") for k, i in enumerate(inputs)] + [((T,), "float")]
-    extra = [(c.shape, "float") for c in cell.carry_in] + ([(y.shape, "float") for y in cell.ys] if truncated else [])
+    extra = [(c.shape, "float") for c in cell.carry_in] * 2 + ([(y.shape, "float") for y in cell.ys] if truncated else [])
     fn = f"_scan_bwd_{out}"
     nch = -(-T // k1)
     lines = [f"def {fn}(B, {', '.join(args)}):",
@@ -128,7 +136,7 @@ def emit_scan_bwd(n, out: str, *ins: str) -> list[str]:
              + (f", truncated: every {k1} steps back {k2} steps" if truncated else "") + '."""',
              *_prologue("scan_bwd", out, shapes, bufs, specs, extra),
              *["    " + u for u in unpack],
-             "    " + "".join(f"_dc{k}, " for k in range(nc))
+             "    " + "".join(f"_dc{k}, " for k in range(nc)) + "".join(f"_nd{k}, " for k in range(nc))
              + "".join(f"_dy{j}, " for j in range(ny if truncated else 0)) + "= _e",
              "    for _a in _o:",
              "        _a.fill(0.0)",
@@ -151,8 +159,9 @@ def emit_scan_bwd(n, out: str, *ins: str) -> list[str]:
     for j, dp in enumerate(d_cap):
         if dp is not None:
             lines.append(f"            np.add(_o[{nx + nc + j}], {dp}, out=_o[{nx + nc + j}])")
-    for k, dc in enumerate(d_cin):
-        lines.append(f"            np.copyto(_dc{k}, {dc})" if dc is not None else f"            _dc{k}.fill(0.0)")
+    for k, dc in enumerate(d_cin):  # all new cotangents first: d_carry_in may read any _dc (swaps)
+        lines.append(f"            np.copyto(_nd{k}, {dc})" if dc is not None else f"            _nd{k}.fill(0.0)")
+    lines.append(f"            {_swap('_dc', '_nd', nc)}")
     d_init = [f"            np.add(_o[{nx + k}], _dc{k}, out=_o[{nx + k}])" for k in range(nc) if need[nx + k]]
     lines += ["        if _w == 0:", *d_init] if d_init else []
     lines += [f"    globals().setdefault('GRAD_NORMS', {{}})[{label!r}] = _norms",
