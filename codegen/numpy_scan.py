@@ -36,6 +36,7 @@ def _cell_code(roots: list, bound: dict, indent: str):
     opt = optimise(live) if live else []
     namer = Namer()
     namer.names.update(bound)
+    namer.taken.update(bound.values())  # generated temporaries must not shadow a loop variable
     scratch = Scratch()
     f = Function("cell", opt, namer, scratch)
     f.compile_body()
