@@ -129,7 +129,8 @@ def emit_scan_bwd(n, out: str, *ins: str) -> list[str]:
     d_cap, d_h = names[nc + nx:nin], names[nin:]
     inputs = n.inputs[:nin]
     shapes = [(i.shape if need[k] else (), "float") for k, i in enumerate(inputs)] + [((T,), "float")]
-    extra = [(c.shape, "float") for c in cell.carry_in] * 2 + ([(y.shape, "float") for y in cell.ys] if truncated else [])
+    extra = [(c.shape, "float") for c in cell.carry_in] * 2
+    extra += [(y.shape, "float") for y in cell.ys] if truncated else []
     fn = f"_scan_bwd_{out}"
     nch = -(-T // k1)
     lines = [f"def {fn}(B, {', '.join(args)}):",
