@@ -1,7 +1,8 @@
 """NumPy emission of recurrences: the scan and its reverse loop as Python ``for`` loops.
 
 Each loop is emitted as a nested function defined where the scan is computed, so the cell's
-local names can never clash with the enclosing function's. Its body is the cell graph (traced
+local names can never clash with the enclosing function's. The loop's label appears only as
+repr() in code and comments, never inside a docstring or string literal. Its body is the cell graph (traced
 and derived once, see ``symbp.scan``) emitted by the same machinery as a whole model, so the
 source size does not depend on T. Buffers are allocated once per batch size: carries,
 per-step outputs (batch, T, ...), and the residuals the backward reads, saved as (T, batch, ...).
@@ -77,7 +78,7 @@ def emit_scan(n, out: str, *ins: str) -> list[str]:
     carries = [(c.shape, c.dtype) for c in cell.carry_in] * 2
     fn = f"_scan_{out}"
     lines = [f"def {fn}(B, {', '.join(args)}):",
-             f'    """Scan {label!r}: the cell, traced once, run for t = 0..{T - 1}."""',
+             f"    # Scan {label!r}: the cell, traced once, run for t = 0..{T - 1}.",
              *_prologue("scan", out, outs, bufs, specs, carries),
              *["    " + u for u in unpack],
              f"    {''.join(f'_h{k}, ' for k in range(nc))}{''.join(f'_n{k}, ' for k in range(nc))}= _e"]
@@ -134,8 +135,8 @@ def emit_scan_bwd(n, out: str, *ins: str) -> list[str]:
     fn = f"_scan_bwd_{out}"
     nch = -(-T // k1)
     lines = [f"def {fn}(B, {', '.join(args)}):",
-             f'    """Reverse loop of scan {label!r}: the derived backward cell for t = {T - 1}..0'
-             + (f", truncated: every {k1} steps back {k2} steps" if truncated else "") + '."""',
+             f"    # Reverse loop of scan {label!r}: the derived backward cell for t = {T - 1}..0"
+             + (f", truncated: every {k1} steps back {k2} steps" if truncated else "") + ".",
              *_prologue("scan_bwd", out, shapes, bufs, specs, extra),
              *["    " + u for u in unpack],
              "    " + "".join(f"_dc{k}, " for k in range(nc)) + "".join(f"_nd{k}, " for k in range(nc))

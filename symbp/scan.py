@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from symbp.ir import Node, SymbpError, fmt_shape, topo_order
+from symbp.ir import Node, SymbpError, check_identifier, fmt_shape, topo_order
 from symbp.registry import OpDef, register
 from symbp.structural import const, node
 
@@ -303,6 +303,8 @@ def scan(step, xs, init, truncate: tuple | None = None, stateful: bool = False, 
         (final carry, stacked outputs): same structures as ``init`` and the step's y_t; each
         stacked output has shape (batch, T, ...).
     """
+    if label is not None:  # it names generated code, state and diagnostics: never arbitrary text
+        check_identifier(label, "scan")
     where = f"scan {label!r}" if label else "scan"
     xs_t, xs_tuple = _as_tuple(xs, f"{where}: xs")
     init_t, init_tuple = _as_tuple(init, f"{where}: init")
