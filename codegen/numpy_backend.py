@@ -38,7 +38,12 @@ def _index(index: tuple) -> str:
             parts.append(":")
         else:
             start, stop, step = ix
-            parts.append(f"{start}:{stop}" + (f":{step}" if step != 1 else ""))
+            if step < 0 and start < 0:  # slice.indices' form of an empty backward slice
+                start, stop, step = 0, 0, 1
+            # slice.indices gives stop -1 for a backward slice through element 0; printed,
+            # -1 would mean the last element (an empty slice), so the stop is left out.
+            stop_text = "" if step < 0 and stop < 0 else str(stop)
+            parts.append(f"{start}:{stop_text}" + (f":{step}" if step != 1 else ""))
     return ", ".join(parts) or "..."
 
 
