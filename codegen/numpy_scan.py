@@ -14,7 +14,8 @@ on ``scan_bwd``, ``need`` (which inputs want a cotangent). ``scan_out`` is a vie
 
 State and diagnostics live in the generated module's globals: ``STATE[label]`` holds the final
 carries of a stateful scan, ``GRAD_NORMS[label]`` the norm of dL/dh_t for every t after a
-backward pass.
+backward pass (``derive`` makes each loop's label unique in its model). The loops replace
+``STATE`` entries and never write into them, so the runtime can put an old state back.
 """
 
 from __future__ import annotations
