@@ -33,6 +33,16 @@ class Namer:
         self.taken.add(name)
         return name
 
+    def temp(self, prefix: str) -> str:
+        """A generated temporary ``<prefix><k>`` (prefix starts with '_', which user names
+        cannot) that no other name of this scope has, so one Namer owns every name."""
+        k = self.next.get(prefix, 0)
+        while f"{prefix}{k}" in self.taken:
+            k += 1
+        self.next[prefix] = k + 1
+        self.taken.add(f"{prefix}{k}")
+        return f"{prefix}{k}"
+
     def __call__(self, n: Node) -> str:
         if n.id not in self.names:
             hint = next((self.hints[o] for o in n.origin if o in self.hints), None)

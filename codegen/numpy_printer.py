@@ -10,6 +10,8 @@ their relative accuracy in the tails.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 
@@ -71,11 +73,14 @@ class KernelWriter:
     Args:
         env: symbol -> (code name, shape). Shape None marks a Python scalar.
         scratch: the shared Scratch pool.
+        temp: allocates names for scalar temporaries (``Namer.temp``), from the same pool as
+            every other name of the enclosing function, so they cannot overwrite one.
     """
 
-    def __init__(self, env: dict, scratch: Scratch):
+    def __init__(self, env: dict, scratch: Scratch, temp: Callable[[str], str]):
         self.env = dict(env)
         self.scratch = scratch
+        self.temp = temp
         self.lines: list[str] = []
 
     def shape(self, e) -> tuple:
@@ -91,7 +96,7 @@ class KernelWriter:
         subs, (final,) = sp.cse(expr, symbols=sp.numbered_symbols("_cse", real=True), order="none")
         for sym, sub in subs:
             if self.scalar_only(sub):
-                name = f"_p{len(self.env)}"
+                name = self.temp("_c")
                 self.lines.append(f"{name} = {self.scalar(sub)}")
                 self.env[sym] = (name, None)
             else:
