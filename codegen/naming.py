@@ -16,9 +16,10 @@ class Namer:
     """Gives every node one identifier: parameters and inputs keep their names, gradients
     read ``dW1``, layer outputs their layer's name; anything else ``t<k>``. Never a reserved word."""
 
-    def __init__(self, reserved=(), hints: dict | None = None):
+    def __init__(self, reserved=(), hints: dict | None = None, forward: set | None = None):
         self.taken = set(RESERVED) | set(reserved)
         self.hints = hints or {}  # node id -> a preferred name (from the numbered equations)
+        self.forward = forward  # ids of forward-pass nodes: there a layer's label is the best name
         self.names: dict[int, str] = {}
         self.next: dict[str, int] = {}  # next suffix to try per base: naming stays linear
 
@@ -32,12 +33,22 @@ class Namer:
         self.taken.add(name)
         return name
 
+    def temp(self, prefix: str) -> str:
+        """A generated temporary ``<prefix><k>`` (prefix starts with '_', which user names
+        cannot) that no other name of this scope has, so one Namer owns every name."""
+        k = self.next.get(prefix, 0)
+        while f"{prefix}{k}" in self.taken:
+            k += 1
+        self.next[prefix] = k + 1
+        self.taken.add(f"{prefix}{k}")
+        return f"{prefix}{k}"
+
     def __call__(self, n: Node) -> str:
         if n.id not in self.names:
             hint = next((self.hints[o] for o in n.origin if o in self.hints), None)
             if n.name:
                 base = n.name
-            elif n.label and not n.label.startswith("d_"):
+            elif n.label and (self.forward is None or n.origin[0] in self.forward):
                 base = n.label
             elif hint:
                 base = hint

@@ -17,7 +17,7 @@ from codegen.naming import Namer
 from codegen.numpy_printer import KernelWriter, Scratch, literal, scalar_code
 from codegen.spec import Spec
 from symbp import scalar as S
-from symbp.ir import Node
+from symbp.ir import Node, topo_order
 from symbp.optimise import optimise
 from symbp.schedule import schedule
 
@@ -38,7 +38,12 @@ def _index(index: tuple) -> str:
             parts.append(":")
         else:
             start, stop, step = ix
-            parts.append(f"{start}:{stop}" + (f":{step}" if step != 1 else ""))
+            if step < 0 and start < 0:  # slice.indices' form of an empty backward slice
+                start, stop, step = 0, 0, 1
+            # slice.indices gives stop -1 for a backward slice through element 0; printed,
+            # -1 would mean the last element (an empty slice), so the stop is left out.
+            stop_text = "" if step < 0 and stop < 0 else str(stop)
+            parts.append(f"{start}:{stop_text}" + (f":{step}" if step != 1 else ""))
     return ", ".join(parts) or "..."
 
 
@@ -125,7 +130,7 @@ class Function:
             self.body.append(f"{out} = _b[{self.sched.buffer_of[n.id]}]")
             if "expr" in n.attrs:
                 env = {x: (nm, i.shape) for x, nm, i in zip(S.symbols(len(ins)), ins, n.inputs)}
-                self.body += KernelWriter(env, self.scratch).write(n.attrs["expr"], out)
+                self.body += KernelWriter(env, self.scratch, self.namer.temp).write(n.attrs["expr"], out)
             else:
                 self.body += EMIT[n.op](n, out, *ins)
 
@@ -160,7 +165,8 @@ def emit(spec: Spec) -> str:
     roots = optimise([d.loss, *d.grads.values(), *d.outputs.values()])
     loss, grads, outs = roots[0], roots[1:1 + len(pnames)], roots[1 + len(pnames):]
     eqs = d.equations()
-    namer = Namer(hints=equation_names(eqs))
+    forward = {n.id for n in topo_order([d.loss, *d.outputs.values()])}
+    namer = Namer(hints=equation_names(eqs), forward=forward)
     for n in [*d.inputs.values(), *d.params.values()]:
         namer(n)
     scratch = Scratch()
@@ -238,10 +244,12 @@ def _step(spec: Spec, namer: Namer, pnames: list[str]) -> list[str]:
     from symbp.optim import GNORM, g, p, t  # noqa: F401 - the rule symbols
 
     if gexpr.has(GNORM):
-        lines.append("    gnorm = math.sqrt(sum(float(np.vdot(v, v)) for v in G.values()))")
+        clipped = "v" if opt.clip_value is None else f"np.clip(v, {-opt.clip_value!r}, {opt.clip_value!r})"
+        lines.append(f"    gnorm = math.sqrt(sum(float(np.vdot(c, c)) for c in ({clipped} for v in G.values())))")
     for sym, formula in opt.scalars():
         lines.append(f"    {sym} = {scalar_code(formula)}")
     scratch = Scratch()
+    temps = Namer(reserved=["p", "g", "gnorm", "t", *opt.hyper, *opt.slots, *(str(s) for s, _ in opt.scalars())])
     body = []
     scalars_env = {sp.Symbol(k, real=True): (k, None) for k in opt.hyper}
     scalars_env.update({s: (str(s), None) for s, _ in opt.scalars()})
@@ -256,7 +264,7 @@ def _step(spec: Spec, namer: Namer, pnames: list[str]) -> list[str]:
         for s in opt.slots:
             env[sp.Symbol(s, real=True)] = (s, shape)
         for target, rule in opt.rules():
-            body += KernelWriter(env, scratch).write(rule.xreplace({g: gexpr}), target)
+            body += KernelWriter(env, scratch, temps.temp).write(rule.xreplace({g: gexpr}), target)
     specs = scratch.specs()
     if specs:
         lines.append(f"    {', '.join(n for n, _ in specs)}, = _update_scratch(P)")

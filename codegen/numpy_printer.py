@@ -4,10 +4,13 @@
 operator becomes one ufunc call with ``out=`` into a preallocated scratch buffer, after
 SymPy's CSE. Stable forms are printed stably and with vectorised ufuncs only (NumPy's
 ``logaddexp`` is not vectorised: 6-20x slower): softplus as ``max(x, 0) + log1p(exp(-|x|))``,
-sigmoid as ``0.5 tanh(x/2) + 0.5``, neither of which can overflow.
+sigmoid as ``exp(min(x, 0)) / (1 + exp(-|x|))``: neither can overflow, and both keep
+their relative accuracy in the tails.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
@@ -70,11 +73,14 @@ class KernelWriter:
     Args:
         env: symbol -> (code name, shape). Shape None marks a Python scalar.
         scratch: the shared Scratch pool.
+        temp: allocates names for scalar temporaries (``Namer.temp``), from the same pool as
+            every other name of the enclosing function, so they cannot overwrite one.
     """
 
-    def __init__(self, env: dict, scratch: Scratch):
+    def __init__(self, env: dict, scratch: Scratch, temp: Callable[[str], str]):
         self.env = dict(env)
         self.scratch = scratch
+        self.temp = temp
         self.lines: list[str] = []
 
     def shape(self, e) -> tuple:
@@ -90,7 +96,7 @@ class KernelWriter:
         subs, (final,) = sp.cse(expr, symbols=sp.numbered_symbols("_cse", real=True), order="none")
         for sym, sub in subs:
             if self.scalar_only(sub):
-                name = f"_p{len(self.env)}"
+                name = self.temp("_c")
                 self.lines.append(f"{name} = {self.scalar(sub)}")
                 self.env[sym] = (name, None)
             else:
@@ -165,10 +171,18 @@ class KernelWriter:
             self.emit(f"np.maximum({x}, 0.0, out={out})")
             self.emit(f"np.add({out}, {tmp}, out={out})")
         elif isinstance(e, S.sigmoid):
-            self.emit(f"np.multiply({self.val(e.args[0])}, 0.5, out={out})")
-            self.emit(f"np.tanh({out}, out={out})")
-            self.emit(f"np.multiply({out}, 0.5, out={out})")
-            self.emit(f"np.add({out}, 0.5, out={out})")
+            # exp(min(x, 0)) / (1 + exp(-|x|)): accurate in both tails (log(sigmoid(-40))
+            # stays finite), never overflows, and every ufunc is vectorised (a masked
+            # `where=` multiply would cost more than a second exp).
+            x = self.val(e.args[0])
+            tmp = self.scratch.take(self.shape(e))
+            self.emit(f"np.minimum({x}, 0.0, out={out})")
+            self.emit(f"np.exp({out}, out={out})")
+            self.emit(f"np.abs({x}, out={tmp})")
+            self.emit(f"np.negative({tmp}, out={tmp})")
+            self.emit(f"np.exp({tmp}, out={tmp})")
+            self.emit(f"np.add({tmp}, 1.0, out={tmp})")
+            self.emit(f"np.divide({out}, {tmp}, out={out})")
         elif e.func in UNARY:
             self.emit(f"{UNARY[e.func]}({self.val(e.args[0])}, out={out})")
         else:

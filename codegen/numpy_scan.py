@@ -1,7 +1,8 @@
 """NumPy emission of recurrences: the scan and its reverse loop as Python ``for`` loops.
 
 Each loop is emitted as a nested function defined where the scan is computed, so the cell's
-local names can never clash with the enclosing function's. Its body is the cell graph (traced
+local names can never clash with the enclosing function's. The loop's label appears only as
+repr() in code and comments, never inside a docstring or string literal. Its body is the cell graph (traced
 and derived once, see ``symbp.scan``) emitted by the same machinery as a whole model, so the
 source size does not depend on T. Buffers are allocated once per batch size: carries,
 per-step outputs (batch, T, ...), and the residuals the backward reads, saved as (T, batch, ...).
@@ -13,7 +14,8 @@ on ``scan_bwd``, ``need`` (which inputs want a cotangent). ``scan_out`` is a vie
 
 State and diagnostics live in the generated module's globals: ``STATE[label]`` holds the final
 carries of a stateful scan, ``GRAD_NORMS[label]`` the norm of dL/dh_t for every t after a
-backward pass.
+backward pass (``derive`` makes each loop's label unique in its model). The loops replace
+``STATE`` entries and never write into them, so the runtime can put an old state back.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def _cell_code(roots: list, bound: dict, indent: str):
     opt = optimise(live) if live else []
     namer = Namer()
     namer.names.update(bound)
+    namer.taken.update(bound.values())  # generated temporaries must not shadow a loop variable
     scratch = Scratch()
     f = Function("cell", opt, namer, scratch)
     f.compile_body()
@@ -44,6 +47,11 @@ def _cell_code(roots: list, bound: dict, indent: str):
     specs = [(s, "float") for _, s in scratch.specs()]
     unpack = [f"{', '.join(n for n, _ in scratch.specs())}, = _s"] if specs else []
     return [indent + line for line in f.body], f.sched.buffers, specs, unpack, names
+
+
+def _swap(a: str, b: str, n: int) -> str:
+    """``_a0, _b0, ... = _b0, _a0, ...``: the new values become current without a copy."""
+    return f"{', '.join(f'{a}{k}, {b}{k}' for k in range(n))} = {', '.join(f'{b}{k}, {a}{k}' for k in range(n))}"
 
 
 def _prologue(fn: str, key: str, shapes: list, bufs: list, specs: list, extra: list) -> list[str]:
@@ -66,13 +74,15 @@ def emit_scan(n, out: str, *ins: str) -> list[str]:
     roots = cell.forward_roots()
     body, bufs, specs, unpack, names = _cell_code(roots, bound, "        ")
     outs = scan_outputs(cell, T)
-    carries = [(c.shape, c.dtype) for c in cell.carry_in]
+    # Two buffers per carry: the step writes all new carries, then the pair swaps, so a cell
+    # that shifts or swaps its carries ((a, b) -> (n, a)) never reads a carry already replaced.
+    carries = [(c.shape, c.dtype) for c in cell.carry_in] * 2
     fn = f"_scan_{out}"
     lines = [f"def {fn}(B, {', '.join(args)}):",
-             f'    """Scan {label!r}: the cell, traced once, run for t = 0..{T - 1}."""',
+             f"    # Scan {label!r}: the cell, traced once, run for t = 0..{T - 1}.",
              *_prologue("scan", out, outs, bufs, specs, carries),
              *["    " + u for u in unpack],
-             f"    {', '.join(f'_h{k}' for k in range(nc))}, = _e"]
+             f"    {''.join(f'_h{k}, ' for k in range(nc))}{''.join(f'_n{k}, ' for k in range(nc))}= _e"]
     if n.attrs["stateful"]:
         lines.append(f"    _st = globals().setdefault('STATE', {{}}).get({label!r})")
         for k in range(nc):
@@ -88,7 +98,8 @@ def emit_scan(n, out: str, *ins: str) -> list[str]:
     for r in range(len(cell.residuals)):
         lines.append(f"        _o[{nc + ny + r}][t] = {names[nc + ny + r]}")
     for k in range(nc):
-        lines.append(f"        np.copyto(_h{k}, {names[k]})")
+        lines.append(f"        np.copyto(_n{k}, {names[k]})")
+    lines.append(f"        {_swap('_h', '_n', nc)}")
     lines += [f"    np.copyto(_o[{k}], _h{k})" for k in range(nc)]
     if n.attrs["stateful"]:
         lines.append(f"    STATE[{label!r}] = ({''.join(f'_h{k}.copy(), ' for k in range(nc))})")
@@ -120,15 +131,16 @@ def emit_scan_bwd(n, out: str, *ins: str) -> list[str]:
     d_cap, d_h = names[nc + nx:nin], names[nin:]
     inputs = n.inputs[:nin]
     shapes = [(i.shape if need[k] else (), "float") for k, i in enumerate(inputs)] + [((T,), "float")]
-    extra = [(c.shape, "float") for c in cell.carry_in] + ([(y.shape, "float") for y in cell.ys] if truncated else [])
+    extra = [(c.shape, "float") for c in cell.carry_in] * 2
+    extra += [(y.shape, "float") for y in cell.ys] if truncated else []
     fn = f"_scan_bwd_{out}"
     nch = -(-T // k1)
     lines = [f"def {fn}(B, {', '.join(args)}):",
-             f'    """Reverse loop of scan {label!r}: the derived backward cell for t = {T - 1}..0'
-             + (f", truncated: every {k1} steps back {k2} steps" if truncated else "") + '."""',
+             f"    # Reverse loop of scan {label!r}: the derived backward cell for t = {T - 1}..0"
+             + (f", truncated: every {k1} steps back {k2} steps" if truncated else "") + ".",
              *_prologue("scan_bwd", out, shapes, bufs, specs, extra),
              *["    " + u for u in unpack],
-             "    " + "".join(f"_dc{k}, " for k in range(nc))
+             "    " + "".join(f"_dc{k}, " for k in range(nc)) + "".join(f"_nd{k}, " for k in range(nc))
              + "".join(f"_dy{j}, " for j in range(ny if truncated else 0)) + "= _e",
              "    for _a in _o:",
              "        _a.fill(0.0)",
@@ -151,8 +163,9 @@ def emit_scan_bwd(n, out: str, *ins: str) -> list[str]:
     for j, dp in enumerate(d_cap):
         if dp is not None:
             lines.append(f"            np.add(_o[{nx + nc + j}], {dp}, out=_o[{nx + nc + j}])")
-    for k, dc in enumerate(d_cin):
-        lines.append(f"            np.copyto(_dc{k}, {dc})" if dc is not None else f"            _dc{k}.fill(0.0)")
+    for k, dc in enumerate(d_cin):  # all new cotangents first: d_carry_in may read any _dc (swaps)
+        lines.append(f"            np.copyto(_nd{k}, {dc})" if dc is not None else f"            _nd{k}.fill(0.0)")
+    lines.append(f"            {_swap('_dc', '_nd', nc)}")
     d_init = [f"            np.add(_o[{nx + k}], _dc{k}, out=_o[{nx + k}])" for k in range(nc) if need[nx + k]]
     lines += ["        if _w == 0:", *d_init] if d_init else []
     lines += [f"    globals().setdefault('GRAD_NORMS', {{}})[{label!r}] = _norms",

@@ -7,8 +7,9 @@ labels are reported in the model's terms before any generated code runs.
 
 Weights files (``save``/``load``, checkpoints) are plain ``.npz``: parameters under their own
 names (``np.load(f)["W1"]``), optimiser slots under ``state.<slot>.<param>`` (a dot cannot
-occur in a parameter name), and a JSON string under ``_meta`` (step count, hyperparameters,
-and for checkpoints the training loop's position). They are written atomically: a reader
+occur in a parameter name), the carries of stateful recurrences under ``carry.<loop>.<k>``,
+and a JSON string under ``_meta`` (step count, hyperparameters, and for checkpoints the
+training loop's position). They are written atomically: a reader
 sees the previous file or the new one, never half of one.
 """
 
@@ -124,13 +125,29 @@ class Trainer:
         return self.kernels.NEEDS[fn]
 
     # -- the API --------------------------------------------------------------------------
+    def _run(self, fn: str, data: dict):
+        """Generated function ``fn`` on checked data, leaving the carried state of stateful
+        recurrences as it was: only ``step`` advances it."""
+        before = dict(getattr(self.kernels, "STATE", {}))  # the kernels replace entries, never mutate them
+        try:
+            return getattr(self.kernels, fn)(self.params, data)
+        finally:
+            self._set_carries(before)
+
+    def _set_carries(self, carries: dict) -> None:
+        state = getattr(self.kernels, "STATE", None)
+        if state is None:
+            state = self.kernels.STATE = {}
+        state.clear()
+        state.update(carries)
+
     def loss(self, **batch) -> float:
         """The loss on ``batch`` (keyword arrays by input name)."""
-        return self.kernels.loss(self.params, self._batch(batch, self._needs("loss"), "loss"))
+        return self._run("loss", self._batch(batch, self._needs("loss"), "loss"))
 
     def gradients(self, **batch) -> dict:
         """d loss / d parameter on ``batch``, by parameter name (copies); no update."""
-        _, grads = self.kernels.gradients(self.params, self._batch(batch, self._needs("gradients"), "gradients"))
+        _, grads = self._run("gradients", self._batch(batch, self._needs("gradients"), "gradients"))
         return {k: np.array(v) for k, v in grads.items()}
 
     def step(self, **batch) -> float:
@@ -144,9 +161,11 @@ class Trainer:
     def _step(self, data: dict) -> float:
         """``step`` on data already checked by ``_batch`` (the training loop checks once)."""
         self.t += 1
+        before = dict(getattr(self.kernels, "STATE", {}))
         loss = self.kernels.step(self.params, self.state, data, self.hyper, self.t)
         if not math.isfinite(loss):
             self.t -= 1
+            self._set_carries(before)
             raise NonFiniteLoss(f"step {self.t + 1}: the loss is {loss}; the parameters were left as they were. "
                                 "Lower the learning rate, clip gradients (clip_norm=...), or check the "
                                 "inputs for NaN/Inf.")
@@ -156,7 +175,7 @@ class Trainer:
         """The model's named outputs (``m.output``) on ``batch``, by name (copies)."""
         if not self.kernels.OUTPUTS:
             raise DataError("predict(): the model names no outputs; declare them with m.output(name, tensor)")
-        out = self.kernels.predict(self.params, self._batch(batch, self._needs("predict"), "predict"))
+        out = self._run("predict", self._batch(batch, self._needs("predict"), "predict"))
         return {k: np.array(v) for k, v in out.items()}
 
     def evaluate(self, data: dict, batch_size: int = 256) -> dict:
@@ -181,7 +200,8 @@ class Trainer:
 
     # -- weights files --------------------------------------------------------------------
     def save(self, path, extra: dict | None = None, meta: dict | None = None) -> None:
-        """Write weights, optimiser state, step count and hyperparameters to ``path`` (.npz).
+        """Write weights, optimiser state, step count, hyperparameters and the carried state of
+        stateful recurrences (``carry.<loop>.<k>``) to ``path`` (.npz).
 
         Args:
             path: the file; replaced atomically (temporary file in the same folder, then rename).
@@ -191,8 +211,11 @@ class Trainer:
         arrays = {k: v for k, v in self.params.items()}
         for slot, table in self.state.items():
             arrays.update({f"state.{slot}.{k}": v for k, v in table.items()})
+        carries = getattr(self.kernels, "STATE", {})
+        for loop, values in carries.items():
+            arrays.update({f"carry.{loop}.{k}": v for k, v in enumerate(values)})
         info = {"format": FORMAT, "model": self.kernels.MODEL, "dtype": str(self.dtype), "t": self.t,
-                "hyper": self.hyper, **(meta or {})}
+                "hyper": self.hyper, "carries": {loop: len(v) for loop, v in carries.items()}, **(meta or {})}
         arrays["_meta"] = np.array(json.dumps(info, sort_keys=True))
         arrays.update(extra or {})
         write_npz(path, arrays)
@@ -225,6 +248,13 @@ class Trainer:
                     if key not in arrays:
                         raise DataError(f"{path}: no optimiser state {key!r}; was it written by another optimiser?")
                     table[k] = np.array(arrays[key], dtype=self.dtype, order="C")
+        if "carries" in meta:  # written by save: restore exactly (none saved: start from init)
+            lost = [f"carry.{loop}.{k}" for loop, count in meta["carries"].items() for k in range(count)
+                    if f"carry.{loop}.{k}" not in arrays]
+            if lost:
+                raise DataError(f"{path}: the carried state {', '.join(map(repr, lost))} is missing")
+            self._set_carries({loop: tuple(np.array(arrays[f"carry.{loop}.{k}"], dtype=self.dtype, order="C")
+                                           for k in range(count)) for loop, count in meta["carries"].items()})
         if "t" in meta:
             self.t = int(meta["t"])
         self.hyper.update(meta.get("hyper", {}))
@@ -242,7 +272,9 @@ class Trainer:
         Returns:
             {loop label: array of shape (T,)}; vanishing gradients show as a decay towards t = 0.
         """
-        self.kernels.gradients(self.params, self._batch(batch, self._needs("gradients"), "gradient_norms_through_time"))
+        if hasattr(self.kernels, "GRAD_NORMS"):
+            self.kernels.GRAD_NORMS.clear()
+        self._run("gradients", self._batch(batch, self._needs("gradients"), "gradient_norms_through_time"))
         norms = getattr(self.kernels, "GRAD_NORMS", None)
         if not norms:
             raise DataError("gradient_norms_through_time(): the model has no recurrence (sb.scan)")

@@ -15,6 +15,8 @@ from symbp.ir import Node, topo_order
 from symbp.optim import Optimizer
 
 FLOAT_DTYPES = ("float32", "float64")
+REARRANGING = ("slice", "reshape", "transpose", "expand_dims", "stop_gradient")
+"""Ops that move an input's values without changing them."""
 
 
 @dataclass
@@ -27,8 +29,12 @@ class Spec:
         """For each int64 input used as class labels, the number of classes (to range-check)."""
         out = {}
         for n in topo_order([self.derivation.loss, *self.derivation.outputs.values()]):
-            if n.op == "onehot" and n.inputs[0].op == "input":
-                out[n.inputs[0].name] = n.attrs["depth"]
+            if n.op == "onehot":
+                src = n.inputs[0]
+                while src.op in REARRANGING:  # labels sliced or reshaped first: check them all
+                    src = src.inputs[0]
+                if src.op == "input":
+                    out[src.name] = min(out.get(src.name, n.attrs["depth"]), n.attrs["depth"])
         return out
 
     def header(self, backend: str) -> list[str]:

@@ -4,8 +4,9 @@ Imports only NumPy (tqdm and matplotlib when present and asked for): ``sb.build`
 this file into standalone packages beside ``runtime.py``.
 
 Resuming is exact. A checkpoint stores the weights, the optimiser state and step count, the
-shuffling RNG's state *at the start of the current epoch*, how many batches of that epoch
-are done, and the losses seen so far. Resuming restores the RNG, draws the same permutation
+carried state of stateful recurrences (which only training steps advance), the shuffling
+RNG's state *at the start of the current epoch*, how many batches of that epoch are done,
+and the losses seen so far. Resuming restores the RNG, draws the same permutation
 again and skips the batches already done, so an interrupted and resumed run computes the
 same numbers as an uninterrupted one (bit for bit in float64 on the NumPy backend).
 
@@ -52,7 +53,7 @@ def evaluate(tr, data: dict, batch_size: int = 256) -> dict:
     for i in _batches(n, batch_size):
         b = {k: v[i:i + batch_size] for k, v in data.items()}
         size = len(next(iter(b.values())))
-        total += tr.kernels.loss(tr.params, {k: b[k] for k in tr._needs("loss")}) * size
+        total += tr._run("loss", {k: b[k] for k in tr._needs("loss")}) * size
         if pair:
             correct += _correct(tr, b, pair)
     out = {"loss": total / n}
@@ -62,7 +63,7 @@ def evaluate(tr, data: dict, batch_size: int = 256) -> dict:
 
 
 def _correct(tr, batch: dict, pair) -> int:
-    out = tr.kernels.predict(tr.params, {k: batch[k] for k in tr._needs("predict")})[pair[0]]
+    out = tr._run("predict", {k: batch[k] for k in tr._needs("predict")})[pair[0]]
     return int((out.argmax(axis=-1) == batch[pair[1]]).sum())
 
 

@@ -159,9 +159,9 @@ def cmd_train(args) -> int:
     last = {k: v[-1] for k, v in hist.items() if k not in ("epoch", "step", "step_loss") and v}
     print(f"trained {d.name!r}: {hist['epoch'][-1] if hist['epoch'] else 0} epochs, {tr.t} steps; "
           + "  ".join(f"{k} {v:.4f}" for k, v in last.items()))
-    if args.out:
-        tr.save(args.out)
-        print(f"weights and optimiser state in {args.out}")
+    out = args.out or f"{d.name}_trained.npz"
+    tr.save(out)
+    print(f"weights and optimiser state in {out}")
     if args.plot:
         plot_history(hist, args.plot)
         print(f"loss curves in {args.plot}")
@@ -219,7 +219,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="checkpoint file (written atomically)")
     p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --checkpoint")
-    p.add_argument("--out", help="save the trained weights and optimiser state (.npz)")
+    p.add_argument("--out", help="where to save the trained weights and optimiser state "
+                   "(default: <model name>_trained.npz)")
     p.add_argument("--plot", help="save loss curves to this PNG (needs matplotlib)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     training_options(p, "float32")

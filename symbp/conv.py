@@ -32,7 +32,7 @@ Each op's backward is written with the others, so the set is closed under differ
 
 from __future__ import annotations
 
-from symbp.ir import Node, SymbpError, fmt_shape
+from symbp.ir import Node, SymbpError, check_identifier, fmt_shape
 from symbp.registry import OpDef, register
 from symbp.structural import node
 
@@ -142,6 +142,8 @@ def conv2d(x: Node, w: Node, strides=1, padding: str = "valid", name: str | None
     Returns:
         (batch, Ho, Wo, C_out). Add a bias separately: ``conv2d(x, w) + b``.
     """
+    if name is not None:  # it names generated code: never arbitrary text
+        check_identifier(name, "conv2d")
     where = f"layer {name!r}" if name else "conv2d"
     check_image(x, where)
     if not isinstance(w, Node) or w.ndim != 4 or None in w.shape:
@@ -218,6 +220,8 @@ register(OpDef("avg_pool2d_grad", "structural", shape=_avg_grad_shape,
 
 
 def _pool(op: str, x: Node, pool_size, strides, name: str | None) -> Node:
+    if name is not None:
+        check_identifier(name, op)
     where = f"layer {name!r}" if name else op
     check_image(x, where)
     window = int_pair(pool_size, "pool_size", where)

@@ -119,6 +119,9 @@ def derive(model) -> Derivation:
     loss = model.loss
     if loss is None:
         raise SymbpError(f"model {model.name!r}: call m.minimize(loss) before deriving")
+    from symbp.scan import name_loops  # here, not at the top: symbp.scan derives its cells with vjp
+
+    name_loops([loss, *model.outputs.values()])
     params = dict(model.params)
     ancestors = {n.id for n in topo_order([loss])}
     unused = [name for name, p in params.items() if p.id not in ancestors]

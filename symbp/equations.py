@@ -270,7 +270,7 @@ class _Builder:
         outs = [k for k, v in d.outputs.items() if v is n]
         if outs:
             return symbol(outs[0], n.shape)
-        if n.label and not n.label.startswith("d") and n.label not in self.used:
+        if n.label and n.label not in self.used:  # a layer's name (forward nodes only reach here)
             self.used.add(n.label)
             return symbol(n.label, n.shape)
         affine = _affine(e) or n.id not in self.special and n.op in ("add", "sub") and any(

@@ -61,6 +61,11 @@ def broadcast_shapes(shapes: Iterable[Shape], what: str) -> Shape:
         if len(dims) > 1:
             raise SymbpError(f"{what}: shapes {', '.join(fmt_shape(s) for s in shapes)} do not broadcast")
         out.append(dims.pop() if dims else 1)
+    if out.count(None) > 1:
+        # e.g. (batch, 1) against (batch,): NumPy would broadcast the batch axis of one
+        # against a feature axis of the other, making a batch x batch result.
+        raise SymbpError(f"{what}: shapes {', '.join(fmt_shape(s) for s in shapes)} would broadcast the "
+                         "batch axis against another axis; reshape so the batch axes line up")
     return tuple(out)
 
 

@@ -30,19 +30,19 @@ def activation(spec, where: str):
 class Layer:
     """Base class: ``layer(m, x)`` adds the layer's parameters to model ``m`` and applies it."""
 
-    _counts: dict = {}
-
     def __init__(self, name: str | None):
-        if name is None:
-            kind = type(self).__name__.lower()
-            Layer._counts[kind] = Layer._counts.get(kind, 0) + 1
-            name = f"{kind}{Layer._counts[kind]}"
-        self.name = check_identifier(name, "layer")
+        # An unnamed layer is named by the model it is first applied to (dense1, dense2, ... in
+        # the order of application), so building the same model twice gives the same names.
+        self.auto_named = name is None
+        self.name = type(self).__name__.lower() if name is None else check_identifier(name, "layer")
 
-    def __call__(self, m, x: Node) -> Node:
+    def __call__(self, m, x: Node, *args, **kwargs) -> Node:
         if not isinstance(x, Node):
             raise SymbpError(f"layer {self.name!r}: expected a symbolic tensor input, got {type(x).__name__}")
-        return self.apply(m, x)
+        if self.auto_named:
+            self.name = m.layer_name(type(self).__name__.lower())
+            self.auto_named = False
+        return self.apply(m, x, *args, **kwargs)
 
     def apply(self, m, x: Node) -> Node:
         raise NotImplementedError

@@ -65,6 +65,17 @@ class Model:
         self.params[name] = n
         return n
 
+    def layer_name(self, kind: str) -> str:
+        """A fresh name for an unnamed layer of this kind: dense1, dense2, ... per model."""
+        self._layers = getattr(self, "_layers", {})
+        k = self._layers.get(kind, 0)
+        while True:
+            k += 1
+            name = f"{kind}{k}"
+            if not any(p == name or p.startswith(name + "_") for p in (*self.params, *self.inputs)):
+                self._layers[kind] = k
+                return name
+
     def output(self, name: str, value: Node) -> Node:
         """Name a prediction output (returned by ``tr.predict``)."""
         self._claim(name, "output")

@@ -42,9 +42,22 @@ def axes_label(x: Node, axes: tuple) -> str:
     return ",".join("batch" if x.shape[a] is None else "j" if a == x.ndim - 1 else f"axis{a}" for a in axes)
 
 
-def _index(idx: tuple) -> str:
-    return ", ".join(str(i) if isinstance(i, int) else ":" if i == (0, 0, 1) else
-                     f"{i[0]}:{i[1]}" + (f":{i[2]}" if i[2] != 1 else "") for i in idx)
+def format_index(idx: tuple) -> str:
+    """The display of a normalised index (ints and ``slice.indices`` triples): ``:, 0:4, ::2``.
+
+    Args:
+        idx: per axis an int or (start, stop, step); (0, 0, 1) is the whole (batch) axis.
+    Returns:
+        Python slice notation; a backward slice to the first element omits its stop (4::-1).
+    """
+    return ", ".join(str(i) if isinstance(i, int) else ":" if i == (0, 0, 1) else _slice(*i) for i in idx)
+
+
+def _slice(start: int, stop: int, step: int) -> str:
+    if step < 0 and start < 0:  # slice.indices' form of an empty backward slice
+        return "0:0"
+    stop_text = "" if step < 0 and stop < 0 else str(stop)  # -1 would mean the last element
+    return f"{start}:{stop_text}" + (f":{step}" if step != 1 else "")
 
 
 def _show_dot(n, a, b):
@@ -59,8 +72,8 @@ SHOW: dict[str, Callable] = {
     "max": lambda n, a: D.func("max", dshape(n.shape), a, sub=axes_label(n.inputs[0], n.attrs["axes"])),
     "size": lambda n, _: sp.Mul(*[B if n.inputs[0].shape[a] is None else n.inputs[0].shape[a]
                                   for a in n.attrs["axes"]]),
-    "slice": lambda n, a: D.func("index", dshape(n.shape), a, sub=_index(n.attrs["index"])),
-    "unslice": lambda n, g, _: D.func("unslice", dshape(n.shape), g, sub=_index(n.attrs["index"])),
+    "slice": lambda n, a: D.func("index", dshape(n.shape), a, sub=format_index(n.attrs["index"])),
+    "unslice": lambda n, g, _: D.func("unslice", dshape(n.shape), g, sub=format_index(n.attrs["index"])),
     "reshape": lambda n, a: D.func("reshape", dshape(n.shape), a) if D.is_matrix(a) else a,
     "concat": lambda n, *xs: D.func("concat", dshape(n.shape), *xs),
     "onehot": lambda n, y: D.func("onehot", dshape(n.shape), y),

@@ -11,13 +11,18 @@ over all parameters (``clip_norm``).
 
 from __future__ import annotations
 
+import math
+
 import sympy as sp
 
 from symbp import scalar as S
 from symbp.ir import SymbpError
 
+__all__ = ["SGD", "Momentum", "RMSprop", "Adam", "AdamW", "Optimizer"]
+
 p, g, t = sp.symbols("p g t", real=True)
 GNORM = sp.Symbol("gnorm", positive=True)  # global gradient norm, computed by the backend
+DECAY_RATES = ("momentum", "rho", "beta1", "beta2")  # must stay below 1 (bias correction divides by 1 - b^t)
 
 
 class Optimizer:
@@ -33,11 +38,13 @@ class Optimizer:
 
     def __init__(self, clip_norm: float | None = None, clip_value: float | None = None, **hyper):
         for name, v in hyper.items():
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
-                raise SymbpError(f"{type(self).__name__}: {name} must be a non-negative number, got {v!r}")
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v < math.inf:
+                raise SymbpError(f"{type(self).__name__}: {name} must be a finite non-negative number, got {v!r}")
+            if name in DECAY_RATES and not v < 1:
+                raise SymbpError(f"{type(self).__name__}: {name} must be below 1, got {v!r}")
         for name, v in (("clip_norm", clip_norm), ("clip_value", clip_value)):
-            if v is not None and (not isinstance(v, (int, float)) or v <= 0):
-                raise SymbpError(f"{type(self).__name__}: {name} must be a positive number, got {v!r}")
+            if v is not None and (not isinstance(v, (int, float)) or not 0 < v < math.inf):
+                raise SymbpError(f"{type(self).__name__}: {name} must be a finite positive number, got {v!r}")
         self.hyper = {k: float(v) for k, v in hyper.items()}
         self.clip_norm = clip_norm
         self.clip_value = clip_value
@@ -67,12 +74,17 @@ class Optimizer:
         """Per-element assignments ``(target, formula)`` in order; target "p" or a slot."""
         raise NotImplementedError
 
+    def value_clipped(self) -> sp.Expr:
+        """The gradient after clipping by value only: what ``gnorm`` is the global norm of."""
+        if self.clip_value is None:
+            return g
+        c = sp.Float(self.clip_value)
+        return S.select(g - c, c, S.select(-c - g, -c, g))
+
     def gradient(self) -> sp.Expr:
-        """The gradient after clipping, as a formula in ``g`` (and ``gnorm``)."""
-        expr = g
-        if self.clip_value is not None:
-            c = sp.Float(self.clip_value)
-            expr = S.select(expr - c, c, S.select(-c - expr, -c, expr))
+        """The gradient after clipping, as a formula in ``g`` (and ``gnorm``, the global norm
+        of ``value_clipped()`` over all parameters)."""
+        expr = self.value_clipped()
         if self.clip_norm is not None:
             c = sp.Float(self.clip_norm)
             expr = expr * S.select(GNORM - c, c / (GNORM + sp.Float(1e-6)), 1)

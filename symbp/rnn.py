@@ -38,9 +38,7 @@ class Recurrent(Layer):
         self.units, self.return_sequences = units, return_sequences
         self.truncate, self.stateful, self.init = truncate, stateful, init
 
-    def __call__(self, m, x: Node, mask: Node | None = None) -> Node:
-        if not isinstance(x, Node):
-            raise SymbpError(f"layer {self.name!r}: expected a symbolic tensor input, got {type(x).__name__}")
+    def apply(self, m, x: Node, mask: Node | None = None) -> Node:
         if x.ndim != 3 or x.shape[0] is not None:
             raise SymbpError(f"layer {self.name!r}: expects a sequence of shape (batch, T, features), "
                              f"got {fmt_shape(x.shape)}")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from symbp.ir import Node, SymbpError, fmt_shape, topo_order
+from symbp.ir import Node, SymbpError, check_identifier, fmt_shape, topo_order
 from symbp.registry import OpDef, register
 from symbp.structural import const, node
 
@@ -261,6 +261,31 @@ def scan_outputs(cell: Cell, T: int) -> list[tuple[tuple, str]]:
     return out
 
 
+def name_loops(roots: list[Node]) -> None:
+    """Give every scan feeding ``roots`` a label no other scan there has (state, diagnostics
+    and generated names are keyed by it): in creation order, a repeated label gets a suffix
+    (``scan``, ``scan_2``, ...); the scan's ``_last``/``_seq`` outputs follow it."""
+    order = topo_order([r for r in roots if r is not None])
+    used: set[str] = set()
+    renamed: dict[int, tuple[str, str]] = {}
+    for n in order:
+        if n.op != "scan":
+            continue
+        label, k = n.label or "scan", 2
+        new = label
+        while new in used:
+            new, k = f"{label}_{k}", k + 1
+        used.add(new)
+        if new != n.label:
+            renamed[n.id] = (label, new)
+            n.label = new
+    for n in order:
+        if n.op == "scan_out" and n.inputs[0].id in renamed and n.label:
+            old, new = renamed[n.inputs[0].id]
+            if n.label.startswith(old + "_"):
+                n.label = new + n.label[len(old):]
+
+
 def scan(step, xs, init, truncate: tuple | None = None, stateful: bool = False, label: str | None = None):
     """Run ``step(carry, x_t) -> (carry, y_t)`` over the time axis (axis 1) of ``xs``.
 
@@ -278,6 +303,8 @@ def scan(step, xs, init, truncate: tuple | None = None, stateful: bool = False, 
         (final carry, stacked outputs): same structures as ``init`` and the step's y_t; each
         stacked output has shape (batch, T, ...).
     """
+    if label is not None:  # it names generated code, state and diagnostics: never arbitrary text
+        check_identifier(label, "scan")
     where = f"scan {label!r}" if label else "scan"
     xs_t, xs_tuple = _as_tuple(xs, f"{where}: xs")
     init_t, init_tuple = _as_tuple(init, f"{where}: init")

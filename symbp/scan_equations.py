@@ -14,6 +14,7 @@ import re
 import sympy as sp
 
 from symbp.ir import Node, topo_order
+from symbp.notation import format_index
 from symbp.scalar import symbols
 
 TRANSPARENT = {"reshape", "expand_dims", "broadcast_like", "stop_gradient"}
@@ -24,9 +25,10 @@ def _paren(s: str) -> str:
     return s if _ATOM.match(s) else f"({s})"
 
 
-def _index(index: tuple) -> str:
-    parts = [ix if isinstance(ix, int) else f"{ix[0]}:{ix[1]}" for ix in index if ix != (0, 0, 1)]
-    return ", ".join(str(p) for p in parts)
+def _index(n: Node) -> str:
+    """The index of a slice/unslice node, without the batch axis every cell tensor leads with."""
+    index = n.attrs["index"]
+    return format_index(index[1:] if n.inputs[0].shape[:1] == (None,) else index)
 
 
 class _Printer:
@@ -96,10 +98,10 @@ class _Printer:
         if n.op == "transpose":
             return _paren(a[0][0]) + "ᵀ", a[0][1] + "^{\\top}"
         if n.op == "slice":
-            ix = _index(n.attrs["index"])
+            ix = _index(n)
             return f"{_paren(a[0][0])}[{ix}]", f"{a[0][1]}_{{[{ix}]}}"
         if n.op == "unslice":
-            ix = _index(n.attrs["index"])
+            ix = _index(n)
             return f"pad({a[0][0]} into [{ix}])", f"\\operatorname{{pad}}_{{[{ix}]}}({a[0][1]})"
         if n.op == "concat":
             return "[" + ", ".join(s for s, _ in a) + "]", "\\left[" + ", ".join(s for _, s in a) + "\\right]"

@@ -111,20 +111,22 @@ def test_build(capsys, tmp_path):
     assert "lr=0.1" in (tmp_path / "pkg" / "README.md").read_text()
 
 
-def test_train(capsys, tmp_path, data):
+def test_train(capsys, tmp_path, data, monkeypatch):
     code, out, _ = run(capsys, "train", MODEL, "--data", data, "--epochs", "2", "--batch-size", "16", "--quiet",
                        "--validation", data, "--out", tmp_path / "w.npz", "--checkpoint", tmp_path / "ck.npz")
     assert code == 0 and "trained 'mlp': 2 epochs, 6 steps" in out and "val_accuracy" in out
     with np.load(tmp_path / "w.npz") as f:
         assert f["W1"].shape == (64, 32)
+    monkeypatch.chdir(tmp_path)  # without --out the weights go to <model>_trained.npz here
     code, out, _ = run(capsys, "train", MODEL, "--data", data, "--epochs", "3", "--batch-size", "16", "--quiet",
                        "--checkpoint", tmp_path / "ck.npz", "--resume")
-    assert code == 0 and "3 epochs, 9 steps" in out
+    assert code == 0 and "3 epochs, 9 steps" in out and (tmp_path / "mlp_trained.npz").exists()
 
 
 def test_train_plot(capsys, tmp_path, data):
     pytest.importorskip("matplotlib")
-    code, out, _ = run(capsys, "train", MODEL, "--data", data, "--quiet", "--plot", tmp_path / "loss.png")
+    code, out, _ = run(capsys, "train", MODEL, "--data", data, "--quiet", "--plot", tmp_path / "loss.png",
+                       "--out", tmp_path / "w.npz")
     assert code == 0 and (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
 
 

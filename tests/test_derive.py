@@ -102,6 +102,28 @@ def test_generated_code_is_deterministic():
     assert len(sources) == 1
 
 
+def test_unnamed_layers_get_the_same_names_every_build():
+    def build():
+        m = sb.Model("auto")
+        h = sb.layers.Dense(5, activation="relu")(m, m.input("x", (4,)))
+        m.minimize(sb.mean(sb.layers.Dense(1)(m, h)))
+        return m
+
+    first, second = build(), build()
+    assert list(first.params) == list(second.params) == ["dense1_W", "dense1_b", "dense2_W", "dense2_b"]
+    assert sb.compile(sb.derive(first)).source == sb.compile(sb.derive(second)).source
+
+
+def test_sigmoid_keeps_its_tails():
+    m = sb.Model("tails")
+    z = m.input("z", ())
+    s = m.param("s", (), init="ones")
+    m.minimize(sb.mean(-sb.log(sb.sigmoid(z * s))))
+    tr = sb.compile(sb.derive(m), dtype="float64")
+    assert tr.loss(z=np.array([-40.0])) == pytest.approx(40.0, rel=1e-12)
+    assert tr.gradients(z=np.array([-40.0]))["s"] == pytest.approx(40.0, rel=1e-12)
+
+
 def test_float32_agrees_with_float64(rng):
     batch = data(rng)
     losses = [sb.compile(sb.derive(mlp()), dtype=dt, seed=3).loss(**batch) for dt in ("float32", "float64")]

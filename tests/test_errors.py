@@ -37,6 +37,23 @@ def test_broadcast_mismatch_names_the_op_and_operands():
         x + b
 
 
+def test_batch_axis_never_broadcasts_against_a_feature_axis():
+    m = sb.Model("bad")
+    x = m.input("x", (3,))
+    with pytest.raises(sb.SymbpError, match="batch axis against another axis"):
+        sb.mse(x @ m.param("W", (3, 1)), m.input("y", ()))
+
+
+def test_labels_reached_through_a_slice_are_range_checked():
+    m = sb.Model("sliced")
+    z = m.input("z", (3,))
+    y = m.input("y", (2,), dtype="int64")
+    m.minimize(sb.softmax_cross_entropy(z * m.param("s", (), init="ones"), y[0]))
+    tr = sb.compile(sb.derive(m))
+    with pytest.raises(DataError, match=r"labels outside 0..2"):
+        tr.loss(z=np.zeros((2, 3)), y=np.array([[0, 5], [-1, 0]]))
+
+
 def test_layer_width_mismatch_names_the_layer():
     m = sb.Model("bad")
     fc = sb.layers.Dense(8, name="fc2")

@@ -54,7 +54,10 @@ def clip(grads, clip_value, clip_norm):
     return grads
 
 
-@pytest.mark.parametrize("clipping", [{}, {"clip_value": 0.05}, {"clip_norm": 0.1}], ids=["plain", "value", "norm"])
+CLIPPING = [{}, {"clip_value": 0.05}, {"clip_norm": 0.1}, {"clip_value": 0.05, "clip_norm": 0.1}]
+
+
+@pytest.mark.parametrize("clipping", CLIPPING, ids=["plain", "value", "norm", "value-then-norm"])
 @pytest.mark.parametrize("name", sorted(OPTIMISERS))
 def test_update_matches_reference(name, clipping, rng):
     d = tiny_model()
@@ -86,5 +89,11 @@ def test_bad_hyperparameters_are_refused():
         sb.optim.SGD(lr=-1)
     with pytest.raises(ValueError, match="clip_norm"):
         sb.optim.Adam(clip_norm=0)
+    with pytest.raises(ValueError, match="lr must be a finite"):
+        sb.optim.SGD(lr=float("inf"))
+    with pytest.raises(ValueError, match="beta1 must be below 1"):
+        sb.optim.Adam(beta1=1.0)
+    with pytest.raises(ValueError, match="momentum must be below 1"):
+        sb.optim.Momentum(momentum=1.5)
     with pytest.raises(ValueError, match="optimizer"):
         sb.compile(tiny_model(), optimizer="adam")

@@ -121,7 +121,7 @@ def linear_model(truncate=None, stateful=False):
 
     _, hs = sb.scan(step, s, sb.zeros((1,)), truncate=truncate, stateful=stateful, label="lin")
     m.minimize(sb.sum(hs))
-    return sb.compile(sb.derive(m), dtype="float64")
+    return sb.compile(sb.derive(m), dtype="float64", optimizer=sb.optim.SGD(lr=0.0))
 
 
 @pytest.mark.parametrize("truncate,expected", [((1, 1), 4.25), ((2, 2), 5.0), ((4, 4), 5.75), ((2, 1), 2.75),
@@ -138,14 +138,17 @@ def test_truncation_by_hand(truncate, expected):
 
 
 def test_state_carries_across_batches():
-    tr = linear_model(stateful=True)
+    tr = linear_model(stateful=True)  # lr = 0: steps advance the state, not the weight
     x = np.ones((1, 4, 1))
-    assert tr.loss(s=x) == pytest.approx(6.125)         # from h = 0; ends at h = 1.875
+    assert tr.step(s=x) == pytest.approx(6.125)         # from h = 0; ends at h = 1.875
     assert tr.loss(s=x) == pytest.approx(7.8828125)     # 1.9375 + 1.96875 + 1.984375 + 1.9921875
+    assert tr.loss(s=x) == pytest.approx(7.8828125)     # loss (like predict, gradients) reads, never advances
+    assert tr.step(s=x) == pytest.approx(7.8828125)
     tr.reset_state()
     assert tr.loss(s=x) == pytest.approx(6.125)
-    tr.reset_state()
     assert tr.gradients(s=x)["w"][0, 0] == pytest.approx(5.75)
+    assert tr.gradients(s=x)["w"][0, 0] == pytest.approx(5.75)
+    tr.step(s=x)
     # From h = 1.875, taken as a constant: dh_t/dw = 1.875, 2.875, 3.40625, 3.6875.
     assert tr.gradients(s=x)["w"][0, 0] == pytest.approx(11.84375)
 
