@@ -173,11 +173,15 @@ def _update(spec: Spec, pnames: list[str], printer: KernelPrinter) -> list[str]:
     gexpr = opt.gradient()
     npar = len(pnames)
     if gexpr.has(GNORM):
+        # the global norm of the value-clipped gradients (symbp.optim: clip by value first)
+        clipped = opt.value_clipped().xreplace({g: sp.Symbol("graw_", real=True)})
+        body = " ".join(kernel_body(clipped, printer, "const sb_real vc_", prefix="n"))
         lines.append("    double gn_ = 0;")
         for k, name in enumerate(pnames):
             count = K.cexpr(K.size(spec.derivation.params[name].shape))
             lines.append(f"    {{ const sb_real *g_ = (const sb_real *)a[{npar + k}]; "
-                         f"for (long i = 0; i < {count}; i++) gn_ += (double)g_[i] * g_[i]; }}")
+                         f"for (long i = 0; i < {count}; i++) {{ const sb_real graw_ = g_[i]; {body} "
+                         "gn_ += (double)vc_ * vc_; } }")
         lines.append("    const sb_real gnorm = (sb_real)sqrt(gn_);")
         rename[GNORM] = sp.Symbol("gnorm", real=True)
     for sym, formula in opt.scalars():

@@ -118,7 +118,7 @@ OPTIMIZERS = {
     "sgd": lambda: sb.optim.SGD(lr=0.1, weight_decay=1e-3),
     "momentum": lambda: sb.optim.Momentum(lr=0.05, nesterov=True, clip_value=0.05),
     "rmsprop": lambda: sb.optim.RMSprop(lr=0.01),
-    "adam": lambda: sb.optim.Adam(lr=0.01, clip_norm=0.5, weight_decay=1e-2),
+    "adam": lambda: sb.optim.Adam(lr=0.01, clip_norm=0.05, clip_value=0.02, weight_decay=1e-2),
 }
 
 

@@ -694,9 +694,9 @@ cdef extern from *:
         const double h_momentum = io[1];
         const double t_ = io[2];
         double gn_ = 0;
-        { const sb_real *g_ = (const sb_real *)a[3]; for (long i = 0; i < 128; i++) gn_ += (double)g_[i] * g_[i]; }
-        { const sb_real *g_ = (const sb_real *)a[4]; for (long i = 0; i < 32; i++) gn_ += (double)g_[i] * g_[i]; }
-        { const sb_real *g_ = (const sb_real *)a[5]; for (long i = 0; i < 96; i++) gn_ += (double)g_[i] * g_[i]; }
+        { const sb_real *g_ = (const sb_real *)a[3]; for (long i = 0; i < 128; i++) { const sb_real graw_ = g_[i]; const sb_real vc_ = graw_; gn_ += (double)vc_ * vc_; } }
+        { const sb_real *g_ = (const sb_real *)a[4]; for (long i = 0; i < 32; i++) { const sb_real graw_ = g_[i]; const sb_real vc_ = graw_; gn_ += (double)vc_ * vc_; } }
+        { const sb_real *g_ = (const sb_real *)a[5]; for (long i = 0; i < 96; i++) { const sb_real graw_ = g_[i]; const sb_real vc_ = graw_; gn_ += (double)vc_ * vc_; } }
         const sb_real gnorm = (sb_real)sqrt(gn_);
         const sb_real hlr_ = (sb_real)h_lr;
         const sb_real hmomentum_ = (sb_real)h_momentum;
