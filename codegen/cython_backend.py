@@ -18,7 +18,7 @@ from pathlib import Path
 import sympy as sp
 
 import symbp
-from codegen import cython_conv
+from codegen import cython_conv, cython_scan
 from codegen import cython_kernels as K
 from codegen.cython_printer import CTYPES, KernelPrinter, helpers, kernel_body
 from codegen.naming import Namer
@@ -28,9 +28,11 @@ from symbp.ir import Node, SymbpError, topo_order
 from symbp.optimise import optimise
 from symbp.schedule import schedule
 
-EMIT = {**K.EMIT, **cython_conv.EMIT}
-"""How each structural op that computes into a buffer is emitted (views: K.VIEWS)."""
-_EMITTER_FILES = ("codegen/cython_conv.py", "codegen/cython_backend.py", "codegen/cython_kernels.py",
+EMIT = {**K.EMIT, **cython_conv.EMIT, **cython_scan.EMIT}
+"""How each structural op that computes into a buffer is emitted (views: VIEWS)."""
+VIEWS = {**K.VIEWS, **cython_scan.VIEWS}
+"""Ops that only re-describe an input's storage."""
+_EMITTER_FILES = ("codegen/cython_conv.py", "codegen/cython_scan.py", "codegen/cython_backend.py", "codegen/cython_kernels.py",
                   "codegen/cython_module.py", "codegen/cython_printer.py", "codegen/spec.py", "codegen/naming.py",
                   "symbp/optimise.py", "symbp/schedule.py", "symbp/optim.py")
 
@@ -77,7 +79,10 @@ class Function:
         self.name, self.roots = name, roots
         self.namer, self.printer = namer, printer
         self.itemsize = 4 if printer.dtype == "float32" else 8
-        self.sched = schedule(roots, frozenset(K.VIEWS))
+        self.view_ops = VIEWS
+        self.loops: list[cython_scan.Loop] = []  # recurrences, for the Python wrapper (state, norms)
+        self.io_slots = 1  # io[0] is the loss; recurrences add their state flags
+        self.sched = schedule(roots, frozenset(VIEWS))
         self.arrays: list[tuple] = []  # (source, key, shape, dtype); source "P", "D" or "buffer"
         self.views: dict[int, K.View] = {}
         self.body: list[str] = []
@@ -105,14 +110,19 @@ class Function:
 
     # -- body -----------------------------------------------------------------------------
     def _compile(self) -> None:
+        self.compile_nodes()
+        self._results()
+
+    def compile_nodes(self) -> None:
+        """Append the C of every scheduled node to ``body`` (cell bodies share this)."""
         for n in self.sched.order:
             ins = [self.views[i.id] for i in n.inputs]
-            if n.op in K.VIEWS:
+            if n.op in self.view_ops:
                 if n.op == "reshape" and not ins[0].is_contiguous():
                     tmp = self.scratch(n.inputs[0].shape, n.dtype)
                     self.body += K.copy(tmp, ins[0], self.tag())
                     ins[0] = tmp
-                self.views[n.id] = K.VIEWS[n.op](n, *ins)
+                self.views[n.id] = self.view_ops[n.op](n, *ins)
                 continue
             out = self.buffer_views[self.sched.buffer_of[n.id]]
             self.views[n.id] = out
@@ -124,6 +134,8 @@ class Function:
             else:
                 raise SymbpError(f"the cython backend cannot emit op {n.op!r} ({n.describe()}) yet; "
                                  "use backend=\"numpy\" for this model")
+
+    def _results(self) -> None:
         for r in self.roots:
             v = self.views[r.id]
             owned = r.id in self.sched.buffer_of

@@ -111,6 +111,8 @@ def render(spec, fns, update: list[str], pnames: list[str], helpers: str, ctype:
               "sb_set_gemm(<void *>_gemm)", ""]
     lines += spec.constants()
     lines.append(f"FUNCTIONS = {tuple(NAMES)!r}")
+    if any(f.loops for f in fns):  # recurrences: carried state and diagnostics, as in the NumPy module
+        lines += ["STATE = {}", "GRAD_NORMS = {}"]
     tables = {f.name: tuple((src, shape, "i" if dt == "int64" else "f") for src, _, shape, dt, _ in f.arrays)
               for f in fns}
     update_arrays = tuple(("P", spec.derivation.params[k].shape, "f") for k in pnames) * (2 + len(spec.optimizer.slots))
@@ -124,6 +126,34 @@ def render(spec, fns, update: list[str], pnames: list[str], helpers: str, ctype:
     return "\n".join(lines) + "\n"
 
 
+def _state_in(f, nleaves: int) -> list[str]:
+    """Copy each stateful loop's carried state in (per carry whose shape still fits; its io flag
+    says so), as the NumPy module's loop reads ``STATE`` at the start of a forward pass."""
+    lines = []
+    for loop in f.loops:
+        if loop.state_in:
+            lines.append(f"    st = STATE.get({loop.label!r})")
+        for k, (a, slot) in enumerate(loop.state_in):
+            buf = f"bufs[{a - nleaves}]"
+            lines += [f"    io[{slot}] = 0",
+                      f"    if st is not None and st[{k}].shape == {buf}.shape:",
+                      f"        np.copyto({buf}, st[{k}])",
+                      f"        io[{slot}] = 1"]
+    return lines
+
+
+def _state_out(f, nleaves: int) -> list[str]:
+    """Replace (never mutate) ``STATE`` entries with the final carries; store the norms of dL/dh_t."""
+    lines = []
+    for loop in f.loops:
+        if loop.state_in:
+            carries = "".join(f"bufs[{a - nleaves}].copy(), " for a in loop.final)
+            lines.append(f"    STATE[{loop.label!r}] = ({carries})")
+        if loop.norms is not None:
+            lines.append(f"    GRAD_NORMS[{loop.label!r}] = bufs[{loop.norms - nleaves}].copy()")
+    return lines
+
+
 _DOCS = {
     "gradients": "Forward and backward pass: returns (loss, {parameter: gradient}).",
     "loss": "Forward pass only: returns the loss.",
@@ -135,11 +165,13 @@ def _function(f, spec) -> list[str]:
     d = spec.derivation
     batched = [key for src, key, shape, _, _ in f.arrays if src == "D" and shape[:1] == (None,)]
     nleaves = len(f.sched.leaves)
-    lines = ["", "", f"def {f.name}(P, D):", f'    """{_DOCS[f.name]}"""', "    cdef double io[1]"]
+    lines = ["", "", f"def {f.name}(P, D):", f'    """{_DOCS[f.name]}"""', f"    cdef double io[{f.io_slots}]"]
     lines.append(f"    cdef long B = len(D[{batched[0]!r}])" if batched else "    cdef long B = 1")
     lines.append(f"    bufs, meta = _prepare({NAMES[f.name]}, B)")
     leaves = ", ".join(f"{src}[{key!r}]" for src, key, *_ in f.arrays[:nleaves])
+    lines += _state_in(f, nleaves)
     lines.append(f"    _run({NAMES[f.name]}, [{leaves}{', ' if leaves else ''}*bufs], meta, io, B)")
+    lines += _state_out(f, nleaves)
     res = [f"bufs[{k - nleaves}]" for k in f.results]
     if f.name == "gradients":
         lines.append("    return io[0], {" + ", ".join(f"{k!r}: {r}" for k, r in zip(d.params, res[1:])) + "}")

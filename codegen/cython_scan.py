@@ -1,0 +1,264 @@
+"""Cython emission of recurrences: the scan and its reverse loop as C loops over time.
+
+The same two loops as :mod:`codegen.numpy_scan`, in C: the cell graph (``node.attrs["cell"]``,
+traced and derived once) is compiled by the backend's own machinery into the body of a
+``for`` over t, its placeholders bound to per-step views (x_t and the saved values at t are
+the sequence's views with an offset ``t * stride``, so nothing is copied in). Every buffer
+(the cell's, the double-buffered carries, the (T, B, ...) saved values) is an array of the
+enclosing generated function, allocated once per batch size; the source does not depend on T
+except for the literal T itself.
+
+The scan's value is a tuple, read by ``scan_out``: the emitter hands the enclosing function a
+:class:`Items` view whose ``items`` are dense private arrays (never reused by the schedule,
+so the final carries are still there when the Python wrapper stores the state).
+
+State and diagnostics stay in Python, as the NumPy module's: the wrapper of each generated
+function copies ``STATE[label]`` into a state-in array (a flag in ``io`` says which carries
+it holds), and afterwards stores copies of the final carries in ``STATE`` and the norms of
+dL/dh_t in ``GRAD_NORMS`` (see ``Loop`` and ``codegen.cython_module``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from codegen import cython_kernels as K
+from codegen.naming import Namer
+from symbp.ir import Node
+from symbp.optimise import optimise
+from symbp.scan import Cell, scan_outputs
+from symbp.schedule import schedule
+
+T_VAR = "sb_t"
+"""The loop counter of every time loop (no other generated C name has this form)."""
+
+
+@dataclass(frozen=True)
+class Items(K.View):
+    """A scan's (or reverse loop's) value: a tuple of views, read by ``scan_out``."""
+
+    items: tuple = ()
+
+
+@dataclass
+class Loop:
+    """What the Python wrapper of a generated function does around a loop.
+
+    Attributes:
+        label: the loop's label (``STATE`` / ``GRAD_NORMS`` key).
+        state_in: per carry, (array index of the state-in array, io slot of its flag); empty
+            for a loop that is not stateful.
+        final: array indices of the final carries (stored in ``STATE`` when stateful).
+        norms: array index of the (T,) norms of dL/dh_t (reverse loops), else None.
+    """
+
+    label: str
+    state_in: list = field(default_factory=list)
+    final: list = field(default_factory=list)
+    norms: int | None = None
+
+
+def at_t(v: K.View, axis: int) -> K.View:
+    """``v`` with ``axis`` taken at index ``sb_t`` (a C variable): the axis's stride becomes an offset."""
+    s = v.strides[axis]
+    off = f"{T_VAR}*({K.cexpr(s)})" if s != (1, 0) else T_VAR
+    return v.with_(shape=v.shape[:axis] + v.shape[axis + 1:], strides=v.strides[:axis] + v.strides[axis + 1:],
+                   offset=f"{v.offset} + {off}" if v.offset else off)
+
+
+def _ctype(dtype: str) -> str:
+    return "int64_t" if dtype == "int64" else "sb_real"
+
+
+class CellBody:
+    """The C of a closed cell graph, its placeholders bound to views of the enclosing function.
+
+    Buffers and temporaries become arrays of ``parent`` (a ``codegen.cython_backend.Function``),
+    whose emitters this reuses; ``views`` maps each root to the view holding its value.
+    """
+
+    def __init__(self, parent, roots: list, bound: dict[int, K.View]):
+        from codegen.cython_backend import Function
+
+        self.parent, self.printer, self.itemsize = parent, parent.printer, parent.itemsize
+        self.namer = Namer()
+        live = [r for r in roots if r is not None]
+        opt = optimise(live) if live else []
+        self.sched = schedule(opt, frozenset(parent.view_ops))
+        self.views: dict[int, K.View] = {}
+        for n in self.sched.leaves:
+            self.views[n.id] = bound[n.id]  # a placeholder: every cell leaf is one
+        self.buffer_views = [parent.scratch(shape, dtype) for shape, dtype in self.sched.buffers]
+        self.body: list[str] = []
+        Function.compile_nodes(self)
+        it = iter(opt)
+        self.roots = [None if r is None else self.views[next(it).id] for r in roots]
+
+    # the ctx interface of codegen.cython_kernels, delegated to the enclosing function
+    def scratch(self, shape: tuple, dtype: str) -> K.View:
+        return self.parent.scratch(shape, dtype)
+
+    def tag(self) -> str:
+        return self.parent.tag()
+
+    @property
+    def view_ops(self):
+        return self.parent.view_ops
+
+    def _elementwise(self, n: Node, out: K.View, ins: list[K.View]) -> list[str]:
+        from codegen.cython_backend import Function
+
+        return Function._elementwise(self, n, out, ins)
+
+
+def _private(ctx, shape: tuple, dtype: str) -> tuple[int, K.View]:
+    k = len(ctx.arrays)
+    return k, ctx.scratch(shape, dtype)
+
+
+def _swap(a: list[str], b: list[str], views: list[K.View]) -> list[str]:
+    """Pointer swaps: the new values become current without a copy."""
+    return [f"{{ {v.ctype} *sw_ = {x}; {x} = {y}; {y} = sw_; }}" for x, y, v in zip(a, b, views)]
+
+
+def _carry_ptrs(ctx, prefix: str, cell: Cell) -> tuple[list, list, list, list, list]:
+    """Two private arrays per carry and the C pointer variables walking them.
+
+    Returns:
+        (current pointer names, new pointer names, their views (2 lists), declarations).
+    """
+    tag = ctx.tag()
+    cur, new, lines, vcur, vnew = [], [], [], [], []
+    for k, c in enumerate(cell.carry_in):
+        for names, views in ((cur, vcur), (new, vnew)):
+            _, v = _private(ctx, c.shape, c.dtype)
+            name = f"{tag}{prefix}{'h' if names is cur else 'n'}{k}"
+            names.append(name)
+            lines.append(f"{_ctype(c.dtype)} *{name} = {v.base()};")
+            views.append(K.dense(name, c.shape, _ctype(c.dtype)))
+    return cur, new, vcur, vnew, lines
+
+
+def emit_scan(ctx, n: Node, out: K.View, *ins: K.View) -> list[str]:
+    """The forward loop t = 0..T-1; ``ctx.views[n.id]`` becomes the tuple of its results."""
+    cell: Cell = n.attrs["cell"]
+    T, label = n.attrs["length"], n.label or "scan"
+    nx, nc, ny = len(cell.xs_in), len(cell.carry_in), len(cell.ys)
+    items = []
+    for shape, dtype in scan_outputs(cell, T):
+        items.append(_private(ctx, shape, dtype))
+    loop = Loop(label, final=[k for k, _ in items[:nc]])
+    ctx.views[n.id] = Items(out.ptr, out.shape, out.strides, out.offset, out.ctype, tuple(v for _, v in items))
+    o = [v for _, v in items]
+    # Carries: two buffers each; the step writes all new carries, then the pointers swap, so a
+    # cell that shifts or swaps its carries ((a, b) -> (n, a)) never reads one already replaced.
+    cur, new, vcur, vnew, decl = _carry_ptrs(ctx, "f", cell)
+    bound = {p.id: at_t(ins[i], 1) for i, p in enumerate(cell.xs_in)}
+    bound.update({p.id: v for p, v in zip(cell.carry_in, vcur)})
+    bound.update({p.id: ins[nx + nc + j] for j, p in enumerate(cell.captured)})
+    body = CellBody(ctx, cell.forward_roots(), bound)
+    lines = ["{", *["    " + d for d in decl]]
+    for k in range(nc):
+        init = K.copy(vcur[k], ins[nx + k], ctx.tag())
+        if n.attrs["stateful"]:  # the wrapper filled the state-in array and set the flag
+            slot = ctx.io_slots
+            ctx.io_slots += 1
+            sk, sv = _private(ctx, cell.carry_in[k].shape, cell.carry_in[k].dtype)
+            loop.state_in.append((sk, slot))
+            lines += [f"    if (io[{slot}] != 0)"] + ["    " + x for x in K.copy(vcur[k], sv, ctx.tag())]
+            lines += ["    else"]
+        lines += ["    " + x for x in init]
+    lines.append(f"    for (long {T_VAR} = 0; {T_VAR} < {T}; {T_VAR}++) {{")
+    step = list(body.body)
+    roots = body.roots
+    for j in range(ny):
+        step += K.copy(at_t(o[nc + j], 1), roots[nc + j], ctx.tag())
+    for r in range(len(cell.residuals)):
+        step += K.copy(at_t(o[nc + ny + r], 0), roots[nc + ny + r], ctx.tag())
+    for k in range(nc):
+        step += K.copy(vnew[k], roots[k], ctx.tag())
+    step += _swap(cur, new, vcur)
+    lines += ["        " + x for x in step]
+    lines.append("    }")
+    for k in range(nc):
+        lines += ["    " + x for x in K.copy(o[k], vcur[k], ctx.tag())]
+    lines.append("}")
+    ctx.loops.append(loop)
+    return lines
+
+
+def emit_scan_bwd(ctx, n: Node, out: K.View, *ins: K.View) -> list[str]:
+    """The reverse loop t = T-1..0 per truncation chunk; its tuple holds the cotangents of the
+    scan's inputs (None where not needed), in the order of the inputs."""
+    cell: Cell = n.attrs["cell"]
+    T, label = n.attrs["length"], (n.label or "d_scan").removeprefix("d_")
+    truncated = n.attrs["truncate"] is not None
+    k1, k2 = n.attrs["truncate"] or (T, T)
+    nx, nc, ncap, ny = len(cell.xs_in), len(cell.carry_in), len(cell.captured), len(cell.ys)
+    nin = nx + nc + ncap
+    a, fwd, g = ins[:nin], ins[nin], ins[nin + 1:]
+    need = n.attrs["need"]
+    grads = [_private(ctx, i.shape, "float")[1] if need[k] else None for k, i in enumerate(n.inputs[:nin])]
+    nk, norms = _private(ctx, (T,), "float")
+    ctx.views[n.id] = Items(out.ptr, out.shape, out.strides, out.offset, out.ctype, tuple(grads))
+    dc, nd, vdc, vnd, decl = _carry_ptrs(ctx, "b", cell)
+    dy = [_private(ctx, y.shape, "float")[1] for y in cell.ys] if truncated else []
+    bound = {p.id: at_t(a[i], 1) for i, p in enumerate(cell.xs_in)}
+    bound.update({p.id: a[nx + nc + j] for j, p in enumerate(cell.captured)})
+    bound.update({p.id: v for p, v in zip(cell.d_carry_out, vdc)})
+    bound.update({p.id: (dy[j] if truncated else at_t(g[nc + j], 1)) for j, p in enumerate(cell.d_ys)})
+    bound.update({p.id: at_t(fwd.items[nc + ny + r], 0) for r, p in enumerate(cell.saved)})
+    wanted = [r if need[k] else None for k, r in enumerate((*cell.d_xs, *cell.d_carry_in, *cell.d_captured))]
+    body = CellBody(ctx, [*cell.d_carry_in, *wanted[:nx], *wanted[nx + nc:], *cell.d_h], bound)
+    roots = body.roots
+    d_cin, d_x, d_cap, d_h = roots[:nc], roots[nc:nc + nx], roots[nc + nx:nin], roots[nin:]
+    nch = -(-T // k1)
+    tag = ctx.tag()
+    lo, hi, w, j = f"{tag}lo", f"{tag}hi", f"{tag}w", f"{tag}j"
+    lines = ["{", *["    " + d for d in decl]]
+    for v in [*(x for x in grads if x is not None), norms]:
+        lines += ["    " + x for x in K.fill(v, "0", ctx.tag())]
+    lines += [f"    for (long {j} = {nch - 1}; {j} >= 0; {j}--) {{",
+              f"        long {lo} = {j} * {k1};",
+              f"        long {hi} = ({lo} + {k1} < {T} ? {lo} + {k1} : {T}) - 1;",
+              f"        long {w} = {hi} - {k2 - 1} > 0 ? {hi} - {k2 - 1} : 0;"]
+    for k in range(nc):
+        lines += [f"        if ({j} == {nch - 1})"] + ["        " + x for x in K.copy(vdc[k], g[k], ctx.tag())]
+        lines += ["        else"] + ["        " + x for x in K.fill(vdc[k], "0", ctx.tag())]
+    step = []
+    for jy in range(len(dy)):
+        step += [f"if ({T_VAR} >= {lo})"] + K.copy(dy[jy], at_t(g[nc + jy], 1), ctx.tag())
+        step += ["else"] + K.fill(dy[jy], "0", ctx.tag())
+    step += body.body
+    step += ["{", "    double ss_ = 0;"]
+    for h in d_h:
+        step += ["    " + x for x in K.loop_nest(h.shape, [h], lambda r: [f"ss_ += (double){r[0]} * {r[0]};"],
+                                                 ctx.tag())]
+    step += [f"    if ({T_VAR} >= {lo}) {norms.ptr}[{T_VAR}] = (sb_real)sqrt(ss_);", "}"]
+    for i, dx in enumerate(d_x):
+        if dx is not None:
+            step += _accumulate(ctx, at_t(grads[i], 1), dx)
+    for jc, dp in enumerate(d_cap):
+        if dp is not None:
+            step += _accumulate(ctx, grads[nx + nc + jc], dp)
+    for k, v in enumerate(d_cin):  # all new cotangents first: d_carry_in may read any dc (swaps)
+        step += K.copy(vnd[k], v, ctx.tag()) if v is not None else K.fill(vnd[k], "0", ctx.tag())
+    step += _swap(dc, nd, vdc)
+    lines.append(f"        for (long {T_VAR} = {hi}; {T_VAR} >= {w}; {T_VAR}--) {{")
+    lines += ["            " + x for x in step]
+    lines.append("        }")
+    d_init = [x for k in range(nc) if need[nx + k] for x in _accumulate(ctx, grads[nx + k], vdc[k])]
+    if d_init:
+        lines += [f"        if ({w} == 0) {{"] + ["            " + x for x in d_init] + ["        }"]
+    lines += ["    }", "}"]
+    ctx.loops.append(Loop(label, norms=nk))
+    return lines
+
+
+def _accumulate(ctx, dst: K.View, src: K.View) -> list[str]:
+    return K.loop_nest(dst.shape, [dst, K.broadcast_view(src, dst.shape)], lambda r: [f"{r[0]} += {r[1]};"],
+                       ctx.tag())
+
+
+EMIT = {"scan": emit_scan, "scan_bwd": emit_scan_bwd}
+VIEWS = {"scan_out": lambda n, x: x.items[n.attrs["index"]]}
