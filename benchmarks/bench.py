@@ -1,4 +1,5 @@
-"""Side-by-side training-step benchmark: symbp (numpy, cython) vs PyTorch eager and JAX jit.
+"""Side-by-side training-step benchmark: symbp (numpy, cython) vs PyTorch eager (and torch.nn.RNN /
+nn.LSTM for the recurrent workloads) and JAX jit.
 
 Each (framework, workload, threads) runs in a fresh subprocess pinned to ``threads`` cores
 with every thread pool set to that size. symbp runs use this interpreter (the repository on
@@ -27,7 +28,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SYMBP = ("symbp_numpy", "symbp_cython")
-PEERS = ("torch_eager", "jax")
+PEERS = ("torch_eager", "torch_nn", "jax")
 
 
 def worker(fw: str, wl_name: str, threads: int, target: float) -> dict:
@@ -57,7 +58,10 @@ def worker(fw: str, wl_name: str, threads: int, target: float) -> dict:
                         optimizer=sb.optim.SGD(lr=0.01), params=P)
         step = lambda: tr.step(**D)
     else:
-        step = getattr(wl, fw.split("_")[0])(P, D)
+        build = wl.torch_nn if fw == "torch_nn" else getattr(wl, fw.split("_")[0])
+        if build is None:
+            raise SystemExit(f"{fw} has no {wl_name} workload")
+        step = build(P, D)
     loss0 = step()
     first = time.perf_counter() - t0
     warm = []

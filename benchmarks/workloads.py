@@ -3,8 +3,8 @@ and initial parameters, written for symbp and for each peer framework.
 
 A workload is a ``Workload`` in ``WORKLOADS``: ``problem()`` gives float32 parameters and data
 (numpy ``default_rng(0)``, uniform +-1/sqrt(fan_in) init, exactly as the peers'), ``model()``
-the symbp model, and ``torch``/``jax`` build a step function for that framework. RNN, LSTM
-and CNN plug in here once symbp has scan and convolutions.
+the symbp model, and ``torch``/``jax`` build a step function for that framework. ``torch_nn``
+(RNN, LSTM) uses torch.nn.RNN / nn.LSTM.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ class Workload:
     model: Callable        # () -> symbp Model with inputs "x", "y"
     torch: Callable | None = None   # (P, D) -> step() returning the loss
     jax: Callable | None = None     # (P, D) -> step() returning the loss (synchronised)
+    torch_nn: Callable | None = None  # torch.nn.RNN / nn.LSTM modules (recurrent workloads only)
     flops: int = 0         # forward matmul FLOPs; a training step is ~3x
 
 
@@ -289,6 +290,40 @@ def _seq_torch(lstm: bool):
     return build
 
 
+def _seq_torch_nn(lstm: bool):
+    """torch.nn.RNN / nn.LSTM + nn.Linear from the same parameters (the peers' torch_eager_nn;
+    nn modules carry an extra zero bias_hh, trained too)."""
+    def build(P, D):
+        import torch
+        import torch.nn.functional as F
+
+        Wi, Wh, b, Why, by = P.values()
+        rnn = torch.nn.LSTM(V, H, batch_first=True) if lstm else torch.nn.RNN(V, H, nonlinearity="tanh",
+                                                                             batch_first=True)
+        lin = torch.nn.Linear(H, V)
+        with torch.no_grad():
+            rnn.weight_ih_l0.copy_(torch.from_numpy(Wi.T.copy()))
+            rnn.weight_hh_l0.copy_(torch.from_numpy(Wh.T.copy()))
+            rnn.bias_ih_l0.copy_(torch.from_numpy(b))
+            rnn.bias_hh_l0.zero_()
+            lin.weight.copy_(torch.from_numpy(Why.T.copy()))
+            lin.bias.copy_(torch.from_numpy(by))
+        params = list(rnn.parameters()) + list(lin.parameters())
+        X, y = torch.from_numpy(D["x"]), torch.from_numpy(D["y"])
+
+        def step():
+            out, _ = rnn(X)
+            loss = F.cross_entropy(lin(out.reshape(BR * T, H)), y.reshape(-1))
+            loss.backward()
+            with torch.no_grad():
+                for q in params:
+                    q.add_(q.grad, alpha=-LR)
+                    q.grad = None
+            return float(loss.detach())
+        return step
+    return build
+
+
 def _seq_jax(lstm: bool):
     def build(P, D):
         import jax
@@ -336,8 +371,8 @@ WORKLOADS = {
                     flops=2 * BM * (64 * 256 + 256 * 256 + 256 * 10)),
     "cnn": Workload("cnn", cnn_problem, cnn_model, cnn_torch, cnn_jax,
                     flops=2 * BC * 16 * 6 * 6 * 9 + 2 * BC * 144 * 10),
-    "rnn": Workload("rnn", rnn_problem, rnn_model, _seq_torch(False), _seq_jax(False),
+    "rnn": Workload("rnn", rnn_problem, rnn_model, _seq_torch(False), _seq_jax(False), _seq_torch_nn(False),
                     flops=2 * T * BR * (V * H + H * H + H * V)),
-    "lstm": Workload("lstm", lstm_problem, lstm_model, _seq_torch(True), _seq_jax(True),
+    "lstm": Workload("lstm", lstm_problem, lstm_model, _seq_torch(True), _seq_jax(True), _seq_torch_nn(True),
                      flops=2 * T * BR * (V * 4 * H + H * 4 * H + H * V)),
 }

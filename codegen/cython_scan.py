@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 
 from codegen import cython_kernels as K
 from codegen.naming import Namer
-from symbp.ir import Node
+from symbp import scalar as S
+from symbp.ir import Node, topo_order
 from symbp.optimise import optimise
-from symbp.scan import Cell, scan_outputs
+from symbp.scan import Cell, scan_outputs, substitute
 from symbp.schedule import schedule
 
 T_VAR = "sb_t"
@@ -83,7 +84,7 @@ class CellBody:
         self.parent, self.printer, self.itemsize = parent, parent.printer, parent.itemsize
         self.namer = Namer()
         live = [r for r in roots if r is not None]
-        opt = optimise(live) if live else []
+        opt = _gather_slices(optimise(live)) if live else []
         self.sched = schedule(opt, frozenset(parent.view_ops))
         self.views: dict[int, K.View] = {}
         for n in self.sched.leaves:
@@ -109,6 +110,31 @@ class CellBody:
         from codegen.cython_backend import Function
 
         return Function._elementwise(self, n, out, ins)
+
+
+def _gather_slices(roots: list[Node]) -> list[Node]:
+    """A sum of unslices that tile one axis (an LSTM's or GRU's gate gradients) becomes a concat:
+    one copy per part instead of zero-filled full-size buffers added together, at every step."""
+    mapping = {}
+    for n in topo_order(roots):
+        if "expr" not in n.attrs or len(n.inputs) < 2 or any(i.op != "unslice" for i in n.inputs):
+            continue
+        if n.attrs["expr"] != sum(S.symbols(len(n.inputs))) or len({i.id for i in n.inputs}) < len(n.inputs):
+            continue
+        parts, axis = [], None
+        for u in n.inputs:
+            cut = [k for k, (ix, d) in enumerate(zip(u.attrs["index"], n.shape))
+                   if d is not None and (isinstance(ix, int) or tuple(ix) != (0, d, 1))]
+            ix = u.attrs["index"][cut[0]] if len(cut) == 1 else None
+            if ix is None or isinstance(ix, int) or ix[2] != 1 or axis not in (None, cut[0]):
+                break
+            axis = cut[0]
+            parts.append((ix[0], ix[1], u.inputs[0]))
+        else:
+            parts.sort(key=lambda p: p[0])
+            if [p[0] for p in parts] == [0] + [p[1] for p in parts[:-1]] and parts[-1][1] == n.shape[axis]:
+                mapping[n.id] = Node("concat", [p[2] for p in parts], n.shape, n.dtype, {"axis": axis}, label=n.label)
+    return substitute(roots, mapping) if mapping else roots
 
 
 def _private(ctx, shape: tuple, dtype: str) -> tuple[int, K.View]:
@@ -208,16 +234,51 @@ def emit_scan_bwd(ctx, n: Node, out: K.View, *ins: K.View) -> list[str]:
     bound.update({p.id: v for p, v in zip(cell.d_carry_out, vdc)})
     bound.update({p.id: (dy[j] if truncated else at_t(g[nc + j], 1)) for j, p in enumerate(cell.d_ys)})
     bound.update({p.id: at_t(fwd.items[nc + ny + r], 0) for r, p in enumerate(cell.saved)})
+    # A weight the backward only multiplies by transposed (d_h = d_z W^T) is transposed once
+    # before the loop: the per-step product then reads it row by row instead of repacking it.
+    pre = []
+    uses = _uses(cell.backward_roots())
+    for jc, p in enumerate(cell.captured):
+        u = uses.get(p.id, [])
+        if len(p.shape) == 2 and None not in p.shape and u and all(
+                c.op == "dot" and c.attrs["tb"] and c.inputs[1] is p and c.inputs[0] is not p for c in u):
+            tmp = ctx.scratch((p.shape[1], p.shape[0]), "float")
+            pre += K.copy(tmp, K.transpose_view(a[nx + nc + jc], (1, 0)), ctx.tag())
+            bound[p.id] = K.transpose_view(tmp, (1, 0))
     wanted = [r if need[k] else None for k, r in enumerate((*cell.d_xs, *cell.d_carry_in, *cell.d_captured))]
-    body = CellBody(ctx, [*cell.d_carry_in, *wanted[:nx], *wanted[nx + nc:], *cell.d_h], bound)
-    roots = body.roots
-    d_cin, d_x, d_cap, d_h = roots[:nc], roots[nc:nc + nx], roots[nc + nx:nin], roots[nin:]
+    # A weight's gradient that is a product of two per-step values, sum_t a_t^T b_t, is one
+    # product over the stacked steps after the loop (K = T*B instead of T products with K = B).
+    # Only where every step is visited at most once: overlapping windows add a step twice.
     nch = -(-T // k1)
+    windows = [(max(min(j * k1 + k1, T) - k2, 0), min(j * k1 + k1, T)) for j in range(nch)]
+    disjoint = all(w >= j * k1 for j, (w, _) in enumerate(windows))
+    hoist = {j: r for j, r in enumerate(wanted[nx + nc:])
+             if disjoint and r is not None and r.op == "dot" and r.attrs["ta"] and not r.attrs["tb"]
+             and all(_per_step(i, cell) for i in r.inputs)}
+    cap_roots = [None if j in hoist else r for j, r in enumerate(wanted[nx + nc:])]
+    pairs = [i for j in sorted(hoist) for i in hoist[j].inputs]
+    body = CellBody(ctx, [*cell.d_carry_in, *wanted[:nx], *cap_roots, *cell.d_h, *pairs], bound)
+    roots = body.roots
+    d_cin, d_x, d_cap, d_h = roots[:nc], roots[nc:nc + nx], roots[nc + nx:nin], roots[nin:nin + nc]
+    stacks, after = [], []  # per hoisted product: (stacked a, stacked b), and the product after the loop
+    for q, j in enumerate(sorted(hoist)):
+        sides = []
+        for node_, view in zip(hoist[j].inputs, roots[nin + nc + 2 * q:nin + nc + 2 * q + 2]):
+            role = node_.attrs.get("role", ("",))
+            if node_.op == "input" and role[0] == "saved":  # already stacked by the forward loop
+                sides.append((fwd.items[nc + ny + role[1]], None))
+            else:
+                sides.append((_private(ctx, (T, *node_.shape), "float")[1], view))
+        stacks.append(sides)
+        after += K.emit_dot(ctx, _Dot(), grads[nx + nc + j], sides[0][0], sides[1][0])
     tag = ctx.tag()
     lo, hi, w, j = f"{tag}lo", f"{tag}hi", f"{tag}w", f"{tag}j"
-    lines = ["{", *["    " + d for d in decl]]
+    lines = ["{", *["    " + d for d in decl], *["    " + x for x in pre]]
     for v in [*(x for x in grads if x is not None), norms]:
         lines += ["    " + x for x in K.fill(v, "0", ctx.tag())]
+    if sum(hi - w for w, hi in windows) < T:  # steps no window visits add nothing to a hoisted product
+        for stack, _ in (side for sides in stacks for side in sides if side[1] is not None):
+            lines += ["    " + x for x in K.fill(stack, "0", ctx.tag())]
     lines += [f"    for (long {j} = {nch - 1}; {j} >= 0; {j}--) {{",
               f"        long {lo} = {j} * {k1};",
               f"        long {hi} = ({lo} + {k1} < {T} ? {lo} + {k1} : {T}) - 1;",
@@ -243,6 +304,8 @@ def emit_scan_bwd(ctx, n: Node, out: K.View, *ins: K.View) -> list[str]:
             step += _accumulate(ctx, grads[nx + nc + jc], dp)
     for k, v in enumerate(d_cin):  # all new cotangents first: d_carry_in may read any dc (swaps)
         step += K.copy(vnd[k], v, ctx.tag()) if v is not None else K.fill(vnd[k], "0", ctx.tag())
+    for stack, view in (side for sides in stacks for side in sides if side[1] is not None):
+        step += K.copy(at_t(stack, 0), view, ctx.tag())
     step += _swap(dc, nd, vdc)
     lines.append(f"        for (long {T_VAR} = {hi}; {T_VAR} >= {w}; {T_VAR}--) {{")
     lines += ["            " + x for x in step]
@@ -250,9 +313,39 @@ def emit_scan_bwd(ctx, n: Node, out: K.View, *ins: K.View) -> list[str]:
     d_init = [x for k in range(nc) if need[nx + k] for x in _accumulate(ctx, grads[nx + k], vdc[k])]
     if d_init:
         lines += [f"        if ({w} == 0) {{"] + ["            " + x for x in d_init] + ["        }"]
-    lines += ["    }", "}"]
+    lines += ["    }", *["    " + x for x in after], "}"]
     ctx.loops.append(Loop(label, norms=nk))
     return lines
+
+
+class _Dot:
+    """The stacked product a^T b (what ``K.emit_dot`` reads of a dot node)."""
+
+    attrs = {"ta": True, "tb": False}
+
+
+def _uses(roots: list[Node]) -> dict[int, list[Node]]:
+    """Node id -> the nodes of ``roots``' graph that read it."""
+    out: dict[int, list[Node]] = {}
+    for n in topo_order(roots):
+        for i in n.inputs:
+            out.setdefault(i.id, []).append(n)
+    return out
+
+
+def _per_step(n: Node, cell: Cell) -> bool:
+    """Whether ``n`` (in the backward cell) changes with t: it reads a per-step placeholder."""
+    fixed = {p.id for p in cell.captured}
+    stack, seen = [n], set()
+    while stack:
+        v = stack.pop()
+        if v.id in seen:
+            continue
+        seen.add(v.id)
+        if v.op == "input" and "role" in v.attrs and v.id not in fixed:
+            return True
+        stack.extend(v.inputs)
+    return False
 
 
 def _accumulate(ctx, dst: K.View, src: K.View) -> list[str]:
