@@ -83,6 +83,7 @@ class Function:
         self.view_ops = VIEWS
         self.loops: list[cython_scan.Loop] = []  # recurrences, for the Python wrapper (state, norms)
         self.io_slots = 1  # io[0] is the loss; recurrences add their state flags
+        self.helper_fns: list[str] = []  # C functions this one calls (loop bodies), defined before it
         self.sched = schedule(roots, frozenset(VIEWS))
         self.arrays: list[tuple] = []  # (source, key, shape, dtype); source "P", "D" or "buffer"
         self.views: dict[int, K.View] = {}
@@ -159,7 +160,7 @@ class Function:
         return K.loop_nest(n.shape, views, body, self.tag())
 
     def c_source(self) -> list[str]:
-        lines = [f"static int sb_{self.name}(void **a, double *io, long B) {{"]
+        lines = [*self.helper_fns, f"static int sb_{self.name}(void **a, double *io, long B) {{"]
         for k, (_, _, _, dtype, cname) in enumerate(self.arrays):
             ctype = "int64_t" if dtype == "int64" else "sb_real"
             lines.append(f"    {ctype} *{cname} = ({ctype} *)a[{k}];")

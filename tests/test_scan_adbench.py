@@ -1,5 +1,5 @@
 """ADBench / GradBench `lstm`: a 2-layer diagonal LSTM over 1,023 steps, objective and gradient
-against the benchmark's reference files (float64, NumPy backend, to 1e-10)."""
+against the benchmark's reference files (float64, NumPy and Cython backends, to 1e-10)."""
 
 import json
 from pathlib import Path
@@ -43,7 +43,8 @@ def adbench_model(layers: int, c: int, b: int = 14) -> sb.Model:
 
 
 @pytest.mark.skipif(not DATA.exists(), reason="ADBench reference files not present")
-def test_adbench_lstm_l2_c1024_objective_and_gradient():
+@pytest.mark.parametrize("backend", ["numpy", "cython"])
+def test_adbench_lstm_l2_c1024_objective_and_gradient(backend):
     layers, c = 2, 1024
     data = np.load(DATA / f"lstm_l{layers}_c{c}.npz")
     ref_grad = np.load(DATA / f"lstm_l{layers}_c{c}_grad.npy")
@@ -53,7 +54,9 @@ def test_adbench_lstm_l2_c1024_objective_and_gradient():
     params |= {f"extra{j}": extra[j] for j in range(3)}
     batch = {"x": seq[None, :-1], "target": seq[None, 1:]}
     batch |= {f"{k}{i}": state[None, 2 * i + j] for i in range(layers) for j, k in enumerate(("h", "s"))}
-    tr = sb.compile(sb.derive(adbench_model(layers, c)), dtype="float64", params=params)
+    if backend == "cython":
+        pytest.importorskip("Cython")
+    tr = sb.compile(sb.derive(adbench_model(layers, c)), backend=backend, dtype="float64", params=params)
     assert abs(tr.loss(**batch) - ref_obj) < 1e-12
     g = tr.gradients(**batch)
     ours = np.concatenate([np.stack([g[f"{k}{i}"] for i in range(layers) for k in ("w", "u")]).ravel(),
