@@ -16,6 +16,11 @@ State and diagnostics stay in Python, as the NumPy module's: the wrapper of each
 function copies ``STATE[label]`` into a state-in array (a flag in ``io`` says which carries
 it holds), and afterwards stores copies of the final carries in ``STATE`` and the norms of
 dL/dh_t in ``GRAD_NORMS`` (see ``Loop`` and ``codegen.cython_module``).
+
+Beyond a literal port, three things the per-step loop does not need to repeat: a weight's
+gradient sum_t a_t^T b_t becomes one product over the stacked steps after the loop; a weight
+the reverse step only reads transposed is transposed once; the sum of zero-padded gate
+gradients becomes a concat. Each time step is its own C function (gcc compile time).
 """
 
 from __future__ import annotations
