@@ -289,11 +289,11 @@ def getitem(x: Node, index) -> Node:
         index = (index,)
     if sum(i is Ellipsis for i in index) > 1:
         raise SymbpError("an index can have only one '...'")
-    if Ellipsis in index:
-        k = index.index(Ellipsis)
-        index = index[:k] + (slice(None),) * (x.ndim - len(index) + 1) + index[k + 1:]
     if x.batched and x.shape[0] is None:
         index = (slice(None),) + index  # users index per example; the batch axis leads
+    if any(i is Ellipsis for i in index):
+        k = next(j for j, i in enumerate(index) if i is Ellipsis)
+        index = index[:k] + (slice(None),) * (x.ndim - len(index) + 1) + index[k + 1:]
     if len(index) > x.ndim:
         raise SymbpError(f"too many indices for {x.describe()} of shape {fmt_shape(x.shape)}")
     index = index + (slice(None),) * (x.ndim - len(index))
