@@ -248,7 +248,7 @@ def test_equations_compute_the_gradients(name, rng):
 
 def test_named_layers_and_outputs_name_equations():
     text = str(sb.derive(dense_mse()).equations())
-    for piece in ["fc1_z = x fc1_W + fc1_b", "= relu(fc1_z)", "σ(fc2_z)", "δfc1_z = (δfc2_z fc2_Wᵀ) ⊙ 𝟙[fc1_z > 0]",
+    for piece in ["fc1_z = x fc1_W + fc1_b", "= relu(fc1_z)", "σ(fc2_z)", "δfc1_z = (δfc2_z fc2_Wᵀ) ⊙ 𝟙[fc1 > 0]",
                   "δfc2_z = (δZ₁ out_Wᵀ) ⊙ fc2 ⊙ (1 − fc2)"]:
         assert piece in text, f"{piece!r} missing from:\n{text}"
     assert "probs = softmax_j(" in str(sb.derive(softmax_slices()).equations())
