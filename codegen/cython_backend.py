@@ -21,7 +21,7 @@ import symbp
 from codegen import cython_conv, cython_scan
 from codegen import cython_kernels as K
 from codegen.cython_printer import CTYPES, KernelPrinter, helpers, kernel_body
-from codegen.naming import Namer
+from codegen.naming import Namer, equation_comment, model_namer
 from codegen.spec import Spec
 from symbp import scalar as S
 from symbp.ir import Node, SymbpError, topo_order
@@ -76,8 +76,9 @@ class Function:
     buffers, then private buffers (copies some ops need). Python passes them in that order.
     """
 
-    def __init__(self, name: str, roots: list[Node], namer: Namer, printer: KernelPrinter):
+    def __init__(self, name: str, roots: list[Node], namer: Namer, printer: KernelPrinter, equations=None):
         self.name, self.roots = name, roots
+        self.equations = equations
         self.namer, self.printer = namer, printer
         self.itemsize = 4 if printer.dtype == "float32" else 8
         self.view_ops = VIEWS
@@ -117,8 +118,12 @@ class Function:
 
     def compile_nodes(self) -> None:
         """Append the C of every scheduled node to ``body`` (cell bodies share this)."""
+        shown: set = set()
+        equations = getattr(self, "equations", None)  # a cell body has none
         for n in self.sched.order:
             ins = [self.views[i.id] for i in n.inputs]
+            if equations is not None:
+                self.body += [f"/* {c.replace('*/', '* /')} */" for c in equation_comment(equations, n, shown)]
             if n.op in self.view_ops:
                 if n.op == "reshape" and not ins[0].is_contiguous():
                     tmp = self.scratch(n.inputs[0].shape, n.dtype)
@@ -236,13 +241,12 @@ def emit(spec: Spec) -> str:
     pnames = list(d.params)
     roots = optimise([d.loss, *d.grads.values(), *d.outputs.values()])
     loss, grads, outs = roots[0], roots[1:1 + len(pnames)], roots[1 + len(pnames):]
-    namer = Namer()
-    for n in [*d.inputs.values(), *d.params.values()]:
-        namer(n)
+    namer, eqs = model_namer(d)
     printer = KernelPrinter(spec.dtype)
-    fns = [Function("gradients", [loss, *grads], namer, printer), Function("loss", [loss], namer, printer)]
+    fns = [Function("gradients", [loss, *grads], namer, printer, eqs),
+           Function("loss", [loss], namer, printer, eqs)]
     if outs:
-        fns.append(Function("predict", outs, namer, printer))
+        fns.append(Function("predict", outs, namer, printer, eqs))
     update = _update(spec, pnames, printer)
     from codegen import cython_module
 

@@ -58,3 +58,40 @@ class Namer:
                 base = "t"
             self.names[n.id] = self.fresh(base)
         return self.names[n.id]
+
+
+def equation_comment(equations, n: Node, shown: set) -> list[str]:
+    """``(k) lhs = rhs`` for each equation k (of ``d.equations()``) that node ``n`` is the first
+    in ``shown`` to compute: the backends put it in a comment above the statement, so a reader
+    can go from the maths to the code and back. One line each, whitespace collapsed."""
+    numbers = sorted({k for o in n.origin if (k := equations.number(o)) is not None} - shown)
+    shown.update(numbers)
+    out = []
+    for k in numbers:
+        text = " ".join(equations.entries[k - 1].text().split())
+        out.append(f"({k}) {text if len(text) <= 90 else text[:87] + '...'}")
+    return out
+
+
+def equation_names(equations) -> dict[int, str]:
+    """Node id -> the name its equation gives it, as an identifier (Z₁ -> Z1, δZ₂ -> dZ2)."""
+    sub = str.maketrans("₀₁₂₃₄₅₆₇₈₉δ∂", "0123456789dd")
+    out = {}
+    for e in equations.entries:
+        text = e.text().split(" = ")[0].translate(sub)
+        if text.isascii() and text.replace("_", "").isalnum():
+            out[e.node] = text
+    return out
+
+
+def model_namer(d) -> tuple[Namer, object]:
+    """The Namer every backend uses for derivation ``d``, and ``d``'s numbered equations: inputs
+    and parameters keep their names; other nodes are named after their equations."""
+    from symbp.ir import topo_order
+
+    eqs = d.equations()
+    forward = {n.id for n in topo_order([d.loss, *d.outputs.values()])}
+    namer = Namer(hints=equation_names(eqs), forward=forward)
+    for n in [*d.inputs.values(), *d.params.values()]:
+        namer(n)
+    return namer, eqs

@@ -13,11 +13,11 @@ from codegen import (
     numpy_conv,
     numpy_scan,  # recurrences: their loops are emitted by their own module
 )
-from codegen.naming import Namer
+from codegen.naming import Namer, equation_comment, model_namer
 from codegen.numpy_printer import KernelWriter, Scratch, literal, scalar_code
 from codegen.spec import Spec
 from symbp import scalar as S
-from symbp.ir import Node, topo_order
+from symbp.ir import Node
 from symbp.optimise import optimise
 from symbp.schedule import schedule
 
@@ -123,7 +123,7 @@ class Function:
             out = name(n)
             ins = [name(i) for i in n.inputs]
             if self.equations is not None:
-                self.body += equation_comment(self.equations, n, shown)
+                self.body += ["# " + c for c in equation_comment(self.equations, n, shown)]
             if n.op in VIEWS:
                 self.body.append(f"{out} = {EMIT[n.op](n, *ins)}")
                 continue
@@ -135,40 +135,13 @@ class Function:
                 self.body += EMIT[n.op](n, out, *ins)
 
 
-def equation_comment(equations, n: Node, shown: set) -> list[str]:
-    """``# (k) lhs = rhs`` before the first statement that computes part of equation k
-    (of ``d.equations()``), so a reader can go from the maths to the code and back."""
-    numbers = sorted({k for o in n.origin if (k := equations.number(o)) is not None} - shown)
-    shown.update(numbers)
-    out = []
-    for k in numbers:
-        text = " ".join(equations.entries[k - 1].text().split())
-        out.append(f"# ({k}) {text if len(text) <= 90 else text[:87] + '...'}")
-    return out
-
-
-def equation_names(equations) -> dict[int, str]:
-    """Node id -> the name its equation gives it, as an identifier (Z₁ -> Z1, δZ₂ -> dZ2)."""
-    sub = str.maketrans("₀₁₂₃₄₅₆₇₈₉δ∂", "0123456789dd")
-    out = {}
-    for e in equations.entries:
-        text = e.text().split(" = ")[0].translate(sub)
-        if text.isascii() and text.replace("_", "").isalnum():
-            out[e.node] = text
-    return out
-
-
 def emit(spec: Spec) -> str:
     """The NumPy module for ``spec`` (see ``codegen.spec``)."""
     d = spec.derivation
     pnames = list(d.params)
     roots = optimise([d.loss, *d.grads.values(), *d.outputs.values()])
     loss, grads, outs = roots[0], roots[1:1 + len(pnames)], roots[1 + len(pnames):]
-    eqs = d.equations()
-    forward = {n.id for n in topo_order([d.loss, *d.outputs.values()])}
-    namer = Namer(hints=equation_names(eqs), forward=forward)
-    for n in [*d.inputs.values(), *d.params.values()]:
-        namer(n)
+    namer, eqs = model_namer(d)
     scratch = Scratch()
     fns = [Function("gradients", [loss, *grads], namer, scratch, eqs), Function("loss", [loss], namer, scratch, eqs)]
     if outs:

@@ -19,62 +19,12 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from symbp import layers, optim  # noqa: E402
-from symbp.conv import avg_pool2d, conv2d, max_pool2d  # noqa: E402,F401
+from symbp import layers, ops, optim  # noqa: E402
 from symbp.derive import Derivation, derive  # noqa: E402
 from symbp.gradcheck import gradcheck  # noqa: E402
 from symbp.ir import Node, SymbpError  # noqa: E402
 from symbp.model import Model  # noqa: E402
-from symbp.ops import (  # noqa: E402,F401
-    abs,
-    add,
-    binary_cross_entropy_with_logits,
-    concat,
-    div,
-    elu,
-    exp,
-    expm1,
-    gelu,
-    greater,
-    leaky_relu,
-    log,
-    log1p,
-    log_softmax,
-    logsumexp,
-    matmul,
-    max,
-    maximum,
-    mean,
-    minimum,
-    mse,
-    mul,
-    neg,
-    power,
-    relu,
-    reshape,
-    sigmoid,
-    softmax,
-    softmax_cross_entropy,
-    softplus,
-    sqrt,
-    stop_gradient,
-    sub,
-    sum,
-    swish,
-    tanh,
-    transpose,
-    where,
-)
-from symbp.scan import scan  # noqa: E402
-from symbp.structural import const as constant  # noqa: E402
-from symbp.structural import onehot  # noqa: E402,F401
-
-
-def zeros(shape) -> Node:
-    """A per-example constant of zeros, broadcast over the batch: shape (None, *shape)."""
-    from symbp.structural import const
-
-    return const(0.0, (None, *tuple(shape)))
+from symbp.ops import *  # noqa: E402,F403 - every op function is sb.<name>
 
 
 def compile(derivation: Derivation, backend: str = "numpy", optimizer=None, dtype: str = "float32",
@@ -148,7 +98,5 @@ def build(derivation: Derivation, out: str, backend: str = "numpy", optimizer=No
     return standalone.write(codegen.Spec(derivation, optimizer, dtype), out, backend, values, name)
 
 
-__all__ = [
-    "Derivation", "Model", "Node", "SymbpError", "build", "compile", "constant", "derive", "gradcheck",
-    "layers", "optim", "scan", "zeros",
-]
+__all__ = ["Derivation", "Model", "Node", "SymbpError", "build", "compile", "derive", "gradcheck", "layers",
+           "optim", *ops.__all__]

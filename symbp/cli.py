@@ -179,6 +179,20 @@ def cmd_gradcheck(args) -> int:
     return 0 if res.ok else 1
 
 
+def cmd_cache(args) -> int:
+    from codegen import build
+
+    if args.action == "clear":
+        print(f"removed {build.cache_clear()} cached module(s) from {build.cache_dir()}")
+        return 0
+    info = build.cache_info()
+    print(f"cache folder: {info['dir']}")
+    for e in info["entries"]:
+        print(f"  {e['name']}  {e['bytes'] / 1e6:8.2f} MB{'' if e['valid'] else '  (damaged: rebuilt on next use)'}")
+    print(f"{len(info['entries'])} module(s), {info['bytes'] / 1e6:.2f} MB")
+    return 0
+
+
 # -- argument parsing -----------------------------------------------------------------------
 
 def parser() -> argparse.ArgumentParser:
@@ -231,6 +245,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--entries", type=int, default=32, help="entries checked per parameter (default 32)")
     p.add_argument("--tolerance", type=float, default=1e-5, help="largest relative error (default 1e-5)")
     p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("cache", help="show or clear the compiled-module cache (Cython backend)",
+                       description="show or clear the compiled-module cache (Cython backend); its folder is "
+                       "$SYMBP_CACHE_DIR, else $XDG_CACHE_HOME/symbp, else ~/.cache/symbp")
+    p.add_argument("action", choices=["info", "clear"])
+    p.set_defaults(fn=cmd_cache)
     return ap
 
 

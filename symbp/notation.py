@@ -7,8 +7,6 @@ takes part in derivation.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import sympy as sp
 
 from symbp import display as D
@@ -60,30 +58,9 @@ def _slice(start: int, stop: int, step: int) -> str:
     return f"{start}:{stop_text}" + (f":{step}" if step != 1 else "")
 
 
-def _show_dot(n, a, b):
-    return D.MatMul(D.Transpose(a) if n.attrs["ta"] else a, D.Transpose(b) if n.attrs["tb"] else b)
-
-
-SHOW: dict[str, Callable] = {
-    "dot": _show_dot,
-    "transpose": lambda n, a: D.Transpose(a) if n.attrs["perm"] == (1, 0) else
-    D.func("transpose", dshape(n.shape), a, sub=str(n.attrs["perm"])),
-    "sum": lambda n, a: D.func("Σ", dshape(n.shape), a, sub=axes_label(n.inputs[0], n.attrs["axes"])),
-    "max": lambda n, a: D.func("max", dshape(n.shape), a, sub=axes_label(n.inputs[0], n.attrs["axes"])),
-    "size": lambda n, _: sp.Mul(*[B if n.inputs[0].shape[a] is None else n.inputs[0].shape[a]
-                                  for a in n.attrs["axes"]]),
-    "slice": lambda n, a: D.func("index", dshape(n.shape), a, sub=format_index(n.attrs["index"])),
-    "unslice": lambda n, g, _: D.func("unslice", dshape(n.shape), g, sub=format_index(n.attrs["index"])),
-    "reshape": lambda n, a: D.func("reshape", dshape(n.shape), a) if D.is_matrix(a) else a,
-    "concat": lambda n, *xs: D.func("concat", dshape(n.shape), *xs),
-    "onehot": lambda n, y: D.func("onehot", dshape(n.shape), y),
-}
-"""Display of structural ops: ``show(node, *input displays)``. A registered op's own
-``OpDef.show(args, node)`` takes precedence; an op found in neither reads as ``op(args)``."""
-
-
 def show_op(n: Node, args: list) -> sp.Basic:
-    """The display expression of node ``n``.
+    """The display expression of node ``n``: its op's own ``OpDef.show`` (declared with the
+    op), the matrix form of an elementwise formula, or else ``op(args)``.
 
     Args:
         n: a graph node.
@@ -98,8 +75,6 @@ def show_op(n: Node, args: list) -> sp.Basic:
             return od.show(args, n)
         if "expr" in n.attrs:
             return translate(n.attrs["expr"], args, dshape(n.shape))
-        if n.op in SHOW:
-            return SHOW[n.op](n, *args)
     except (sp.matrices.exceptions.ShapeError, AttributeError, TypeError, ValueError, NotImplementedError):
         # Tensors of 3+ axes are shown flattened to matrices, where a matrix form can fail to
         # line up (a (B, T·F) sequence times an (F, H) weight): then the op reads as op(args).

@@ -81,7 +81,9 @@ class relu(sp.Function):
     nargs = 1
 
     def fdiff(self, argindex=1):
-        return select(self.args[0], 1, 0)
+        # In output form, 1[y > 0] (the same mask: relu(x) > 0 exactly where x > 0): the
+        # backward reads the ReLU's output, so x need not be kept and bias + ReLU fuse.
+        return select(self, 1, 0)
 
 
 class elu(sp.Function):

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import math
 
+import sympy as sp
+
+from symbp import display as D
 from symbp import elementwise as E
+from symbp import notation as N
 from symbp.ir import Node, SymbpError, fmt_shape
 from symbp.registry import OpDef, register
 
@@ -83,7 +87,9 @@ def _dot_vjp(nd, g):
 
 
 register(OpDef("dot", "structural", shape=_dot_shape, vjp=_dot_vjp,
-               sample={"shapes": [(None, 3), (3, 4)], "attrs": {"ta": False, "tb": False}}))
+               sample={"shapes": [(None, 3), (3, 4)], "attrs": {"ta": False, "tb": False}},
+               show=lambda a, n: D.MatMul(D.Transpose(a[0]) if n.attrs["ta"] else a[0],
+                                          D.Transpose(a[1]) if n.attrs["tb"] else a[1])))
 
 
 def dot(a: Node, b: Node, ta: bool = False, tb: bool = False, label=None) -> Node:
@@ -116,7 +122,9 @@ def _transpose_vjp(nd, g):
 
 
 register(OpDef("transpose", "structural", shape=_transpose_shape, vjp=_transpose_vjp,
-               sample={"shapes": [(None, 3)], "attrs": {"perm": (1, 0)}}))
+               sample={"shapes": [(None, 3)], "attrs": {"perm": (1, 0)}},
+               show=lambda a, n: D.Transpose(a[0]) if n.attrs["perm"] == (1, 0) else
+               D.func("transpose", N.dshape(n.shape), a[0], sub=str(n.attrs["perm"]))))
 
 
 def transpose(x: Node, perm=None) -> Node:
@@ -151,9 +159,12 @@ def _max_vjp(nd, g):
 
 
 register(OpDef("sum", "structural", shape=_reduce_shape, vjp=_sum_vjp,
-               sample={"shapes": [(None, 3, 4)], "attrs": {"axes": (0, 2), "keepdims": False}}))
+               sample={"shapes": [(None, 3, 4)], "attrs": {"axes": (0, 2), "keepdims": False}},
+               show=lambda a, n: D.func("Σ", N.dshape(n.shape), a[0], sub=N.axes_label(n.inputs[0], n.attrs["axes"]))))
 register(OpDef("max", "structural", shape=_reduce_shape, vjp=_max_vjp,
-               sample={"shapes": [(None, 5)], "attrs": {"axes": (1,), "keepdims": False}}))
+               sample={"shapes": [(None, 5)], "attrs": {"axes": (1,), "keepdims": False}},
+               show=lambda a, n: D.func("max", N.dshape(n.shape), a[0],
+                                        sub=N.axes_label(n.inputs[0], n.attrs["axes"]))))
 
 
 def _size_shape(inputs, axes):
@@ -161,7 +172,9 @@ def _size_shape(inputs, axes):
 
 
 register(OpDef("size", "structural", shape=_size_shape, vjp=None,
-               sample={"shapes": [(None, 3)], "attrs": {"axes": (0, 1)}}))
+               sample={"shapes": [(None, 3)], "attrs": {"axes": (0, 1)}},
+               show=lambda a, n: sp.Mul(*[N.B if n.inputs[0].shape[k] is None else n.inputs[0].shape[k]
+                                          for k in n.attrs["axes"]])))
 
 
 def size(x: Node, axes: tuple) -> Node:
@@ -234,7 +247,8 @@ def _reshape_shape(inputs, shape):
 
 register(OpDef("reshape", "structural", shape=_reshape_shape,
                vjp=lambda nd, g: (reshape_batched(g, nd.inputs[0].shape),),
-               sample={"shapes": [(None, 2, 3)], "attrs": {"shape": (None, 6)}}))
+               sample={"shapes": [(None, 2, 3)], "attrs": {"shape": (None, 6)}},
+               show=lambda a, n: D.func("reshape", N.dshape(n.shape), a[0]) if D.is_matrix(a[0]) else a[0]))
 
 
 def reshape_batched(x: Node, shape: tuple) -> Node:
@@ -277,10 +291,12 @@ def _slice_shape(inputs, index):
 
 register(OpDef("slice", "structural", shape=_slice_shape,
                vjp=lambda nd, g: (node("unslice", (g, nd.inputs[0]), index=nd.attrs["index"]),),
-               sample={"shapes": [(None, 6)], "attrs": {"index": ((0, 0, 1), (1, 5, 2))}}))
+               sample={"shapes": [(None, 6)], "attrs": {"index": ((0, 0, 1), (1, 5, 2))}},
+               show=lambda a, n: D.func("index", N.dshape(n.shape), a[0], sub=N.format_index(n.attrs["index"]))))
 register(OpDef("unslice", "structural", shape=lambda inputs, index: (inputs[1].shape, inputs[0].dtype),
                vjp=lambda nd, g: (node("slice", (g,), index=nd.attrs["index"]), None),
-               sample={"shapes": [(None, 2), (None, 6)], "attrs": {"index": ((0, 0, 1), (1, 5, 2))}}))
+               sample={"shapes": [(None, 2), (None, 6)], "attrs": {"index": ((0, 0, 1), (1, 5, 2))}},
+               show=lambda a, n: D.func("unslice", N.dshape(n.shape), a[0], sub=N.format_index(n.attrs["index"]))))
 
 
 def getitem(x: Node, index) -> Node:
@@ -289,11 +305,11 @@ def getitem(x: Node, index) -> Node:
         index = (index,)
     if sum(i is Ellipsis for i in index) > 1:
         raise SymbpError("an index can have only one '...'")
-    if Ellipsis in index:
-        k = index.index(Ellipsis)
-        index = index[:k] + (slice(None),) * (x.ndim - len(index) + 1) + index[k + 1:]
     if x.batched and x.shape[0] is None:
         index = (slice(None),) + index  # users index per example; the batch axis leads
+    if any(i is Ellipsis for i in index):
+        k = next(j for j, i in enumerate(index) if i is Ellipsis)
+        index = index[:k] + (slice(None),) * (x.ndim - len(index) + 1) + index[k + 1:]
     if len(index) > x.ndim:
         raise SymbpError(f"too many indices for {x.describe()} of shape {fmt_shape(x.shape)}")
     index = index + (slice(None),) * (x.ndim - len(index))
@@ -340,7 +356,8 @@ def _concat_vjp(nd, g):
 
 
 register(OpDef("concat", "structural", shape=_concat_shape, vjp=_concat_vjp,
-               sample={"shapes": [(None, 2), (None, 3)], "attrs": {"axis": 1}}))
+               sample={"shapes": [(None, 2), (None, 3)], "attrs": {"axis": 1}},
+               show=lambda a, n: D.func("concat", N.dshape(n.shape), *a)))
 
 
 def concat(xs, axis: int = -1) -> Node:
@@ -360,7 +377,8 @@ def _onehot_shape(inputs, depth):
 
 
 register(OpDef("onehot", "structural", shape=_onehot_shape, vjp=None,
-               sample={"shapes": [(None,)], "dtypes": ["int64"], "attrs": {"depth": 4}}))
+               sample={"shapes": [(None,)], "dtypes": ["int64"], "attrs": {"depth": 4}},
+               show=lambda a, n: D.func("onehot", N.dshape(n.shape), a[0])))
 
 
 def onehot(labels: Node, depth: int) -> Node:

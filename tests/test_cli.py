@@ -187,3 +187,15 @@ def test_syntax_error_and_missing_model(capsys, tmp_path):
     assert code == 1 and "call m.minimize(loss) before deriving" in err
     code, _, err = run(capsys, "graph", tmp_path / "nope.py")
     assert code == 1 and "nope.py: no such file" in err
+
+
+def test_cache_info_and_clear(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("SYMBP_CACHE_DIR", str(tmp_path))
+    (tmp_path / "symbp_half_written_0123").mkdir()  # an entry without its manifest: damaged
+    (tmp_path / "symbp_half_written_0123" / "module.so").write_bytes(b"\0" * 1000)
+    assert cli.main(["cache", "info"]) == 0
+    out = capsys.readouterr().out
+    assert str(tmp_path) in out and "symbp_half_written_0123" in out and "damaged" in out and "1 module(s)" in out
+    assert cli.main(["cache", "clear"]) == 0
+    assert "removed 1 cached module(s)" in capsys.readouterr().out
+    assert cli.main(["cache", "info"]) == 0 and "0 module(s)" in capsys.readouterr().out

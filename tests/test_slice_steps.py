@@ -34,3 +34,13 @@ def test_recurrence_equations_show_the_step():
     m.minimize(sb.mean(hT * hT))
     text = format_scan_equations(next(n for n in topo_order([m.loss]) if n.op == "scan"))
     assert "x_t[0:6:2]" in text and "h_{t-1}[2::-1]" in text, text
+
+
+def test_ellipsis_indexes_the_trailing_axes(rng):
+    m = sb.Model("ellipsis")
+    x = m.input("x", (2, 6))
+    w = m.param("w", (2, 6))
+    z = (x * w)[..., 1:5:2]
+    assert z.shape == (None, 2, 2)
+    m.minimize(sb.mean(z ** 2) + sb.mean((x * w)[..., 0, :] ** 2))
+    assert sb.gradcheck(m, {"x": rng.normal(size=(3, 2, 6))}).ok

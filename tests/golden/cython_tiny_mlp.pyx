@@ -155,6 +155,7 @@ cdef extern from *:
             sb_real *restrict k1p0_0 = b0;
             k1p0_0[0] = 1.0f;
         }
+        /* (1) Z₁ = x W1 + b1 */
         /* t_1 = dot */
         #ifdef SB_MM
         if (sb_mm(B, 32, 4, D_x, 4, 1, P_W1, 32, 1, b1))
@@ -165,7 +166,8 @@ cdef extern from *:
             sb_real one_ = 1, zero_ = 0;
             sb_gemm("N", "N", &m_, &n_, &k_, &one_, P_W1, &lda_, D_x, &ldb_, &zero_, b1, &ldc_);
         }
-        /* t_2 = ew */
+        /* (2) H₁ = tanh(Z₁) */
+        /* H1 = ew */
         {
             sb_real *restrict k2p0_0 = b2;
             sb_real *restrict k2p1_0 = b1;
@@ -181,14 +183,16 @@ cdef extern from *:
                 }
             }
         }
-        /* t_3 = dot */
+        /* (3) Z₂ = H₁ W2 */
+        /* Z2 = dot */
         {
             int m_ = (int)(3), n_ = (int)(B), k_ = (int)(32);
             int lda_ = (int)(3), ldb_ = (int)(32), ldc_ = m_;
             sb_real one_ = 1, zero_ = 0;
             sb_gemm("N", "N", &m_, &n_, &k_, &one_, P_W2, &lda_, b2, &ldb_, &zero_, b3, &ldc_);
         }
-        /* t_4 = onehot */
+        /* (4) L = Σ_batch(−Σ_j(onehot(y) ⊙ log_softmax_j(Z₂)))/B */
+        /* t_2 = onehot */
         {
             sb_real *restrict k3p0_0 = b4;
             for (long k3i0 = 0; k3i0 < 3*B; k3i0++) {
@@ -202,7 +206,7 @@ cdef extern from *:
                 { int64_t c_ = k4p1_0[k4i0]; if (c_ >= 0 && c_ < 3) (&k4p0_0[k4i0*3])[c_] = 1; }
             }
         }
-        /* t_5 = max */
+        /* t_3 = max */
         {
             sb_real *restrict k5p0_0 = b5;
             for (long k5i0 = 0; k5i0 < B; k5i0++) {
@@ -220,7 +224,7 @@ cdef extern from *:
                 }
             }
         }
-        /* t_6 = ew */
+        /* t_4 = ew */
         {
             sb_real *restrict k7p0_0 = b6;
             sb_real *restrict k7p1_0 = b3;
@@ -236,7 +240,7 @@ cdef extern from *:
                 }
             }
         }
-        /* t_7 = sum */
+        /* t_5 = sum */
         {
             sb_real *restrict k8p0_0 = b7;
             for (long k8i0 = 0; k8i0 < B; k8i0++) {
@@ -254,7 +258,7 @@ cdef extern from *:
                 }
             }
         }
-        /* t_8 = ew */
+        /* t_6 = ew */
         {
             sb_real *restrict k10p0_0 = b8;
             sb_real *restrict k10p1_0 = b7;
@@ -265,7 +269,7 @@ cdef extern from *:
                 k10p0_0[k10i0] = x1 + logf(x0);
             }
         }
-        /* t_9 = ew */
+        /* t_7 = ew */
         {
             sb_real *restrict k11p0_0 = b9;
             sb_real *restrict k11p1_0 = b4;
@@ -284,7 +288,7 @@ cdef extern from *:
                 }
             }
         }
-        /* t_10 = sum */
+        /* t_8 = sum */
         {
             sb_real *restrict k12p0_0 = b10;
             for (long k12i0 = 0; k12i0 < B; k12i0++) {
@@ -302,7 +306,7 @@ cdef extern from *:
                 }
             }
         }
-        /* t_11 = neg */
+        /* t_9 = neg */
         {
             sb_real *restrict k14p0_0 = b11;
             sb_real *restrict k14p1_0 = b10;
@@ -311,7 +315,7 @@ cdef extern from *:
                 k14p0_0[k14i0] = -x0;
             }
         }
-        /* t_12 = sum */
+        /* t_10 = sum */
         {
             sb_real *restrict k15p0_0 = b12;
             k15p0_0[0] = 0;
@@ -323,9 +327,9 @@ cdef extern from *:
                 k16p0_0[0] += k16p1_0[k16i0];
             }
         }
-        /* t_13 = size */
+        /* t_11 = size */
         b13[0] = (sb_real)(B);
-        /* t_14 = div */
+        /* L = div */
         {
             sb_real *restrict k17p0_0 = b14;
             sb_real *restrict k17p1_0 = b12;
@@ -334,6 +338,7 @@ cdef extern from *:
             const sb_real x1 = k17p2_0[0];
             k17p0_0[0] = x0/x1;
         }
+        /* (5) δZ₂ = (softmax_j(Z₂) − onehot(y))/B */
         /* d_sum = ew */
         {
             sb_real *restrict k18p0_0 = b12;
@@ -368,7 +373,7 @@ cdef extern from *:
                 }
             }
         }
-        /* t_15 = ew */
+        /* t_12 = ew */
         {
             sb_real *restrict k21p0_0 = b4;
             sb_real *restrict k21p1_0 = b9;
@@ -406,7 +411,7 @@ cdef extern from *:
                 k24p0_0[k24i0] = x0/x1;
             }
         }
-        /* d_sub_1 = ew */
+        /* dZ2 = ew */
         {
             sb_real *restrict k25p0_0 = b4;
             sb_real *restrict k25p1_0 = b9;
@@ -425,6 +430,7 @@ cdef extern from *:
                 }
             }
         }
+        /* (6) δZ₁ = (δZ₂ W2ᵀ) ⊙ (1 − H₁⊙H₁) */
         /* d_tanh = dot */
         #ifdef SB_MM
         if (sb_mm(B, 32, 3, b4, 3, 1, P_W2, 1, 3, b1))
@@ -435,6 +441,7 @@ cdef extern from *:
             sb_real one_ = 1, zero_ = 0;
             sb_gemm("T", "N", &m_, &n_, &k_, &one_, P_W2, &lda_, b4, &ldb_, &zero_, b1, &ldc_);
         }
+        /* (9) ∂L/∂W2 = H₁ᵀ δZ₂ */
         /* dW2 = dot */
         {
             int m_ = (int)(3), n_ = (int)(32), k_ = (int)(B);
@@ -442,7 +449,7 @@ cdef extern from *:
             sb_real one_ = 1, zero_ = 0;
             sb_gemm("N", "T", &m_, &n_, &k_, &one_, b4, &lda_, b2, &ldb_, &zero_, b15, &ldc_);
         }
-        /* d_add_1 = ew */
+        /* dZ1 = ew */
         {
             sb_real *restrict k26p0_0 = b16;
             sb_real *restrict k26p1_0 = b1;
@@ -453,6 +460,7 @@ cdef extern from *:
                 k26p0_0[k26i0] = x0*(1.0f - ((x1)*(x1)));
             }
         }
+        /* (8) ∂L/∂b1 = Σ_batch δZ₁ */
         /* db1 = sum */
         {
             sb_real *restrict k27p0_0 = b17;
@@ -471,6 +479,7 @@ cdef extern from *:
                 }
             }
         }
+        /* (7) ∂L/∂W1 = xᵀ δZ₁ */
         /* dW1 = dot */
         #ifdef SB_MM
         if (sb_mm(4, 32, B, D_x, 1, 4, b16, 32, 1, b18))
@@ -505,6 +514,7 @@ cdef extern from *:
         sb_real *b10 = (sb_real *)a[15];
         sb_real *b11 = (sb_real *)a[16];
         sb_real *b12 = (sb_real *)a[17];
+        /* (1) Z₁ = x W1 + b1 */
         /* t_1 = dot */
         #ifdef SB_MM
         if (sb_mm(B, 32, 4, D_x, 4, 1, P_W1, 32, 1, b0))
@@ -515,7 +525,8 @@ cdef extern from *:
             sb_real one_ = 1, zero_ = 0;
             sb_gemm("N", "N", &m_, &n_, &k_, &one_, P_W1, &lda_, D_x, &ldb_, &zero_, b0, &ldc_);
         }
-        /* t_2 = ew */
+        /* (2) H₁ = tanh(Z₁) */
+        /* H1 = ew */
         {
             sb_real *restrict k1p0_0 = b1;
             sb_real *restrict k1p1_0 = b0;
@@ -531,14 +542,16 @@ cdef extern from *:
                 }
             }
         }
-        /* t_3 = dot */
+        /* (3) Z₂ = H₁ W2 */
+        /* Z2 = dot */
         {
             int m_ = (int)(3), n_ = (int)(B), k_ = (int)(32);
             int lda_ = (int)(3), ldb_ = (int)(32), ldc_ = m_;
             sb_real one_ = 1, zero_ = 0;
             sb_gemm("N", "N", &m_, &n_, &k_, &one_, P_W2, &lda_, b1, &ldb_, &zero_, b2, &ldc_);
         }
-        /* t_4 = onehot */
+        /* (4) L = Σ_batch(−Σ_j(onehot(y) ⊙ log_softmax_j(Z₂)))/B */
+        /* t_2 = onehot */
         {
             sb_real *restrict k2p0_0 = b3;
             for (long k2i0 = 0; k2i0 < 3*B; k2i0++) {
@@ -552,7 +565,7 @@ cdef extern from *:
                 { int64_t c_ = k3p1_0[k3i0]; if (c_ >= 0 && c_ < 3) (&k3p0_0[k3i0*3])[c_] = 1; }
             }
         }
-        /* t_5 = max */
+        /* t_3 = max */
         {
             sb_real *restrict k4p0_0 = b4;
             for (long k4i0 = 0; k4i0 < B; k4i0++) {
@@ -570,7 +583,7 @@ cdef extern from *:
                 }
             }
         }
-        /* t_6 = ew */
+        /* t_4 = ew */
         {
             sb_real *restrict k6p0_0 = b5;
             sb_real *restrict k6p1_0 = b2;
@@ -586,7 +599,7 @@ cdef extern from *:
                 }
             }
         }
-        /* t_7 = sum */
+        /* t_5 = sum */
         {
             sb_real *restrict k7p0_0 = b6;
             for (long k7i0 = 0; k7i0 < B; k7i0++) {
@@ -604,7 +617,7 @@ cdef extern from *:
                 }
             }
         }
-        /* t_8 = ew */
+        /* t_6 = ew */
         {
             sb_real *restrict k9p0_0 = b7;
             sb_real *restrict k9p1_0 = b6;
@@ -615,7 +628,7 @@ cdef extern from *:
                 k9p0_0[k9i0] = x1 + logf(x0);
             }
         }
-        /* t_9 = ew */
+        /* t_7 = ew */
         {
             sb_real *restrict k10p0_0 = b5;
             sb_real *restrict k10p1_0 = b3;
@@ -634,7 +647,7 @@ cdef extern from *:
                 }
             }
         }
-        /* t_10 = sum */
+        /* t_8 = sum */
         {
             sb_real *restrict k11p0_0 = b8;
             for (long k11i0 = 0; k11i0 < B; k11i0++) {
@@ -652,7 +665,7 @@ cdef extern from *:
                 }
             }
         }
-        /* t_11 = neg */
+        /* t_9 = neg */
         {
             sb_real *restrict k13p0_0 = b9;
             sb_real *restrict k13p1_0 = b8;
@@ -661,7 +674,7 @@ cdef extern from *:
                 k13p0_0[k13i0] = -x0;
             }
         }
-        /* t_12 = sum */
+        /* t_10 = sum */
         {
             sb_real *restrict k14p0_0 = b10;
             k14p0_0[0] = 0;
@@ -673,9 +686,9 @@ cdef extern from *:
                 k15p0_0[0] += k15p1_0[k15i0];
             }
         }
-        /* t_13 = size */
+        /* t_11 = size */
         b11[0] = (sb_real)(B);
-        /* t_14 = div */
+        /* L = div */
         {
             sb_real *restrict k16p0_0 = b12;
             sb_real *restrict k16p1_0 = b10;
