@@ -140,6 +140,23 @@ def test_mlp_float32_default_flags(monkeypatch):
     close(tc.loss(**other), tn.loss(**other), "float32")
 
 
+@pytest.mark.parametrize("dtype,flags", [("float32", None), ("float64", "-O1")])
+def test_transposed_weight_products_match_numpy(monkeypatch, dtype, flags):
+    """d_h1 = d_z2 W2^T packs W2^T with in-register block transposes (sb_pack_t): a width
+    of 64 takes symbp's own kernel; 44 = 2*16 + 12 = 5*8 + 4 leaves a scalar tail in float32
+    and float64 alike; 7 rows exercise the kernel's edges."""
+    if flags is None:
+        monkeypatch.delenv("SYMBP_CFLAGS", raising=False)
+    else:
+        monkeypatch.setenv("SYMBP_CFLAGS", flags)
+    m = mlp((8, 64, 44, 3))
+    tn, tc = compare(sb.derive(m), mlp_batch(40, 8, 3), None, dtype, sb.optim.SGD(lr=0.1), steps=2)
+    other = mlp_batch(7, 8, 3, seed=5)
+    gn, gc = tn.gradients(**other), tc.gradients(**other)
+    for k in gn:
+        close(gc[k], gn[k], dtype, f"gradient of {k}, batch 7")
+
+
 def test_non_finite_loss_leaves_params_untouched():
     from codegen.runtime import NonFiniteLoss
 

@@ -84,6 +84,42 @@ cdef extern from *:
             *(sb_vec *)(C + r * ldc + W) = acc[r][1];
         }
     }
+    /* panel[k * SB_NR + jj] = B[jj * bcs + k * brs] for jj < SB_NR, k < K */
+    static void sb_pack_t(long K, const sb_real *B, long brs, long bcs, sb_real *panel) {
+        long k0 = 0;
+    #if !defined(__clang__)
+        typedef int sb_idx __attribute__((vector_size(64)));
+        if (brs == 1)
+            for (; k0 + 16 <= K; k0 += 16)
+                for (long j0 = 0; j0 < SB_NR; j0 += 16) {
+                    sb_vec r[16];
+                    for (int i = 0; i < 16; i++) r[i] = *(const sb_vec *)(B + (j0 + i) * bcs + k0);
+                    { const sb_idx lo = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23}, hi = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
+                      for (int i = 0; i < 16; i++) if (!(i & 8)) {
+                          sb_vec x = r[i], y = r[i + 8];
+                          r[i] = __builtin_shuffle(x, y, lo);
+                          r[i + 8] = __builtin_shuffle(x, y, hi); } }
+                    { const sb_idx lo = {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27}, hi = {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31};
+                      for (int i = 0; i < 16; i++) if (!(i & 4)) {
+                          sb_vec x = r[i], y = r[i + 4];
+                          r[i] = __builtin_shuffle(x, y, lo);
+                          r[i + 4] = __builtin_shuffle(x, y, hi); } }
+                    { const sb_idx lo = {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29}, hi = {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31};
+                      for (int i = 0; i < 16; i++) if (!(i & 2)) {
+                          sb_vec x = r[i], y = r[i + 2];
+                          r[i] = __builtin_shuffle(x, y, lo);
+                          r[i + 2] = __builtin_shuffle(x, y, hi); } }
+                    { const sb_idx lo = {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30}, hi = {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31};
+                      for (int i = 0; i < 16; i++) if (!(i & 1)) {
+                          sb_vec x = r[i], y = r[i + 1];
+                          r[i] = __builtin_shuffle(x, y, lo);
+                          r[i + 1] = __builtin_shuffle(x, y, hi); } }
+                    for (int c = 0; c < 16; c++) *(sb_vec *)(panel + (k0 + c) * SB_NR + j0) = r[c];
+                }
+    #endif
+        for (long jj = 0; jj < SB_NR; jj++)
+            for (long k = k0; k < K; k++) panel[k * SB_NR + jj] = B[jj * bcs + k * brs];
+    }
     static int sb_mm(long M, long N, long K, const sb_real *A, long ars, long acs, const sb_real *B, long brs,
                       long bcs, sb_real *C) {
         int failed = 0;
@@ -97,8 +133,7 @@ cdef extern from *:
             if (bcs != 1) {  /* a transposed B is packed one panel at a time, as BLAS would */
                 panel = (sb_real *)malloc((size_t)K * SB_NR * sizeof(sb_real));
                 if (!panel) { failed = 1; continue; }
-                for (long jj = 0; jj < SB_NR; jj++)
-                    for (long k = 0; k < K; k++) panel[k * SB_NR + jj] = Bj[jj * bcs + k * brs];
+                sb_pack_t(K, Bj, brs, bcs, panel);
                 Bj = panel;
                 ldb = SB_NR;
             }
