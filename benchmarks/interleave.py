@@ -41,10 +41,10 @@ def serve(fw: str, wl_name: str, threads: int) -> None:
                         optimizer=sb.optim.SGD(lr=LR), params=P)
         step = lambda: tr.step(**D)
     else:
-        if fw == "torch_eager":
+        if fw.startswith("torch"):
             import torch
             torch.set_num_threads(threads)
-        step = getattr(wl, fw.split("_")[0])(P, D)
+        step = (wl.torch_nn if fw == "torch_nn" else getattr(wl, fw.split("_")[0]))(P, D)
     for _ in range(50):
         step()
     print("ready", flush=True)
