@@ -21,7 +21,7 @@ MAX_OPS = 60
 
 def optimise(roots: list[Node]) -> list[Node]:
     """Return ``roots`` rebuilt with duplicates merged and elementwise chains fused."""
-    return fuse(dedupe(roots))
+    return fuse(relu_masks(dedupe(roots)))
 
 
 def _rebuild(n: Node, inputs: list[Node], attrs: dict | None = None) -> Node:
@@ -46,6 +46,43 @@ def dedupe(roots: list[Node]) -> list[Node]:
             seen[key].origin += n.origin
         else:
             seen[key] = new[n.id] = probe
+    return [new[r.id] for r in roots]
+
+
+def relu_masks(roots: list[Node]) -> list[Node]:
+    """Let a mask on a ReLU's input, select(z, a, b), read the ReLU's output y instead.
+
+    select tests its condition > 0, and relu(z) > 0 exactly where z > 0 (NaN fails both), so
+    the value is unchanged. ReLU's derivative is such a mask; reading y leaves the ReLU as z's
+    only reader, so fusion folds z into it (bias + ReLU become one kernel and z is never
+    stored). The derivation, and the equations, keep the textbook form 1[z > 0].
+    """
+    order = topo_order(roots)
+    relu = S.relu(S.symbols(1)[0])
+    relu_of = {n.inputs[0].id: n for n in reversed(order)
+               if n.op == "relu" and n.attrs.get("expr") == relu and n.shape == n.inputs[0].shape}
+    new: dict[int, Node] = {}
+    for n in order:
+        if not n.inputs:
+            new[n.id] = n
+            continue
+        inputs = [new[i.id] for i in n.inputs]
+        expr = n.attrs.get("expr")
+        for k, old in enumerate(n.inputs):
+            r = relu_of.get(old.id)
+            if expr is None or r is None or r.id not in new or r is n or not expr.has(S.select):
+                continue
+            xk, xr = S.symbols(len(inputs) + 1)[k], S.symbols(len(inputs) + 1)[-1]
+            masked = expr.replace(S.select, lambda c, a, b, xk=xk, xr=xr: S.select(xr if c == xk else c, a, b))
+            if masked != expr:
+                expr = masked
+                inputs.append(new[r.id])
+        if expr is None or expr == n.attrs["expr"]:
+            new[n.id] = _rebuild(n, inputs)
+        else:
+            made = E.make(n.op, inputs, expr, {a: v for a, v in n.attrs.items() if a != "expr"}, n.label)
+            made.origin = n.origin
+            new[n.id] = made
     return [new[r.id] for r in roots]
 
 

@@ -455,21 +455,15 @@ cdef extern from *:
         }
         /* db1 = sum */
         {
-            sb_real *restrict k27p0_0 = b17;
-            for (long k27i0 = 0; k27i0 < 32; k27i0++) {
-                k27p0_0[k27i0] = 0;
-            }
-        }
-        {
-            sb_real *restrict k28p0_0 = b17;
-            sb_real *restrict k28p1_0 = b16;
-            for (long k28i0 = 0; k28i0 < B; k28i0++) {
-                sb_real *restrict k28p0_1 = k28p0_0 + k28i0*0;
-                sb_real *restrict k28p1_1 = k28p1_0 + k28i0*32;
-                for (long k28i1 = 0; k28i1 < 32; k28i1++) {
-                    k28p0_1[k28i1] += k28p1_1[k28i1];
-                }
-            }
+            sb_real acc_[4][32] = {{0}};
+            const sb_real *restrict x_ = b16;
+            const long rows_ = B;
+            long r_ = 0;
+            for (; r_ + 4 <= rows_; r_ += 4)
+                for (int u = 0; u < 4; u++) for (long c = 0; c < 32; c++) acc_[u][c] += x_[(r_ + u) * 32 + c];
+            for (; r_ < rows_; r_++) for (long c = 0; c < 32; c++) acc_[0][c] += x_[r_ * 32 + c];
+            for (long c = 0; c < 32; c++)
+                b17[c] = (acc_[0][c] + acc_[1][c]) + (acc_[2][c] + acc_[3][c]);
         }
         /* dW1 = dot */
         #ifdef SB_MM
