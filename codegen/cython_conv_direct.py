@@ -11,9 +11,10 @@ C_out values and these loops multiply it by broadcast input scalars:
 * the weight gradient keeps RB rows (p, q, c) of dW in registers and streams the output
   pixels through them: each pixel's gradient vector is loaded once per block of rows.
 
-Which form a node gets is decided here, from its static shape (``use_direct``): measured on
-this machine's Zen 4 (benchmarks/README.md), direct wins while C_out spans at most
-``MAX_NV`` vectors and the patch is small; past that im2col + gemm wins. Padding becomes a
+Which form a node gets is decided here, from its static shape (``use_direct``). Measured on
+this machine's Zen 4 at batch 64 (benchmarks/README.md): direct is 1.2-3x faster up to
+3x3x16 patches and two vectors of C_out, even at four vectors, and slower than im2col + gemm
+(OpenBLAS) for the forward pass from 3x3x32 patches on. Padding becomes a
 zero-padded copy of the input, so the inner loops have no bounds tests. Sums run in a
 different order than numpy's, so results agree to rounding (tests/test_cython.py).
 These loops need GCC/Clang vector extensions (``SB_MM`` in codegen.cython_printer); every
@@ -28,8 +29,8 @@ VEC_BYTES = 64
 """Bytes in one ``sb_vec`` (codegen.cython_printer)."""
 MAX_NV = 2
 """Most vectors of C_out for the direct form (accumulators must stay in registers)."""
-MAX_ROWS = 64
-"""Most kh*kw*C_in rows for the direct form; larger patches amortise im2col's copy."""
+MAX_ROWS = 160
+"""Most kh*kw*C_in rows for the direct form: im2col + gemm won from 288 rows (3x3x32) on."""
 ACC_REGS = 12
 """Accumulator vectors per block: of 32 AVX-512 registers (16 AVX2 ones holding half an
 sb_vec each, where gcc spills a few), the rest hold weights and addresses."""

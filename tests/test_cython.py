@@ -101,11 +101,12 @@ CONV_CASES = [
     ((7, 9), 2, 3, 16, 2, "same", ("max", 3, 1)),              # stride 2, padded; windows overlap
     ((6, 7), 3, (2, 3), 32, 1, "same", ("avg", (2, 1), (2, 1))),  # two vectors of C_out (float32)
     ((5, 5), 2, 3, 8, 1, "valid", ("max", 3, 3)),              # C_out 8: half a float32 vector
-    ((6, 6), 8, 3, 16, (1, 2), "valid", ("max", 2, 1)),        # 72 patch rows
+    ((6, 6), 8, 3, 16, (1, 2), "valid", ("max", 2, 1)),        # 72 patch rows: 6 blocks of dW rows
+    ((5, 5), 20, 3, 16, 1, "same", ("avg", 5, 5)),             # 180 patch rows
     ((5, 6), 2, 3, 48, 1, "same", ("max", (1, 2), (1, 2))),    # C_out 48: three float32 vectors
 ]
 """Convolutions that hit and miss the direct-loop forms of codegen.cython_conv_direct (C_out a
-multiple of one 64-byte vector, at most two vectors, at most 64 patch rows; float64 vectors
+multiple of one 64-byte vector, at most two vectors, at most 160 patch rows; float64 vectors
 hold 8), with output widths that fill and leave partial pixel blocks, and max pooling whose
 windows tile the input (no zero fill) or overlap."""
 
