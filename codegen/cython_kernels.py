@@ -169,6 +169,11 @@ def loop_nest(shape: tuple, views: list[View], body, tag: str) -> list[str]:
     if depth:
         d, ss = axes[-1]
         i = f"{tag}i{depth - 1}"
+        if depth > 1 and d[1] == 0 and d[0] <= 16:
+            # gcc would unroll a short inner loop completely and vectorise the outer one, with
+            # strided (gathered) accesses: 2x slower on a (B*36, 16) bias + ReLU than one
+            # vector per row
+            lines.append(f"{ind}#pragma GCC unroll 1")
         lines.append(f"{ind}for (long {i} = 0; {i} < {cexpr(d)}; {i}++) {{")
         refs = [f"{p}_{depth - 1}[{_index(i, s)}]" for p, s in zip(ptrs, ss)]
         ind += "    "

@@ -215,6 +215,7 @@ cdef extern from *:
             for (long k6i0 = 0; k6i0 < B; k6i0++) {
                 sb_real *restrict k6p0_1 = k6p0_0 + k6i0*1;
                 sb_real *restrict k6p1_1 = k6p1_0 + k6i0*3;
+                #pragma GCC unroll 1
                 for (long k6i1 = 0; k6i1 < 3; k6i1++) {
                     { sb_real v_ = k6p1_1[k6i1]; if (v_ > k6p0_1[0] || v_ != v_) k6p0_1[0] = v_; }
                 }
@@ -229,6 +230,7 @@ cdef extern from *:
                 sb_real *restrict k7p0_1 = k7p0_0 + k7i0*3;
                 sb_real *restrict k7p1_1 = k7p1_0 + k7i0*3;
                 sb_real *restrict k7p2_1 = k7p2_0 + k7i0*1;
+                #pragma GCC unroll 1
                 for (long k7i1 = 0; k7i1 < 3; k7i1++) {
                     const sb_real x0 = k7p1_1[k7i1];
                     const sb_real x1 = k7p2_1[0];
@@ -249,6 +251,7 @@ cdef extern from *:
             for (long k9i0 = 0; k9i0 < B; k9i0++) {
                 sb_real *restrict k9p0_1 = k9p0_0 + k9i0*1;
                 sb_real *restrict k9p1_1 = k9p1_0 + k9i0*3;
+                #pragma GCC unroll 1
                 for (long k9i1 = 0; k9i1 < 3; k9i1++) {
                     k9p0_1[0] += k9p1_1[k9i1];
                 }
@@ -276,6 +279,7 @@ cdef extern from *:
                 sb_real *restrict k11p1_1 = k11p1_0 + k11i0*3;
                 sb_real *restrict k11p2_1 = k11p2_0 + k11i0*3;
                 sb_real *restrict k11p3_1 = k11p3_0 + k11i0*1;
+                #pragma GCC unroll 1
                 for (long k11i1 = 0; k11i1 < 3; k11i1++) {
                     const sb_real x0 = k11p1_1[k11i1];
                     const sb_real x1 = k11p2_1[k11i1];
@@ -297,6 +301,7 @@ cdef extern from *:
             for (long k13i0 = 0; k13i0 < B; k13i0++) {
                 sb_real *restrict k13p0_1 = k13p0_0 + k13i0*1;
                 sb_real *restrict k13p1_1 = k13p1_0 + k13i0*3;
+                #pragma GCC unroll 1
                 for (long k13i1 = 0; k13i1 < 3; k13i1++) {
                     k13p0_1[0] += k13p1_1[k13i1];
                 }
@@ -361,6 +366,7 @@ cdef extern from *:
                 sb_real *restrict k20p0_1 = k20p0_0 + k20i0*3;
                 sb_real *restrict k20p1_1 = k20p1_0 + k20i0*1;
                 sb_real *restrict k20p2_1 = k20p2_0 + k20i0*3;
+                #pragma GCC unroll 1
                 for (long k20i1 = 0; k20i1 < 3; k20i1++) {
                     const sb_real x0 = k20p1_1[0];
                     const sb_real x1 = k20p2_1[k20i1];
@@ -390,6 +396,7 @@ cdef extern from *:
             for (long k23i0 = 0; k23i0 < B; k23i0++) {
                 sb_real *restrict k23p0_1 = k23p0_0 + k23i0*1;
                 sb_real *restrict k23p1_1 = k23p1_0 + k23i0*3;
+                #pragma GCC unroll 1
                 for (long k23i1 = 0; k23i1 < 3; k23i1++) {
                     k23p0_1[0] += k23p1_1[k23i1];
                 }
@@ -417,6 +424,7 @@ cdef extern from *:
                 sb_real *restrict k25p1_1 = k25p1_0 + k25i0*3;
                 sb_real *restrict k25p2_1 = k25p2_0 + k25i0*1;
                 sb_real *restrict k25p3_1 = k25p3_0 + k25i0*3;
+                #pragma GCC unroll 1
                 for (long k25i1 = 0; k25i1 < 3; k25i1++) {
                     const sb_real x0 = k25p1_1[k25i1];
                     const sb_real x1 = k25p2_1[0];
@@ -559,6 +567,7 @@ cdef extern from *:
             for (long k5i0 = 0; k5i0 < B; k5i0++) {
                 sb_real *restrict k5p0_1 = k5p0_0 + k5i0*1;
                 sb_real *restrict k5p1_1 = k5p1_0 + k5i0*3;
+                #pragma GCC unroll 1
                 for (long k5i1 = 0; k5i1 < 3; k5i1++) {
                     { sb_real v_ = k5p1_1[k5i1]; if (v_ > k5p0_1[0] || v_ != v_) k5p0_1[0] = v_; }
                 }
@@ -573,6 +582,7 @@ cdef extern from *:
                 sb_real *restrict k6p0_1 = k6p0_0 + k6i0*3;
                 sb_real *restrict k6p1_1 = k6p1_0 + k6i0*3;
                 sb_real *restrict k6p2_1 = k6p2_0 + k6i0*1;
+                #pragma GCC unroll 1
                 for (long k6i1 = 0; k6i1 < 3; k6i1++) {
                     const sb_real x0 = k6p1_1[k6i1];
                     const sb_real x1 = k6p2_1[0];
@@ -593,6 +603,7 @@ cdef extern from *:
             for (long k8i0 = 0; k8i0 < B; k8i0++) {
                 sb_real *restrict k8p0_1 = k8p0_0 + k8i0*1;
                 sb_real *restrict k8p1_1 = k8p1_0 + k8i0*3;
+                #pragma GCC unroll 1
                 for (long k8i1 = 0; k8i1 < 3; k8i1++) {
                     k8p0_1[0] += k8p1_1[k8i1];
                 }
@@ -620,6 +631,7 @@ cdef extern from *:
                 sb_real *restrict k10p1_1 = k10p1_0 + k10i0*3;
                 sb_real *restrict k10p2_1 = k10p2_0 + k10i0*3;
                 sb_real *restrict k10p3_1 = k10p3_0 + k10i0*1;
+                #pragma GCC unroll 1
                 for (long k10i1 = 0; k10i1 < 3; k10i1++) {
                     const sb_real x0 = k10p1_1[k10i1];
                     const sb_real x1 = k10p2_1[k10i1];
@@ -641,6 +653,7 @@ cdef extern from *:
             for (long k12i0 = 0; k12i0 < B; k12i0++) {
                 sb_real *restrict k12p0_1 = k12p0_0 + k12i0*1;
                 sb_real *restrict k12p1_1 = k12p1_0 + k12i0*3;
+                #pragma GCC unroll 1
                 for (long k12i1 = 0; k12i1 < 3; k12i1++) {
                     k12p0_1[0] += k12p1_1[k12i1];
                 }
