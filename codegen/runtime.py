@@ -98,16 +98,16 @@ class Trainer:
             if a.ndim != len(shape) or any(d is not None and d != s for d, s in zip(shape, a.shape)):
                 raise DataError(f"{what}(): input {name!r} must have shape {_fmt(shape)}, got {a.shape}")
             if kind == "int64":
-                if not np.issubdtype(a.dtype, np.integer):
+                if a.dtype.kind not in "iu":  # dtype.kind: np.issubdtype costs ~0.4 us a call
                     raise DataError(f"{what}(): input {name!r} holds class labels and must be integers, got {a.dtype}")
                 a = np.ascontiguousarray(a, dtype=np.int64)
                 classes = self.kernels.CLASSES.get(name)
-                if classes is not None and a.size and (a.min() < 0 or a.max() >= classes):
+                # one reduction instead of min and max: a negative label is huge as uint64
+                if classes is not None and a.size and a.view(np.uint64).max() >= classes:
                     raise DataError(f"{what}(): input {name!r} has labels outside 0..{classes - 1} "
                                     f"(min {a.min()}, max {a.max()})")
             else:
-                if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)
-                        or a.dtype == np.bool_):
+                if a.dtype.kind not in "fiub":
                     raise DataError(f"{what}(): input {name!r} must be numeric, got dtype {a.dtype}")
                 a = np.ascontiguousarray(a, dtype=self.dtype)
             if shape[:1] == (None,):

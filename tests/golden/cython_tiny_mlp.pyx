@@ -10,6 +10,7 @@ Generated code: change the model, not this file.
 from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_WRITABLE, PyBuffer_Release,
                              PyObject_GetBuffer)
 from libc.math cimport isfinite
+from libc.string cimport memcpy
 from scipy.linalg.cython_blas cimport sgemm as _gemm
 
 import numpy as np
@@ -800,8 +801,10 @@ cdef dict _prepared = {}
 
 
 def _prepare(int fn, long B):
-    """Buffers of function ``fn`` for batch size B (allocated once), and the expected
-    (bytes, itemsize, kind, writable) of every array it takes."""
+    """Buffers of function ``fn`` for batch size B (allocated once), the expected
+    (bytes, itemsize, kind, writable) of every caller's array it takes, and the buffers'
+    addresses packed as C pointers: they are right by construction, so a call checks only
+    the caller's arrays (checking all ~30 arrays of a CNN step cost ~6 us a call)."""
     key = (fn, B)
     got = _prepared.get(key)
     if got is None:
@@ -811,19 +814,23 @@ def _prepare(int fn, long B):
             dt = np.dtype(DTYPE if kind == 'f' else np.int64)
             if src == 'buffer':
                 bufs.append(np.empty(dims, dtype=dt))
-            meta.append((int(np.prod(dims)) * dt.itemsize, dt.itemsize, kind, src != 'D'))
-        got = _prepared[key] = (bufs, tuple(meta))
+            else:
+                meta.append((int(np.prod(dims)) * dt.itemsize, dt.itemsize, kind, src != 'D'))
+        addrs = np.array([b.ctypes.data for b in bufs], dtype=np.uintp).tobytes()
+        got = _prepared[key] = (bufs, tuple(meta), addrs)
     return got
 
 
-cdef int _run(int fn, list arrays, tuple meta, double *io, long B) except -1:
+cdef int _run(int fn, list arrays, tuple meta, bytes addrs, double *io, long B) except -1:
     cdef Py_buffer views[25]
     cdef void *ptrs[25]
-    cdef Py_ssize_t i, n = len(arrays), got = 0
+    cdef Py_ssize_t i, n = len(arrays), got = 0, nb = len(addrs) // sizeof(void *)
     cdef int rc = 0
     cdef char c
-    if n > 25 or n != len(meta):
+    if n + nb > 25 or n != len(meta):
         raise ValueError("internal error: wrong number of arrays")
+    if nb:
+        memcpy(&ptrs[n], <const char *>addrs, nb * sizeof(void *))
     try:
         for i in range(n):
             want = meta[i]
@@ -849,8 +856,8 @@ def gradients(P, D):
     """Forward and backward pass: returns (loss, {parameter: gradient})."""
     cdef double io[1]
     cdef long B = len(D['x'])
-    bufs, meta = _prepare(0, B)
-    _run(0, [D['x'], D['y'], P['W1'], P['b1'], P['W2'], *bufs], meta, io, B)
+    bufs, meta, addrs = _prepare(0, B)
+    _run(0, [D['x'], D['y'], P['W1'], P['b1'], P['W2']], meta, addrs, io, B)
     return io[0], {'W1': bufs[18], 'b1': bufs[17], 'W2': bufs[15]}
 
 
@@ -858,8 +865,8 @@ def loss(P, D):
     """Forward pass only: returns the loss."""
     cdef double io[1]
     cdef long B = len(D['x'])
-    bufs, meta = _prepare(1, B)
-    _run(1, [D['x'], D['y'], P['W1'], P['b1'], P['W2'], *bufs], meta, io, B)
+    bufs, meta, addrs = _prepare(1, B)
+    _run(1, [D['x'], D['y'], P['W1'], P['b1'], P['W2']], meta, addrs, io, B)
     return io[0]
 
 
@@ -876,5 +883,5 @@ def step(P, S, D, H, t):
     io[0] = H['lr']
     io[1] = H['momentum']
     io[2] = t
-    _run(3, [P['W1'], P['b1'], P['W2'], G['W1'], G['b1'], G['W2'], S['v']['W1'], S['v']['b1'], S['v']['W2']], _UPDATE_META, io, 1)
+    _run(3, [P['W1'], P['b1'], P['W2'], G['W1'], G['b1'], G['W2'], S['v']['W1'], S['v']['b1'], S['v']['W2']], _UPDATE_META, b'', io, 1)
     return loss
