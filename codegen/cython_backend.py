@@ -30,7 +30,8 @@ from symbp.schedule import schedule
 
 EMIT = {**K.EMIT, **cython_conv.EMIT}
 """How each structural op that computes into a buffer is emitted (views: K.VIEWS)."""
-_EMITTER_FILES = ("codegen/cython_conv.py", "codegen/cython_backend.py", "codegen/cython_kernels.py",
+_EMITTER_FILES = ("codegen/cython_conv.py", "codegen/cython_conv_direct.py", "codegen/cython_backend.py",
+                  "codegen/cython_kernels.py",
                   "codegen/cython_module.py", "codegen/cython_printer.py", "codegen/spec.py", "codegen/naming.py",
                   "symbp/optimise.py", "symbp/schedule.py", "symbp/optim.py")
 
