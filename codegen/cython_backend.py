@@ -32,7 +32,8 @@ EMIT = {**K.EMIT, **cython_conv.EMIT, **cython_scan.EMIT}
 """How each structural op that computes into a buffer is emitted (views: VIEWS)."""
 VIEWS = {**K.VIEWS, **cython_scan.VIEWS}
 """Ops that only re-describe an input's storage."""
-_EMITTER_FILES = ("codegen/cython_conv.py", "codegen/cython_scan.py", "codegen/cython_backend.py",
+_EMITTER_FILES = ("codegen/cython_conv.py", "codegen/cython_conv_direct.py", "codegen/cython_scan.py",
+                  "codegen/cython_backend.py",
                   "codegen/cython_kernels.py",
                   "codegen/cython_module.py", "codegen/cython_printer.py", "codegen/spec.py", "codegen/naming.py",
                   "symbp/optimise.py", "symbp/schedule.py", "symbp/optim.py")

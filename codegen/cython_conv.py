@@ -9,6 +9,7 @@ of its window in row-major order.
 
 from __future__ import annotations
 
+from codegen import cython_conv_direct as D
 from codegen import cython_kernels as K
 
 
@@ -74,22 +75,46 @@ class _Product:
         self.attrs = {"ta": ta, "tb": False}
 
 
+def _direct_or_gemm(ctx, n, x, kernel_shape, lines: list[str], direct, gemm) -> list[str]:
+    """Direct loops (codegen.cython_conv_direct) where the shape suits them and the compiler
+    has vector extensions, else im2col + gemm; ``direct(xp, hp, wp)`` and ``gemm()`` return
+    lines."""
+    if not D.use_direct(ctx.itemsize, kernel_shape):
+        return lines + gemm()
+    body = ["#ifdef SB_MM"]
+    xp, hp, wp = D.padded(ctx, n, x, body)
+    body += direct(xp, hp, wp) + ["#else"] + gemm() + ["#endif"]
+    return lines + body
+
+
 def conv2d(ctx, n, out, x, wt):
-    """im2col, then one product (B*Ho*Wo, kh*kw*C) x (kh*kw*C, O) straight into ``out``."""
+    """im2col, then one product (B*Ho*Wo, kh*kw*C) x (kh*kw*C, O) straight into ``out``;
+    or direct loops at small channel counts."""
     kh, kw, c, o = n.inputs[1].shape
     lines: list[str] = []
-    cols = _im2col(ctx, n, x, lines, n.shape[1:3])
-    w2 = K.dense(_dense(ctx, wt, n.inputs[1].shape, lines), (kh * kw * c, o))
-    return lines + K.emit_dot(ctx, _Product(False), out, cols, w2)
+    wp_ = _dense(ctx, wt, n.inputs[1].shape, lines)
+
+    def gemm():
+        im: list[str] = []
+        cols = _im2col(ctx, n, x, im, n.shape[1:3])
+        return im + K.emit_dot(ctx, _Product(False), out, cols, K.dense(wp_, (kh * kw * c, o)))
+    direct = lambda xp, hp, wp: D.conv2d(ctx, n, out, xp, hp, wp, wp_)  # noqa: E731
+    return _direct_or_gemm(ctx, n, x, n.inputs[1].shape, lines, direct, gemm)
 
 
 def conv2d_weight_grad(ctx, n, out, x, g):
-    """The same patch matrix, transposed, times the output gradient."""
+    """The same patch matrix, transposed, times the output gradient; or direct loops."""
     kh, kw, c, o = n.shape
     lines: list[str] = []
-    cols = _im2col(ctx, n, x, lines, n.inputs[1].shape[1:3])
-    gv = K.dense(_dense(ctx, g, n.inputs[1].shape, lines), n.inputs[1].shape)
-    return lines + K.emit_dot(ctx, _Product(True), K.dense(out.base(), (kh * kw * c, o)), cols, gv)
+    gp = _dense(ctx, g, n.inputs[1].shape, lines)
+
+    def gemm():
+        im: list[str] = []
+        cols = _im2col(ctx, n, x, im, n.inputs[1].shape[1:3])
+        gv = K.dense(gp, n.inputs[1].shape)
+        return im + K.emit_dot(ctx, _Product(True), K.dense(out.base(), (kh * kw * c, o)), cols, gv)
+    direct = lambda xp, hp, wp: D.weight_grad(ctx, n, out, xp, hp, wp, gp)  # noqa: E731
+    return _direct_or_gemm(ctx, n, x, n.shape, lines, direct, gemm)
 
 
 def conv2d_input_grad(ctx, n, out, g, wt):
@@ -144,36 +169,25 @@ def max_pool2d(ctx, n, out, x):
 
 
 def max_pool2d_grad(ctx, n, out, x, g):
-    """Each window's gradient goes to its first maximum. The search runs over the channel
-    axis in vectors (running max and its window offset per channel), the scatter after it."""
+    """Each window's gradient goes to its first maximum: every element of the window gets
+    either the gradient or zero, written right after the search (the channel loop around
+    both is the one gcc vectorises). When the windows tile the input (stride = window, no
+    leftover rows) each element is written exactly once, so no zero fill is needed."""
     lines: list[str] = []
     xp, ph, pw, h, w, c, ho, wo, sh, sw = _pool(ctx, n, x, n.inputs[0].shape, n.inputs[1].shape, lines)
     gp = _dense(ctx, g, n.inputs[1].shape, lines)
+    tiles = (sh, sw) == (ph, pw) and (ho * ph, wo * pw) == (h, w)
+    if not tiles:
+        lines += K.fill(out, "0", ctx.tag())
     t = ctx.tag()
-    lines += K.fill(out, "0", ctx.tag())
-    return lines + [
-        "{", f"const long C_ = {c};",
-        "sb_real *m_ = (sb_real *)malloc(C_ * sizeof(sb_real));",
-        "long *k_ = (long *)malloc(C_ * sizeof(long));",
-        "if (m_ && k_) {",
-        f"for (long {t}b = 0; {t}b < B; {t}b++)",
-        f"for (long {t}i = 0; {t}i < {ho}; {t}i++)",
-        f"for (long {t}j = 0; {t}j < {wo}; {t}j++) {{",
-        f"    const long base = (({t}b * {h} + {t}i * {sh}) * {w} + {t}j * {sw}) * C_;",
-        f"    const long o = (({t}b * {ho} + {t}i) * {wo} + {t}j) * C_;",
-        f"    for (long c = 0; c < C_; c++) {{ m_[c] = {xp}[base + c]; k_[c] = base; }}",
+    put = "=" if tiles else "+="
+    return lines + ["{", f"const long C_ = {c};"] + _argmax_lines(t, xp, ph, pw, h, w, ho, wo, sh, sw) + [
+        f"    const sb_real g_ = {gp}[{t}o];",
         f"    for (long p = 0; p < {ph}; p++)",
-        f"        for (long q = (p == 0); q < {pw}; q++) {{",
-        f"            const long off = base + (p * {w} + q) * C_;",
-        "            for (long c = 0; c < C_; c++) {",
-        f"                const sb_real v = {xp}[off + c];",
-        "                const int up = v > m_[c] || (v != v && m_[c] == m_[c]);  /* NaN wins */",
-        "                m_[c] = up ? v : m_[c];",
-        "                k_[c] = up ? off : k_[c];",
-        "            }",
-        "        }",
-        f"    for (long c = 0; c < C_; c++) {out.base()}[k_[c] + c] += {gp}[o + c];",
-        "}", "}", "free(m_); free(k_);", "}"]
+        f"        for (long q = 0; q < {pw}; q++) {{",
+        f"            const long k = (({t}b * {h} + {t}i * {sh} + p) * {w} + {t}j * {sw} + q) * C_ + {t}c;",
+        f"            {out.base()}[k] {put} k == {t}k ? g_ : 0;",
+        "        }", "}", "}"]
 
 
 def max_pool2d_select(ctx, n, out, x, hv):

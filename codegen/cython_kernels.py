@@ -169,6 +169,11 @@ def loop_nest(shape: tuple, views: list[View], body, tag: str) -> list[str]:
     if depth:
         d, ss = axes[-1]
         i = f"{tag}i{depth - 1}"
+        if depth > 1 and d[1] == 0 and d[0] <= 16:
+            # gcc would unroll a short inner loop completely and vectorise the outer one, with
+            # strided (gathered) accesses: 2x slower on a (B*36, 16) bias + ReLU than one
+            # vector per row
+            lines.append(f"{ind}#pragma GCC unroll 1")
         lines.append(f"{ind}for (long {i} = 0; {i} < {cexpr(d)}; {i}++) {{")
         refs = [f"{p}_{depth - 1}[{_index(i, s)}]" for p, s in zip(ptrs, ss)]
         ind += "    "
@@ -268,9 +273,38 @@ def emit_dot(ctx, n: Node, out: View, a: View, b: View) -> list[str]:
     return lines
 
 
+def _sum_rows(out: View, x: View, nlead: int) -> list[str] | None:
+    """A sum over the leading axes of a contiguous x into K static columns (a bias gradient),
+    or None when that is not the case. Four rows at a time into register accumulators: the
+    generic nest below adds into ``out`` in memory, one latency-bound add chain per column."""
+    kept = x.shape[nlead:]
+    if not x.is_contiguous() or None in kept or not kept or not out.is_contiguous():
+        return None
+    k = 1
+    for d in kept:
+        k *= d
+    if k > 64:
+        return None
+    return ["{",
+            f"    sb_real acc_[4][{k}] = {{{{0}}}};",
+            f"    const sb_real *restrict x_ = {x.base()};",
+            f"    const long rows_ = {cexpr(size(x.shape[:nlead]))};",
+            "    long r_ = 0;",
+            "    for (; r_ + 4 <= rows_; r_ += 4)",
+            f"        for (int u = 0; u < 4; u++) for (long c = 0; c < {k}; c++) acc_[u][c] += x_[(r_ + u) * {k} + c];",
+            f"    for (; r_ < rows_; r_++) for (long c = 0; c < {k}; c++) acc_[0][c] += x_[r_ * {k} + c];",
+            f"    for (long c = 0; c < {k}; c++)",
+            f"        {out.base()}[c] = (acc_[0][c] + acc_[1][c]) + (acc_[2][c] + acc_[3][c]);",
+            "}"]
+
+
 def emit_reduce(kind: str):
     def emit(ctx, n: Node, out: View, x: View) -> list[str]:
         axes = n.attrs["axes"]
+        if kind == "sum" and tuple(axes) == tuple(range(len(axes))) and axes:
+            fast = _sum_rows(out, x, len(axes))
+            if fast is not None:
+                return fast
         keep_shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
         acc = dense(out.ptr, keep_shape).with_(offset=out.offset)
         acc = acc.with_(strides=tuple((0, 0) if i in axes else s for i, s in enumerate(acc.strides)))

@@ -95,6 +95,49 @@ def test_structural_layouts_match_numpy(dtype):
     close(tc.predict(**batch)["g"], tn.predict(**batch)["g"], dtype)
 
 
+CONV_CASES = [
+    # (H, W), C_in, kernel, C_out, strides, padding, pooling after ReLU: (kind, window, strides)
+    ((8, 8), 1, 3, 16, 1, "valid", ("max", 2, 2)),             # the benchmark CNN; windows tile
+    ((7, 9), 2, 3, 16, 2, "same", ("max", 3, 1)),              # stride 2, padded; windows overlap
+    ((6, 7), 3, (2, 3), 32, 1, "same", ("avg", (2, 1), (2, 1))),  # two vectors of C_out (float32)
+    ((5, 5), 2, 3, 8, 1, "valid", ("max", 3, 3)),              # C_out 8: half a float32 vector
+    ((6, 6), 8, 3, 16, (1, 2), "valid", ("max", 2, 1)),        # 72 patch rows: 6 blocks of dW rows
+    ((5, 5), 20, 3, 16, 1, "same", ("avg", 5, 5)),             # 180 patch rows
+    ((5, 6), 2, 3, 48, 1, "same", ("max", (1, 2), (1, 2))),    # C_out 48: three float32 vectors
+]
+"""Convolutions that hit and miss the direct-loop forms of codegen.cython_conv_direct (C_out a
+multiple of one 64-byte vector, at most two vectors, at most 160 patch rows; float64 vectors
+hold 8), with output widths that fill and leave partial pixel blocks, and max pooling whose
+windows tile the input (no zero fill) or overlap."""
+
+
+def conv_model(rng):
+    """Every CONV_CASES branch in one model (one compile), plus a conv stacked on the first
+    branch so that a convolution's input gradient feeds a direct weight gradient."""
+    m = sb.Model("convs")
+    batch, loss = {}, None
+    for k, (hw, c, kernel, o, strides, padding, (kind, window, pstrides)) in enumerate(CONV_CASES):
+        x = m.input(f"x{k}", (*hw, c))
+        ks = (kernel, kernel) if isinstance(kernel, int) else kernel
+        h = sb.relu(sb.conv2d(x, m.param(f"W{k}", (*ks, c, o)), strides=strides, padding=padding)
+                    + m.param(f"b{k}", (o,), init="normal", std=0.1))
+        if k == 0:
+            h = sb.conv2d(h, m.param("V", (2, 2, o, 16)), padding="same")
+        pool = sb.max_pool2d if kind == "max" else sb.avg_pool2d
+        p = pool(h, window, pstrides)
+        term = sb.mean(p * p) + sb.mean(h)
+        loss = term if loss is None else loss + term
+        batch[f"x{k}"] = rng.normal(size=(3, *hw, c))
+    m.minimize(loss)
+    return m, batch
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_conv_and_pool_configurations_match_numpy(dtype):
+    m, batch = conv_model(np.random.default_rng(2))
+    compare(sb.derive(m), batch, None, dtype, sb.optim.SGD(lr=0.05), steps=2)
+
+
 def mlp(sizes=(64, 256, 10)):
     m = sb.Model("mlp")
     x = m.input("x", (sizes[0],))

@@ -97,6 +97,27 @@ def test_fusion_makes_one_kernel_of_an_elementwise_chain():
     assert ew[0].attrs["expr"].has(sympy.tanh) and ew[0].attrs["expr"].has(sympy.exp)
 
 
+def test_relu_mask_reads_the_output_so_bias_and_relu_fuse():
+    """ReLU's derivative in output form, 1[relu(z) > 0]: z = xW + b is read by the ReLU alone
+    and fuses into it; gradients stay exact where z is exactly 0."""
+    m = sb.Model("relu")
+    x = m.input("x", (3,))
+    W, b = m.param("W", (3, 4)), m.param("b", (4,))
+    m.minimize(sb.sum(sb.relu(x @ W + b) * sb.relu(x @ W + b)))
+    d = sb.derive(m)
+    roots = optimise([d.loss, *d.grads.values()])
+    prod = [n for n in topo_order(roots) if n.op == "dot" and n.shape == (None, 4)]
+    readers = [n for n in topo_order(roots) if prod[0] in n.inputs]
+    assert len(prod) == 1 and len(readers) == 1 and readers[0].attrs["expr"].has(sb.scalar.relu)
+    P = {"W": np.array([[1.0, -1, 0, 2], [0.5, 1, 0, -1], [0, 0, 0, 1]]), "b": np.array([0.0, 0, 0, -0.5])}
+    X = np.array([[1.0, 1, 0], [0, 0, 0], [-1, 2, 0.5]])  # row 1 and column 2 give z == 0
+    g = sb.compile(d, backend="numpy", dtype="float64", params=P).gradients(x=X)
+    z = X @ P["W"] + P["b"]
+    dz = 2 * np.maximum(z, 0) * (z > 0)
+    np.testing.assert_allclose(g["W"], X.T @ dz, rtol=1e-12)
+    np.testing.assert_allclose(g["b"], dz.sum(0), rtol=1e-12)
+
+
 def test_generated_code_is_deterministic():
     sources = {sb.compile(sb.derive(mlp()), optimizer=sb.optim.Adam()).source for _ in range(3)}
     assert len(sources) == 1
