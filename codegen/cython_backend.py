@@ -25,7 +25,6 @@ from codegen.naming import Namer, equation_comment, model_namer
 from codegen.spec import Spec
 from symbp import scalar as S
 from symbp.ir import Node, SymbpError, topo_order
-from symbp.optimise import optimise
 from symbp.schedule import schedule
 
 EMIT = {**K.EMIT, **cython_conv.EMIT, **cython_scan.EMIT}
@@ -36,7 +35,9 @@ _EMITTER_FILES = ("codegen/cython_conv.py", "codegen/cython_conv_direct.py", "co
                   "codegen/cython_backend.py",
                   "codegen/cython_kernels.py",
                   "codegen/cython_module.py", "codegen/cython_printer.py", "codegen/spec.py", "codegen/naming.py",
-                  "symbp/optimise.py", "symbp/schedule.py", "symbp/optim.py")
+                  "symbp/optimise.py", "symbp/schedule.py", "symbp/optim.py",
+                  # the equations name buffers and annotate statements
+                  "symbp/equations.py", "symbp/notation.py", "symbp/display.py", "symbp/scan_equations.py")
 
 
 @functools.cache
@@ -240,8 +241,7 @@ def emit(spec: Spec) -> str:
     """The ``.pyx`` source for ``spec`` (see ``codegen.spec``)."""
     d = spec.derivation
     pnames = list(d.params)
-    roots = optimise([d.loss, *d.grads.values(), *d.outputs.values()])
-    loss, grads, outs = roots[0], roots[1:1 + len(pnames)], roots[1 + len(pnames):]
+    loss, grads, outs = spec.roots()
     namer, eqs = model_namer(d)
     printer = KernelPrinter(spec.dtype)
     fns = [Function("gradients", [loss, *grads], namer, printer, eqs),

@@ -18,7 +18,6 @@ from codegen.numpy_printer import KernelWriter, Scratch, literal, scalar_code
 from codegen.spec import Spec
 from symbp import scalar as S
 from symbp.ir import Node
-from symbp.optimise import optimise
 from symbp.schedule import schedule
 
 VIEWS = frozenset({"transpose", "expand_dims", "broadcast_like", "reshape", "slice", "stop_gradient"}) \
@@ -139,8 +138,7 @@ def emit(spec: Spec) -> str:
     """The NumPy module for ``spec`` (see ``codegen.spec``)."""
     d = spec.derivation
     pnames = list(d.params)
-    roots = optimise([d.loss, *d.grads.values(), *d.outputs.values()])
-    loss, grads, outs = roots[0], roots[1:1 + len(pnames)], roots[1 + len(pnames):]
+    loss, grads, outs = spec.roots()
     namer, eqs = model_namer(d)
     scratch = Scratch()
     fns = [Function("gradients", [loss, *grads], namer, scratch, eqs), Function("loss", [loss], namer, scratch, eqs)]

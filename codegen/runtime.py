@@ -283,6 +283,42 @@ class Trainer:
             raise DataError("gradient_norms_through_time(): the model has no recurrence (sb.scan)")
         return {k: np.array(v) for k, v in norms.items()}
 
+    def finite_difference_errors(self, batch: dict, eps: float = 1e-5, entries: int = 64,
+                                 rng=None) -> dict:
+        """Worst relative error per parameter between ``gradients`` and central differences of
+        ``loss`` (meaningful in float64). No update; parameters are restored exactly.
+
+        An entry's error is relative to the larger of the two values, floored at 1% of the
+        parameter's largest gradient entry, so a near-zero entry is not judged by the finite
+        difference's rounding noise (~1e-16 * loss / eps).
+
+        Args:
+            batch: input arrays by name.
+            eps: the finite-difference step.
+            entries: entries checked per parameter (chosen at random; all if fewer).
+            rng: a numpy Generator choosing the entries (default: seeded with 0).
+        Returns:
+            {parameter name: worst relative error}.
+        """
+        rng = np.random.default_rng(0) if rng is None else rng
+        analytic = self.gradients(**batch)
+        errors = {}
+        for name, g in analytic.items():
+            flat = self.params[name].reshape(-1)
+            idx = np.arange(flat.size) if flat.size <= entries else rng.choice(flat.size, entries, replace=False)
+            worst, floor = 0.0, max(1e-2 * float(np.abs(g).max()), 1e-8)
+            for i in idx:
+                old = flat[i]
+                flat[i] = old + eps
+                up = self.loss(**batch)
+                flat[i] = old - eps
+                down = self.loss(**batch)
+                flat[i] = old
+                num, ana = (up - down) / (2 * eps), g.reshape(-1)[i]
+                worst = max(worst, abs(num - ana) / max(abs(num), abs(ana), floor))
+            errors[name] = worst
+        return errors
+
     def __repr__(self) -> str:
         return f"<Trainer {self.kernels.MODEL!r} dtype={self.dtype} params={list(self.params)} t={self.t}>"
 

@@ -25,6 +25,14 @@ class Spec:
     optimizer: Optimizer
     dtype: str = "float32"
 
+    def roots(self) -> tuple:
+        """The optimised graph every backend emits: (loss, gradients in parameter order, outputs)."""
+        from symbp.optimise import optimise
+
+        d, n = self.derivation, len(self.derivation.params)
+        roots = optimise([d.loss, *d.grads.values(), *d.outputs.values()])
+        return roots[0], roots[1:1 + n], roots[1 + n:]
+
     def classes(self) -> dict[str, int]:
         """For each int64 input used as class labels, the number of classes (to range-check)."""
         out = {}

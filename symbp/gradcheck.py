@@ -46,23 +46,5 @@ def gradcheck(model_or_derivation, batch: dict, eps: float = 1e-5, tolerance: fl
     if not isinstance(d, symbp.Derivation):
         d = symbp.derive(d)
     tr = symbp.compile(d, backend=backend, dtype="float64", seed=seed)
-    analytic = tr.gradients(**batch)
-    rng = np.random.default_rng(seed)
-    errors = {}
-    for name, g in analytic.items():
-        p = tr.params[name]
-        flat = p.reshape(-1)
-        idx = np.arange(flat.size) if flat.size <= max_entries else rng.choice(flat.size, max_entries, replace=False)
-        worst = 0.0
-        for i in idx:
-            old = flat[i]
-            flat[i] = old + eps
-            up = tr.loss(**batch)
-            flat[i] = old - eps
-            down = tr.loss(**batch)
-            flat[i] = old
-            num = (up - down) / (2 * eps)
-            ana = g.reshape(-1)[i]
-            worst = max(worst, abs(num - ana) / max(abs(num), abs(ana), 1e-6))
-        errors[name] = worst
+    errors = tr.finite_difference_errors(batch, eps, max_entries, np.random.default_rng(seed))
     return GradcheckResult(errors, tolerance)

@@ -39,9 +39,8 @@ def selftest(batch: int = 4, entries: int = 16, eps: float = 1e-5, tolerance: fl
     """Check the gradients of the float64 kernels against central finite differences, then
     the compiled kernels against the float64 ones. Prints a table; returns the verdict.
 
-    An entry's error is relative to the larger of the two values, floored at 1% of the
-    parameter's largest gradient entry: a near-zero entry is then not judged by the
-    finite difference's rounding noise (~1e-16 * loss / eps).
+    Errors are relative, floored at 1% of each parameter's largest gradient entry (see
+    ``Trainer.finite_difference_errors``).
     """
     rng = np.random.default_rng(seed)
     data = random_batch(rng, batch)
@@ -49,19 +48,7 @@ def selftest(batch: int = 4, entries: int = 16, eps: float = 1e-5, tolerance: fl
     analytic = ref.gradients(**data)
     ok = True
     print(f"{MODEL}: gradients of the float64 kernels vs central differences (eps={eps:g}, batch {batch})")
-    for name, g in analytic.items():
-        flat = ref.params[name].reshape(-1)
-        idx = np.arange(flat.size) if flat.size <= entries else rng.choice(flat.size, entries, replace=False)
-        worst, floor = 0.0, max(1e-2 * float(np.abs(g).max()), 1e-8)
-        for i in idx:
-            old = flat[i]
-            flat[i] = old + eps
-            up = ref.loss(**data)
-            flat[i] = old - eps
-            down = ref.loss(**data)
-            flat[i] = old
-            num, ana = (up - down) / (2 * eps), g.reshape(-1)[i]
-            worst = max(worst, abs(num - ana) / max(abs(num), abs(ana), floor))
+    for name, worst in ref.finite_difference_errors(data, eps, entries, rng).items():
         ok &= worst <= tolerance
         print(f"  {name:<24} {worst:.2e}  {'ok' if worst <= tolerance else 'FAIL'}")
     tr = trainer()
