@@ -11,6 +11,7 @@ that surface is what costs compile time, so it stays small.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 from pathlib import Path
@@ -58,17 +59,47 @@ def graph_key(spec: Spec) -> str:
     """
     d = spec.derivation
     roots = [d.loss, *d.grads.values(), *d.outputs.values()]
-    order = topo_order(roots)
-    pos = {n.id: k for k, n in enumerate(order)}
     h = hashlib.sha256()
     for part in (_emitter_hash(), symbp.__version__, spec.dtype, repr(spec.optimizer.key()),
                  repr(sorted(spec.optimizer.hyper)), repr(list(d.params)), repr(list(d.inputs)),
-                 repr(list(d.outputs)), d.name, repr([pos[r.id] for r in roots])):
+                 repr(list(d.outputs)), d.name):
         h.update(part.encode() + b"\0")
-    for n in order:
-        attrs = sorted((k, sp.srepr(v) if isinstance(v, sp.Basic) else repr(v)) for k, v in n.attrs.items())
-        h.update(repr((n.op, [pos[i.id] for i in n.inputs], n.shape, n.dtype, attrs, n.name, n.label)).encode())
+    _digest_graph({"roots": roots}, h)
     return h.hexdigest()
+
+
+def _digest_graph(groups: dict, h) -> None:
+    """Hash the graphs reached from ``groups`` (name -> nodes) into ``h``: every node's op,
+    inputs (by position), shape, dtype, attributes, name and label, and each group's members.
+    An attribute holding graphs of its own (a recurrence's traced cell) is hashed the same
+    way, all the way down: its repr would name only its results."""
+    members = {k: [n for n in v if isinstance(n, Node)] for k, v in groups.items()}
+    order = topo_order([n for v in members.values() for n in v])
+    pos = {n.id: k for k, n in enumerate(order)}
+    for n in order:
+        h.update(repr((n.op, [pos[i.id] for i in n.inputs], n.shape, n.dtype, n.name, n.label)).encode())
+        for k, v in sorted(n.attrs.items()):
+            h.update(k.encode() + b"=")
+            if isinstance(v, sp.Basic):
+                h.update(sp.srepr(v).encode())
+            elif dataclasses.is_dataclass(v):
+                _digest_graph({f.name: _nodes_of(getattr(v, f.name)) for f in dataclasses.fields(v)}, h)
+                h.update(repr(sorted((f.name, repr(getattr(v, f.name))) for f in dataclasses.fields(v)
+                                     if not _nodes_of(getattr(v, f.name)))).encode())
+            else:
+                h.update(repr(v).encode())
+            h.update(b"\0")
+    for k, v in groups.items():
+        h.update(repr((k, [pos[n.id] if isinstance(n, Node) else None for n in v])).encode())
+
+
+def _nodes_of(value) -> list:
+    """The nodes in a field of a graph-holding attribute (a node or a tuple of nodes/None)."""
+    if isinstance(value, Node):
+        return [value]
+    if isinstance(value, (tuple, list)) and any(isinstance(x, Node) for x in value):
+        return list(value)
+    return []
 
 
 class Function:

@@ -74,6 +74,8 @@ class Trainer:
         self.hyper = dict(kernels.HYPER) if hyper is None else hyper
         self.source = source
         self.t = 0
+        self.carries: dict = {}  # stateful recurrences' final carries, by loop label
+        self.grad_norms: dict = {}  # filled by gradient passes: ||dL/dh_t|| per loop
         self.reset_optimizer()
 
     def reset_optimizer(self) -> None:
@@ -130,18 +132,21 @@ class Trainer:
     def _run(self, fn: str, data: dict):
         """Generated function ``fn`` on checked data, leaving the carried state of stateful
         recurrences as it was: only ``step`` advances it."""
-        before = dict(getattr(self.kernels, "STATE", {}))  # the kernels replace entries, never mutate them
+        self._bind()
+        before = dict(self.carries)  # the kernels replace entries, never mutate them
         try:
             return getattr(self.kernels, fn)(self.params, data)
         finally:
             self._set_carries(before)
 
+    def _bind(self) -> None:
+        """Point the kernels' ``STATE`` and ``GRAD_NORMS`` at this trainer's own: a compiled
+        module is shared (one per source, like any import), its trainers' carries are not."""
+        self.kernels.STATE, self.kernels.GRAD_NORMS = self.carries, self.grad_norms
+
     def _set_carries(self, carries: dict) -> None:
-        state = getattr(self.kernels, "STATE", None)
-        if state is None:
-            state = self.kernels.STATE = {}
-        state.clear()
-        state.update(carries)
+        self.carries.clear()
+        self.carries.update(carries)
 
     def loss(self, **batch) -> float:
         """The loss on ``batch`` (keyword arrays by input name)."""
@@ -163,8 +168,8 @@ class Trainer:
     def _step(self, data: dict) -> float:
         """``step`` on data already checked by ``_batch`` (the training loop checks once)."""
         self.t += 1
-        # vars(): getattr's default would raise and catch an AttributeError every step (~1 us)
-        before = dict(vars(self.kernels).get("STATE") or {})
+        self._bind()
+        before = dict(self.carries)
         loss = self.kernels.step(self.params, self.state, data, self.hyper, self.t)
         if not math.isfinite(loss):
             self.t -= 1
@@ -214,7 +219,7 @@ class Trainer:
         arrays = {k: v for k, v in self.params.items()}
         for slot, table in self.state.items():
             arrays.update({f"state.{slot}.{k}": v for k, v in table.items()})
-        carries = getattr(self.kernels, "STATE", {})
+        carries = self.carries
         for loop, values in carries.items():
             arrays.update({f"carry.{loop}.{k}": v for k, v in enumerate(values)})
         info = {"format": FORMAT, "model": self.kernels.MODEL, "dtype": str(self.dtype), "t": self.t,
@@ -267,7 +272,7 @@ class Trainer:
     # -- recurrences ------------------------------------------------------------------------
     def reset_state(self) -> None:
         """Forget the carries of stateful recurrences: the next pass starts from their init."""
-        getattr(self.kernels, "STATE", {}).clear()
+        self.carries.clear()
 
     def gradient_norms_through_time(self, **batch) -> dict:
         """The norm of dL/dh_t (over the batch) for every step t of each recurrence; no update.
@@ -275,10 +280,9 @@ class Trainer:
         Returns:
             {loop label: array of shape (T,)}; vanishing gradients show as a decay towards t = 0.
         """
-        if hasattr(self.kernels, "GRAD_NORMS"):
-            self.kernels.GRAD_NORMS.clear()
+        self.grad_norms.clear()
         self._run("gradients", self._batch(batch, self._needs("gradients"), "gradient_norms_through_time"))
-        norms = getattr(self.kernels, "GRAD_NORMS", None)
+        norms = self.grad_norms
         if not norms:
             raise DataError("gradient_norms_through_time(): the model has no recurrence (sb.scan)")
         return {k: np.array(v) for k, v in norms.items()}

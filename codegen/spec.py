@@ -72,6 +72,7 @@ class Spec:
             f"SLOTS = {tuple(self.optimizer.slots)!r}",
             f"HYPER = {self.optimizer.hyper!r}",
             f"NEEDS = {self.needs()!r}",
+            f"TRUNCATED = {d.truncated_loops()!r}",
         ]
 
     def needs(self) -> dict[str, list[str]]:

@@ -127,6 +127,9 @@ def _substitutions(spec: Spec, name: str, backend: str, files: BackendFiles) -> 
         "NAME": name,
         "MODEL": d.name,
         "BACKEND": backend,
+        "NEEDS": " and ".join(["NumPy", *(r.split(">")[0].split("=")[0] for r in files.dependencies)])
+        + (" at run time (and a C compiler with " + ", ".join(files.build_requires) + " to install)"
+           if files.build_requires else ""),
         "DTYPE": spec.dtype,
         "OPTIMIZER": repr(spec.optimizer),
         "VERSION": symbp.__version__,

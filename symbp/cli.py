@@ -221,7 +221,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["dot", "svg"], default="dot", help="svg needs Graphviz's `dot` program")
     p.add_argument("--backward", action="store_true", help="include the backward graph")
     p.add_argument("-o", "--output", help="write to FILE instead of standard output")
-    p = command("build", cmd_build, "write a standalone training package (needs only NumPy to run)")
+    p = command("build", cmd_build, "write a standalone training package (never needs symbp: NumPy for the "
+                "numpy backend; SciPy too, and a C compiler to install, for cython)")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="folder to write the package to")
     p.add_argument("--name", help="package name (default: the model's name)")
     training_options(p, "float32")

@@ -88,6 +88,12 @@ class Derivation:
 
         return equations(self)
 
+    def truncated_loops(self) -> dict:
+        """{loop label: (k1, k2)} for each recurrence with truncated backpropagation through
+        time, whose gradients are by design not those of the loss."""
+        return {n.label: n.attrs["truncate"] for n in topo_order([self.loss, *self.outputs.values()])
+                if n.op == "scan" and n.attrs.get("truncate") is not None}
+
     def graph(self, backward: bool = True):
         """The forward (and backward) graph as a networkx DiGraph."""
         from symbp.ir import to_networkx

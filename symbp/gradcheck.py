@@ -45,6 +45,12 @@ def gradcheck(model_or_derivation, batch: dict, eps: float = 1e-5, tolerance: fl
     d = model_or_derivation
     if not isinstance(d, symbp.Derivation):
         d = symbp.derive(d)
+    truncated = d.truncated_loops()
+    if truncated:
+        raise symbp.SymbpError(
+            ", ".join(f"loop {k!r} uses truncated BPTT {v}" for k, v in truncated.items())
+            + "; its gradients are by design not those of the loss, so finite differences cannot check "
+            "them. Check the same model with truncate=None (the rolled loop is the same code).")
     tr = symbp.compile(d, backend=backend, dtype="float64", seed=seed)
     errors = tr.finite_difference_errors(batch, eps, max_entries, np.random.default_rng(seed))
     return GradcheckResult(errors, tolerance)

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+import symbp as sb
 from codegen import build
+from codegen.spec import Spec
 
 pytest.importorskip("Cython")
 SOURCE = "# cython: language_level=3\nVALUE = {value}\n"
@@ -113,3 +115,19 @@ def test_warm_start_skips_code_generation(cache, monkeypatch):
     assert second.source == first.source
     x = {"x": [[0.1, 0.2, 0.3]]}
     assert second.loss(**x) == first.loss(**x)
+
+
+def test_warm_start_key_sees_inside_a_recurrence():
+    """Two models that differ only inside a scan's step must not share a cache entry."""
+    from codegen.cython_backend import graph_key
+
+    def spec(sign):
+        m = sb.Model("keycell")
+        s, y = m.input("s", (5, 3)), m.input("y", (), dtype="int64")
+        Wx, Wh = m.param("Wx", (3, 4)), m.param("Wh", (4, 4))
+        hT, _ = sb.scan(lambda h, x: (sb.tanh(x @ Wx + sign * (h @ Wh)), None), s, sb.zeros((4,)))
+        m.minimize(sb.softmax_cross_entropy(hT @ m.param("V", (4, 3)), y))
+        return Spec(sb.derive(m), sb.optim.SGD(lr=0.1), "float64")
+
+    assert graph_key(spec(1.0)) == graph_key(spec(1.0))
+    assert graph_key(spec(1.0)) != graph_key(spec(-1.0))

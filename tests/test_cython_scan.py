@@ -95,16 +95,16 @@ def test_every_recurrence_matches_numpy(dtype, rng):
     # training steps advance the stateful loops alike (same batch size: the state is read)
     for batch in (batches[0], batches[2], batches[1], batches[0]):
         close(tc.step(**batch), tn.step(**batch), dtype, "step loss")
-        assert sorted(tc.kernels.STATE) == sorted(tn.kernels.STATE) == ["sf1", "sf2"]
-        for k, carries in tn.kernels.STATE.items():
-            for a, b in zip(tc.kernels.STATE[k], carries):
+        assert sorted(tc.carries) == sorted(tn.carries) == ["sf1", "sf2"]
+        for k, carries in tn.carries.items():
+            for a, b in zip(tc.carries[k], carries):
                 close(a, b, dtype, f"state of {k}")
     for k in tn.params:
         close(tc.params[k], tn.params[k], dtype, f"parameter {k} after the steps")
     close(tc.loss(**batches[0]), tn.loss(**batches[0]), dtype, "loss from the carried state")
-    before = tc.kernels.STATE["sf1"][0].copy()
+    before = tc.carries["sf1"][0].copy()
     tc.loss(**batches[0]), tc.gradients(**batches[0])  # only steps advance the state
-    np.testing.assert_array_equal(tc.kernels.STATE["sf1"][0], before)
+    np.testing.assert_array_equal(tc.carries["sf1"][0], before)
     tc.reset_state()
     tn.reset_state()
     close(tc.loss(**batches[0]), tn.loss(**batches[0]), dtype, "loss after reset_state")

@@ -26,7 +26,7 @@ def test_each_loop_has_its_own_state_and_diagnostics(rng):
     norms = tr.gradient_norms_through_time(**batch)
     assert sorted(norms) == ["scan", "scan_2"] and all(v.shape == (T,) for v in norms.values())
     first = tr.step(**batch)
-    assert {k: [a.shape for a in v] for k, v in tr.kernels.STATE.items()} == {"scan": [(4, H)], "scan_2": [(4, 2)]}
+    assert {k: [a.shape for a in v] for k, v in tr.carries.items()} == {"scan": [(4, H)], "scan_2": [(4, 2)]}
     assert tr.step(**batch) != first  # started from the carried state
     tr.reset_state()
     assert tr.step(**batch) == first
@@ -60,13 +60,13 @@ def test_only_steps_advance_the_state_and_checkpoints_keep_it(rng, tmp_path):
 
     tr = classifier()
     tr.step(**data)
-    carried = tr.kernels.STATE["rnn"][0].copy()
+    carried = tr.carries["rnn"][0].copy()
     tr.loss(**data), tr.predict(**data), tr.gradients(**data), tr.evaluate(data, batch_size=4)
-    np.testing.assert_array_equal(tr.kernels.STATE["rnn"][0], carried)
+    np.testing.assert_array_equal(tr.carries["rnn"][0], carried)
     tr.save(tmp_path / "w.npz")
     other = classifier()
     other.load(tmp_path / "w.npz")
-    np.testing.assert_array_equal(other.kernels.STATE["rnn"][0], carried)
+    np.testing.assert_array_equal(other.carries["rnn"][0], carried)
     assert other.loss(**data) == tr.loss(**data)
 
 
@@ -74,8 +74,35 @@ def test_a_failed_step_leaves_the_state(rng):
     tr = classifier()
     data = {"s": rng.normal(size=(4, T, F)), "y": rng.integers(0, C, 4)}
     tr.step(**data)
-    carried = tr.kernels.STATE["rnn"][0].copy()
+    carried = tr.carries["rnn"][0].copy()
     bad = {"s": np.full((4, T, F), np.nan), "y": data["y"]}
     with pytest.raises(FloatingPointError):
         tr.step(**bad)
-    np.testing.assert_array_equal(tr.kernels.STATE["rnn"][0], carried)
+    np.testing.assert_array_equal(tr.carries["rnn"][0], carried)
+
+
+def test_trainers_sharing_a_compiled_module_keep_their_own_state(rng):
+    # A compiled module is one per source (the Cython backend's cache hands the same module to
+    # every compile of a model; a standalone package's trainers share its kernels): the carried
+    # state must belong to each trainer, not to the module.
+    from codegen.runtime import Trainer
+
+    tr1 = classifier()
+    tr2 = Trainer(tr1.kernels, dict(tr1.params), dict(tr1.hyper))
+    batch = {"s": rng.normal(size=(4, T, F)), "y": rng.integers(0, C, 4)}
+    before = tr2.loss(**batch)
+    tr1.step(**batch)
+    tr1.step(**batch)
+    assert tr2.loss(**batch) == before and tr1.carries and not tr2.carries
+    tr2.step(**batch)
+    tr2.reset_state()
+    assert tr1.carries and not tr2.carries
+
+
+def test_gradcheck_refuses_truncated_loops_and_says_why(rng):
+    m = sb.Model("trunc")
+    s = m.input("s", (6, 3))
+    h = sb.layers.GRU(4, truncate=(2, 3), return_sequences=False, name="rec")(m, s)
+    m.minimize(sb.mean(h * h))
+    with pytest.raises(sb.SymbpError, match=r"loop 'rec' uses truncated BPTT \(2, 3\).*truncate=None"):
+        sb.gradcheck(m, {"s": rng.normal(size=(2, 6, 3))})

@@ -842,6 +842,7 @@ CLASSES = {'y': 3}
 SLOTS = ('v',)
 HYPER = {'lr': 0.01, 'momentum': 0.9}
 NEEDS = {'gradients': ['x', 'y'], 'loss': ['x', 'y'], 'predict': []}
+TRUNCATED = {}
 FUNCTIONS = ('gradients', 'loss', 'predict', 'update')
 _ARRAYS = ((('D', (None, 4), 'f'), ('D', (None,), 'i'), ('P', (4, 32), 'f'), ('P', (32,), 'f'), ('P', (32, 3), 'f'), ('buffer', (), 'f'), ('buffer', (None, 32), 'f'), ('buffer', (None, 32), 'f'), ('buffer', (None, 3), 'f'), ('buffer', (None, 3), 'f'), ('buffer', (None, 1), 'f'), ('buffer', (None, 3), 'f'), ('buffer', (None, 1), 'f'), ('buffer', (None, 1), 'f'), ('buffer', (None, 3), 'f'), ('buffer', (None,), 'f'), ('buffer', (None,), 'f'), ('buffer', (), 'f'), ('buffer', (), 'f'), ('buffer', (), 'f'), ('buffer', (32, 3), 'f'), ('buffer', (None, 32), 'f'), ('buffer', (32,), 'f'), ('buffer', (4, 32), 'f')), (('D', (None, 4), 'f'), ('D', (None,), 'i'), ('P', (4, 32), 'f'), ('P', (32,), 'f'), ('P', (32, 3), 'f'), ('buffer', (None, 32), 'f'), ('buffer', (None, 32), 'f'), ('buffer', (None, 3), 'f'), ('buffer', (None, 3), 'f'), ('buffer', (None, 1), 'f'), ('buffer', (None, 3), 'f'), ('buffer', (None, 1), 'f'), ('buffer', (None, 1), 'f'), ('buffer', (None,), 'f'), ('buffer', (None,), 'f'), ('buffer', (), 'f'), ('buffer', (), 'f'), ('buffer', (), 'f')), (), (('P', (4, 32), 'f'), ('P', (32,), 'f'), ('P', (32, 3), 'f'), ('P', (4, 32), 'f'), ('P', (32,), 'f'), ('P', (32, 3), 'f'), ('P', (4, 32), 'f'), ('P', (32,), 'f'), ('P', (32, 3), 'f')))
 
