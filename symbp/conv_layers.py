@@ -57,12 +57,7 @@ class Conv2D(Layer):
         z = conv.conv2d(x, W, self.strides, self.padding, name=self.name)
         if self.use_bias:
             z = z + m.param(f"{self.name}_b", (self.filters,), init="zeros")
-        z.label = f"{self.name}_z"
-        if self.activation is None:
-            return z
-        h = self.activation(z)
-        h.label = self.name
-        return h
+        return self.activate(z)
 
 
 class MaxPool2D(Layer):

@@ -47,6 +47,15 @@ class Layer:
     def apply(self, m, x: Node) -> Node:
         raise NotImplementedError
 
+    def activate(self, z: Node) -> Node:
+        """``self.activation(z)`` (or z), labelled after the layer: ``<name>_z`` and ``<name>``."""
+        z.label = f"{self.name}_z"
+        if getattr(self, "activation", None) is None:
+            return z
+        h = self.activation(z)
+        h.label = self.name
+        return h
+
 
 class Dense(Layer):
     """y = activation(x @ W + b), with W of shape (in, units).
@@ -81,12 +90,7 @@ class Dense(Layer):
         z = x @ W
         if b is not None:
             z = z + b
-        z.label = f"{self.name}_z"
-        if self.activation is None:
-            return z
-        h = self.activation(z)
-        h.label = self.name
-        return h
+        return self.activate(z)
 
 
 class Sequential(Layer):
