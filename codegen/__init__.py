@@ -1,7 +1,21 @@
 """Backends: turn a derivation into training code, and load it.
 
 ``emit(spec, backend)`` returns source text; ``load(source, backend, name)`` returns the
-module. Each backend keeps its own table of how to emit each op.
+module. Each backend is a subpackage with its own table of how to emit each op:
+
+- ``spec``: what every backend is given (the optimised derivation, optimiser, dtype);
+- ``naming``: buffer and parameter names taken from the model and its equations;
+- ``numpy/``, ``cython/``: the backends (``emitter.emit``, ``package.files``);
+- ``runtime/``: the Trainer and training loop around a generated module (NumPy only);
+- ``standalone/``: the writer of pip-installable training packages.
+
+Stage: the last one. May import all of ``symbp``'s core (``symbp.ir``, ``registry``,
+``notation``, ``ops``, ``autodiff``, ``optim``, ``show``); the core never imports ``codegen``
+(only ``symbp/__init__.py`` and ``symbp/cli.py`` do, inside functions).
+
+To add a backend: a subpackage ``codegen/<name>/`` with ``emitter.emit(spec)`` (and a
+table for every registered op: tests/test_ops.py checks it), a branch in ``emit``/``load``
+below, its name in ``BACKENDS``, and ``package.files`` for standalone packages.
 """
 
 from __future__ import annotations
@@ -17,13 +31,13 @@ BACKENDS = ("numpy", "cython")
 def emit(spec: Spec, backend: str = "numpy") -> str:
     """Generated source for ``spec`` on ``backend``."""
     if backend == "numpy":
-        from codegen import numpy_backend
+        from codegen.numpy import emitter
 
-        return numpy_backend.emit(spec)
+        return emitter.emit(spec)
     if backend == "cython":
-        from codegen import cython_backend
+        from codegen.cython import emitter
 
-        return cython_backend.emit(spec)
+        return emitter.emit(spec)
     raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
 
 
@@ -37,7 +51,7 @@ def load(source: str, backend: str, name: str) -> types.ModuleType:
         exec(compile(source, filename, "exec"), module.__dict__)  # noqa: S102 - our own generated code
         return module
     if backend == "cython":
-        from codegen import build
+        from codegen.cython import build
 
         return build.build(source, name)
     raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
@@ -46,9 +60,9 @@ def load(source: str, backend: str, name: str) -> types.ModuleType:
 def emit_and_load(spec: Spec, backend: str = "numpy") -> tuple[str, types.ModuleType]:
     """Source and module for ``spec``; a compiled backend may skip emitting on a cache hit."""
     if backend == "cython":
-        from codegen import build, cython_backend
+        from codegen.cython import build, emitter
 
-        key = cython_backend.graph_key(spec)
+        key = emitter.graph_key(spec)
         hit = build.lookup(key)
         if hit is not None:
             return hit[1], hit[0]

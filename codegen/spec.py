@@ -10,7 +10,7 @@ import hashlib
 from dataclasses import dataclass
 
 import symbp
-from symbp.derive import Derivation
+from symbp.autodiff.derive import Derivation
 from symbp.ir import Node, topo_order
 from symbp.optim import Optimizer
 
@@ -27,7 +27,7 @@ class Spec:
 
     def roots(self) -> tuple:
         """The optimised graph every backend emits: (loss, gradients in parameter order, outputs)."""
-        from symbp.optimise import optimise
+        from symbp.autodiff.optimise import optimise
 
         d, n = self.derivation, len(self.derivation.params)
         roots = optimise([d.loss, *d.grads.values(), *d.outputs.values()])

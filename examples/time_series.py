@@ -69,7 +69,7 @@ def main(steps: int = 300, T: int = 48, hidden: int = 16, batch: int = 32, png: 
               f"test MSE {test:.5f}; ||dL/dh_t|| at t = 0 / t = T-1: {norms[kind][0] / norms[kind][-1]:.2e}")
     if png:
         try:
-            from symbp.plots import plot_gradient_norms
+            from symbp.show.plots import plot_gradient_norms
 
             print("saved", plot_gradient_norms(norms, png, f"Mackey-Glass, T = {T}: gradient norm through time"))
         except sb.SymbpError as e:

@@ -20,7 +20,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from symbp import layers, ops, optim  # noqa: E402
-from symbp.derive import Derivation, derive  # noqa: E402
+from symbp.autodiff.derive import Derivation, derive  # noqa: E402
 from symbp.gradcheck import gradcheck  # noqa: E402
 from symbp.ir import Node, SymbpError  # noqa: E402
 from symbp.model import Model  # noqa: E402

@@ -119,7 +119,7 @@ def cmd_equations(args) -> int:
 
 
 def cmd_graph(args) -> int:
-    from symbp.graphviz import render_svg
+    from symbp.show.pictures import render_svg
 
     d = load_model(args.model)
     text = d.dot(backward=args.backward)
@@ -145,7 +145,7 @@ def cmd_build(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from codegen.training import need_matplotlib, plot_history
+    from codegen.runtime.training import need_matplotlib, plot_history
 
     if args.plot:
         need_matplotlib()
@@ -180,7 +180,7 @@ def cmd_gradcheck(args) -> int:
 
 
 def cmd_cache(args) -> int:
-    from codegen import build
+    from codegen.cython import build
 
     if args.action == "clear":
         print(f"removed {build.cache_clear()} cached module(s) from {build.cache_dir()}")
@@ -256,7 +256,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``symbp`` command; returns the exit status."""
-    from codegen.runtime import DataError, NonFiniteLoss
+    from codegen.runtime.trainer import DataError, NonFiniteLoss
 
     args = parser().parse_args(argv)
     if getattr(args, "resume", False) and not args.checkpoint:

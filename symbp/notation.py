@@ -1,21 +1,142 @@
-"""How each op reads in an equation: display shapes, structural ops, elementwise formulas
-translated to matrix form, and the softmax family recognised as one function.
+"""The words derived equations are written in: SymPy display expressions and display shapes.
 
-Display expressions are built from symbp.display (SymPy matrix expressions); nothing here
-takes part in derivation.
+A displayed equation is a SymPy matrix expression: ``MatrixSymbol`` for named tensors,
+``MatMul``/``Transpose`` for products, ``HadamardProduct`` for elementwise products, plus
+the small classes below for what SymPy has no matrix form of (an elementwise function
+applied to a matrix, a reduction, a broadcast constant). They exist only to be printed:
+derivation never goes through them (SymPy's matrix calculus is not reliable; see DESIGN).
+
+This module sits beside the IR and the registry because each op declares how it reads
+(``OpDef.show``) in these words; ``symbp.show`` turns them into text and LaTeX.
 """
 
 from __future__ import annotations
 
 import sympy as sp
+from sympy.core.symbol import Str
+from sympy.matrices.expressions import HadamardPower, HadamardProduct, MatAdd, MatMul, MatrixExpr, Transpose
 
-from symbp import display as D
 from symbp.ir import Node
-from symbp.registry import OPS
-from symbp.scalar import symbols
 
-FUNC_NAMES = {"sigmoid": "σ", "Abs": "abs"}
-"""SymPy function names that read differently in an equation."""
+
+class Func(MatrixExpr):
+    """``name_sub(args)`` applied elementwise or along axes, with the result's shape."""
+
+    def __new__(cls, name: str, sub: str, rows, cols, *args):
+        return sp.Basic.__new__(cls, Str(name), Str(sub), sp.sympify(rows), sp.sympify(cols),
+                                *map(sp.sympify, args))
+
+    name = property(lambda self: self.args[0].name)
+    sub = property(lambda self: self.args[1].name)
+    operands = property(lambda self: self.args[4:])
+    shape = property(lambda self: (self.args[2], self.args[3]))
+
+
+class SFunc(sp.Expr):
+    """The scalar counterpart of Func, for results of shape () (a sum over every axis)."""
+
+    is_commutative = True  # a scalar: MatMul must be able to pull it out as a coefficient
+
+    def __new__(cls, name: str, sub: str, *args):
+        return sp.Expr.__new__(cls, Str(name), Str(sub), *map(sp.sympify, args))
+
+    name = property(lambda self: self.args[0].name)
+    sub = property(lambda self: self.args[1].name)
+    operands = property(lambda self: self.args[2:])
+
+
+class Fill(MatrixExpr):
+    """A matrix filled with one scalar: prints as the scalar (the ``1`` in ``1 − H⊙H``)."""
+
+    def __new__(cls, value, rows, cols):
+        return sp.Basic.__new__(cls, sp.sympify(value), sp.sympify(rows), sp.sympify(cols))
+
+    shape = property(lambda self: (self.args[1], self.args[2]))
+
+
+class Bcast(MatrixExpr):
+    """A matrix broadcast to a larger shape (a bias row over the batch): prints as itself."""
+
+    def __new__(cls, x, rows, cols):
+        return sp.Basic.__new__(cls, x, sp.sympify(rows), sp.sympify(cols))
+
+    shape = property(lambda self: (self.args[1], self.args[2]))
+
+
+class Div(MatrixExpr):
+    """Elementwise quotient of two matrices of one shape."""
+
+    def __new__(cls, num, den):
+        return sp.Basic.__new__(cls, num, den)
+
+    shape = property(lambda self: self.args[0].shape)
+
+
+class Delta(MatrixExpr):
+    """δX: the gradient of the loss with respect to the named tensor X."""
+
+    def __new__(cls, x):
+        return sp.Basic.__new__(cls, x)
+
+    shape = property(lambda self: self.args[0].shape)
+
+
+class Grad(MatrixExpr):
+    """∂L/∂W: the gradient of the loss with respect to a parameter."""
+
+    def __new__(cls, loss, param):
+        return sp.Basic.__new__(cls, loss, param)
+
+    shape = property(lambda self: self.args[1].shape)
+
+
+class SDelta(sp.Expr):
+    """δx for a scalar x."""
+
+    is_commutative = True  # a scalar: MatMul must be able to pull it out as a coefficient
+
+
+class SGrad(sp.Expr):
+    """∂L/∂w for a scalar parameter w."""
+
+    is_commutative = True  # a scalar: MatMul must be able to pull it out as a coefficient
+
+
+def delta(x) -> sp.Basic:
+    """δx, a matrix or a scalar like ``x``."""
+    return Delta(x) if is_matrix(x) else SDelta(x)
+
+
+def grad(loss, param) -> sp.Basic:
+    """∂loss/∂param, a matrix or a scalar like ``param``."""
+    return Grad(loss, param) if is_matrix(param) else SGrad(loss, param)
+
+
+def func(name: str, shape: tuple, *args, sub: str = "") -> sp.Basic:
+    """A function applied to display expressions, as a matrix of ``shape`` (or a scalar).
+
+    Args:
+        name: how it reads ("tanh", "Σ", "onehot", ...).
+        shape: the display shape (rows, cols), or () for a scalar.
+        args: display expressions (matrices or scalars).
+        sub: a subscript, e.g. the axes of a reduction ("batch", "j").
+    Returns:
+        A Func (matrix) or SFunc (scalar) expression.
+    """
+    return SFunc(name, sub, *args) if shape == () else Func(name, sub, *shape, *args)
+
+
+def is_matrix(e) -> bool:
+    return isinstance(e, MatrixExpr)
+
+
+def split_coeff(e: MatMul) -> tuple:
+    """Split a MatMul into its scalar coefficient and its matrix factors."""
+    scal = [a for a in e.args if not is_matrix(a)]
+    return sp.Mul(*scal), [a for a in e.args if is_matrix(a)]
+
+
+# -- shapes and labels ---------------------------------------------------------------------------
 
 B = sp.Symbol("B", positive=True, integer=True)
 
@@ -58,182 +179,6 @@ def _slice(start: int, stop: int, step: int) -> str:
     return f"{start}:{stop_text}" + (f":{step}" if step != 1 else "")
 
 
-def show_op(n: Node, args: list) -> sp.Basic:
-    """The display expression of node ``n``: its op's own ``OpDef.show`` (declared with the
-    op), the matrix form of an elementwise formula, or else ``op(args)``.
-
-    Args:
-        n: a graph node.
-        args: the display forms of its inputs, in order (None for inputs read only for
-            their shape, such as the reference of ``broadcast_like``).
-    Returns:
-        A SymPy expression: a matrix expression, or a scalar for a shape-() result.
-    """
-    od = OPS.get(n.op)
-    try:
-        if od is not None and od.show is not None:
-            return od.show(args, n)
-        if "expr" in n.attrs:
-            return translate(n.attrs["expr"], args, dshape(n.shape))
-    except (sp.matrices.exceptions.ShapeError, AttributeError, TypeError, ValueError, NotImplementedError):
-        # Tensors of 3+ axes are shown flattened to matrices, where a matrix form can fail to
-        # line up (a (B, T·F) sequence times an (F, H) weight): then the op reads as op(args).
-        pass
-    return D.func(n.op, dshape(n.shape), *[a for a in args if a is not None])
-
-
-def translate(expr: sp.Expr, args: list, shape: tuple) -> sp.Basic:
-    """Map an elementwise formula over x0..xn to a matrix display expression.
-
-    Products of matrices become Hadamard products, quotients elementwise divisions,
-    squares H⊙H, functions of matrices Func; parts that involve only scalars stay scalar.
-
-    Args:
-        expr: the node's ``attrs["expr"]``.
-        args: the display forms of x0..xn (matrix expressions or scalars).
-        shape: the display shape of the result (every matrix operand is broadcast to it).
-    Returns:
-        The display expression.
-    """
-    xs = symbols(len(args))
-    env = dict(zip(xs, args))
-    scalar_env = {x: a for x, a in env.items() if not D.is_matrix(a)}
-    expr = expr.xreplace(scalar_env)  # constants and scalars fold into the formula first
-    # 8943/200000 reads better as 0.044715; small fractions (1/2, 2/3) stay exact.
-    expr = expr.xreplace({r: sp.Float(r) for r in expr.atoms(sp.Rational) if r.q > 100})
-
-    def fit(e):
-        if not D.is_matrix(e):
-            return D.Fill(e, *shape) if shape else e
-        return e if e.shape == shape or not shape else D.Bcast(e, *shape)
-
-    def product(factors):
-        coef, mats = sp.S.One, []
-        for p in map(go, factors):
-            if isinstance(p, D.MatMul) and sum(map(D.is_matrix, p.args)) == 1:
-                c, p = D.split_coeff(p)  # fold −(A⊙B) into the coefficient of the product
-                coef, p = coef * c, p[0]
-            if not D.is_matrix(p):
-                coef *= p
-            else:
-                mats.extend(p.args if isinstance(p, D.HadamardProduct) else [fit(p)])
-        if not mats:
-            return coef
-        body = mats[0] if len(mats) == 1 else D.HadamardProduct(*mats)
-        if coef == 1:
-            return body
-        return D.MatMul(coef, *(body.args if isinstance(body, D.MatMul) else [body]))
-
-    def go(e):
-        if e in env:
-            return env[e]
-        if not e.free_symbols & set(xs):
-            return e
-        if e.is_Add:
-            terms = [go(a) for a in e.args]
-            if not any(map(D.is_matrix, terms)):
-                return sp.Add(*terms)
-            flat = [a for t in terms for a in (t.args if isinstance(t, D.MatAdd) else [t])]
-            return D.MatAdd(*[fit(t) for t in flat])
-        if e.is_Mul:
-            num = [f for f in e.args if not (f.is_Pow and f.exp.is_negative)]
-            den = [f.base ** -f.exp for f in e.args if f.is_Pow and f.exp.is_negative]
-            top, bottom = product(num), product(den)
-            if not D.is_matrix(bottom):
-                return product([*num, 1 / bottom]) if D.is_matrix(top) else top / bottom
-            return D.Div(fit(top), fit(bottom))
-        if e.is_Pow:
-            base = go(e.base)
-            if not D.is_matrix(base):
-                return base ** e.exp
-            if e.exp.is_negative:
-                return D.Div(fit(1), fit(go(e.base ** -e.exp)))
-            if e.exp == 2:
-                return D.HadamardProduct(fit(base), fit(base))
-            if e.exp == sp.S.Half:
-                return D.func("sqrt", shape, fit(base))
-            return D.HadamardPower(fit(base), e.exp)
-        args_ = [go(a) for a in e.args]
-        if not any(map(D.is_matrix, args_)):
-            return e.func(*args_)
-        args_ = [fit(a) if D.is_matrix(a) else a for a in args_]
-        name = getattr(e.func, "__name__", type(e).__name__)
-        if name == "select":
-            c, a, b = e.args
-            if (a, b) == (1, 0):
-                return D.func("𝟙", shape, args_[0])
-            if c == a - b or c == b - a:  # maximum and minimum
-                return D.func("max" if c == a - b else "min", shape, *args_[1:])
-            if (a, b) == (0, 1):
-                return D.MatAdd(fit(1), D.MatMul(-1, D.func("𝟙", shape, args_[0])))
-            return D.func("where", shape, *args_)
-        return D.func(FUNC_NAMES.get(name, name), shape, *args_)
-
-    return go(expr)
-
-
-# -- the softmax family, as symbp.nn composes it ----------------------------------------------
-
-def _walk(n: Node, *ops: str) -> list | None:
-    """The chain n, n.inputs[0], ... if its ops are ``ops`` in order, else None."""
-    chain = []
-    for op in ops:
-        if n.op != op:
-            return None
-        chain.append(n)
-        n = n.inputs[0] if n.inputs else n
-    return chain
-
-
-def _shift(m: Node, x: Node) -> list | None:
-    """``m`` is stop_gradient(max(x)), the shift that keeps exp from overflowing."""
-    chain = _walk(m, "stop_gradient", "max")
-    return chain if chain and chain[1].inputs[0] is x else None
-
-
-def match_logsumexp(n: Node):
-    """log(Σ exp(x − m)) + m: (x, axes, ids of its nodes), or None."""
-    top = n.inputs[0] if n.op == "reshape" else n
-    if top.op != "add" or len(top.inputs) != 2:
-        return None
-    chain = _walk(top.inputs[0], "log", "sum", "exp", "sub")
-    if not chain or len(chain[3].inputs) != 2 or chain[3].inputs[1] is not top.inputs[1]:
-        return None
-    x = chain[3].inputs[0]
-    shift = _shift(top.inputs[1], x)
-    return shift and (x, chain[1].attrs["axes"], {n.id, top.id, *(c.id for c in chain + shift)})
-
-
-def match_log_softmax(n: Node):
-    """x − logsumexp(x): (x, axes, ids), or None."""
-    found = n.op == "sub" and len(n.inputs) == 2 and match_logsumexp(n.inputs[1])
-    return found and found[0] is n.inputs[0] and (found[0], found[1], found[2] | {n.id})
-
-
-def match_softmax(n: Node):
-    """e / Σ e with e = exp(x − m): (x, axes, ids), or None."""
-    if n.op != "div" or len(n.inputs) != 2 or n.inputs[1].op != "sum" or n.inputs[1].inputs[0] is not n.inputs[0]:
-        return None
-    chain = _walk(n.inputs[0], "exp", "sub")
-    if not chain or len(chain[1].inputs) != 2:
-        return None
-    shift = _shift(chain[1].inputs[1], chain[1].inputs[0])
-    return shift and (chain[1].inputs[0], n.inputs[1].attrs["axes"],
-                      {n.id, n.inputs[1].id, *(c.id for c in chain + shift)})
-
-
-def match_cross_entropy(n: Node):
-    """Σ(−Σ_j onehot(y) ⊙ log_softmax(z)) / size: (z, onehot node, size node, ids), or None."""
-    if n.op != "div" or len(n.inputs) != 2 or n.inputs[1].op != "size":
-        return None
-    chain = _walk(n.inputs[0], "sum", "neg", "sum", "mul")
-    if chain is None or len(chain[3].inputs) != 2 or chain[3].inputs[0].op != "onehot":
-        return None
-    mul = chain[3]
-    found = match_log_softmax(mul.inputs[1])
-    return found and (found[0], mul.inputs[0], n.inputs[1],
-                      found[2] | {n.id, n.inputs[1].id, *(c.id for c in chain)})
-
-
-COMPOSITES = (("log_softmax", match_log_softmax), ("softmax", match_softmax), ("logsumexp", match_logsumexp))
-"""Composites shown as one function of their input, tried in this order."""
+__all__ = ["B", "Bcast", "Delta", "Div", "Fill", "Func", "Grad", "HadamardPower", "HadamardProduct", "MatAdd",
+           "MatMul", "SDelta", "SFunc", "SGrad", "Transpose", "axes_label", "delta", "dshape", "format_index", "func",
+           "grad", "is_matrix", "split_coeff", "symbol"]

@@ -15,8 +15,8 @@ import math
 
 import sympy as sp
 
-from symbp import scalar as S
 from symbp.ir import SymbpError
+from symbp.ops import scalar as S
 
 __all__ = ["SGD", "Momentum", "RMSprop", "Adam", "AdamW", "Optimizer"]
 

@@ -28,7 +28,7 @@ class OpDef:
         vjp: structural only: ``vjp(node, g) -> one cotangent Node (or None) per input``,
             built from other ops. None for ops that are not differentiable.
         show: how the op reads in an equation: ``show(args, node) -> sympy expression``
-            where ``args`` are the display forms of the inputs (see symbp.equations).
+            where ``args`` are the display forms of the inputs (see symbp.show.equations).
         sample: for tests: keyword arguments that make a typical instance
             (``{"attrs": ..., "shapes": ...}``), so the registry-wide checks can build it.
     """

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 import symbp as sb
+from symbp.ops.structural import node as structural_node
 from symbp.registry import OPS
-from symbp.structural import node as structural_node
 
 BATCH = 3
 
@@ -58,7 +58,7 @@ def op_model(name: str, rng):
             params[f"p{i}"] = _values(rng, shape, sample)
             args.append(p)
     if od.kind == "elementwise":
-        from symbp.elementwise import apply
+        from symbp.ops.elementwise import apply
 
         out = apply(name, *args, **attrs)
     else:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import symbp as sb
-from codegen import build
+from codegen.cython import build
 from codegen.spec import Spec
 
 pytest.importorskip("Cython")
@@ -30,7 +30,7 @@ def entries(cache: Path) -> list[Path]:
 
 
 def test_two_processes_building_at_once_both_succeed(cache):
-    script = ("import sys; from codegen import build; "
+    script = ("import sys; from codegen.cython import build; "
               f"m = build.build({SOURCE.format(value=7)!r}, 'race', ('-O0',)); print(m.VALUE)")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     procs = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
@@ -92,7 +92,7 @@ def test_missing_compiler_points_to_the_numpy_backend(monkeypatch, tmp_path):
 
 def test_warm_start_skips_code_generation(cache, monkeypatch):
     import symbp as sb
-    from codegen import cython_backend
+    from codegen.cython import emitter
 
     def model():
         m = sb.Model("warm")
@@ -103,13 +103,13 @@ def test_warm_start_skips_code_generation(cache, monkeypatch):
     monkeypatch.setenv("SYMBP_CFLAGS", "-O0")
     first = sb.compile(model(), backend="cython", dtype="float64")
     spec = lambda d, **kw: __import__("codegen").Spec(d, sb.optim.SGD(**kw), "float64")
-    assert cython_backend.graph_key(spec(model())) == cython_backend.graph_key(spec(model()))
-    assert cython_backend.graph_key(spec(model())) != cython_backend.graph_key(spec(model(), clip_norm=1.0))
+    assert emitter.graph_key(spec(model())) == emitter.graph_key(spec(model()))
+    assert emitter.graph_key(spec(model())) != emitter.graph_key(spec(model(), clip_norm=1.0))
 
     def no_emit(spec):
         raise AssertionError("a warm start must not generate code")
 
-    monkeypatch.setattr(cython_backend, "emit", no_emit)
+    monkeypatch.setattr(emitter, "emit", no_emit)
     build._loaded.clear()
     second = sb.compile(model(), backend="cython", dtype="float64")
     assert second.source == first.source
@@ -119,7 +119,7 @@ def test_warm_start_skips_code_generation(cache, monkeypatch):
 
 def test_warm_start_key_sees_inside_a_recurrence():
     """Two models that differ only inside a scan's step must not share a cache entry."""
-    from codegen.cython_backend import graph_key
+    from codegen.cython.emitter import graph_key
 
     def spec(sign):
         m = sb.Model("keycell")

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import symbp as sb
-from symbp import cli, graphviz
+from symbp import cli
+from symbp.show import pictures as graphviz
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MODEL = str(ROOT / "examples" / "mlp_model.py")  # defines `model`
@@ -62,7 +63,7 @@ def test_equations_command_prints_text_or_latex(capsys, monkeypatch):
 
 
 def test_equations(capsys):
-    pytest.importorskip("symbp.equations")
+    pytest.importorskip("symbp.show.equations")
     code, out, _ = run(capsys, "equations", MODEL)
     assert code == 0 and out.strip() == str(cli.load_model(MODEL).equations()).strip()
     code, out, _ = run(capsys, "equations", MODEL, "--latex")

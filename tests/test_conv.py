@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 import symbp as sb
-from symbp.structural import node
+from symbp.ops.structural import node
 
 # -- naive references: loops over output positions and kernel offsets, straight from the
-# -- formulas in symbp/conv.py ---------------------------------------------------------------
+# -- formulas in symbp/ops/conv.py ---------------------------------------------------------------
 
 
 def pad(x, pads):
@@ -130,7 +130,7 @@ CONV_CONFIGS = [  # (H, W, C_in, C_out, kernel, strides, padding)
 
 def conv_case(cfg, rng):
     h, w, cin, cout, kernel, strides, padding = cfg
-    pads = sb.conv.same_pads((h, w), kernel, strides) if padding == "same" else ((0, 0), (0, 0))
+    pads = sb.ops.conv.same_pads((h, w), kernel, strides) if padding == "same" else ((0, 0), (0, 0))
     x = rng.normal(size=(2, h, w, cin))
     k = rng.normal(size=(*kernel, cin, cout))
     return x, k, strides, pads

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import symbp as sb
-from symbp import elementwise as E
+from symbp.ops import elementwise as E
 from tests.helpers import op_model, op_names
 
 pytest.importorskip("Cython")
@@ -105,7 +105,7 @@ CONV_CASES = [
     ((5, 5), 20, 3, 16, 1, "same", ("avg", 5, 5)),             # 180 patch rows
     ((5, 6), 2, 3, 48, 1, "same", ("max", (1, 2), (1, 2))),    # C_out 48: three float32 vectors
 ]
-"""Convolutions that hit and miss the direct-loop forms of codegen.cython_conv_direct (C_out a
+"""Convolutions that hit and miss the direct-loop forms of codegen.cython.conv_direct (C_out a
 multiple of one 64-byte vector, at most two vectors, at most 160 patch rows; float64 vectors
 hold 8), with output widths that fill and leave partial pixel blocks, and max pooling whose
 windows tile the input (no zero fill) or overlap."""
@@ -201,7 +201,7 @@ def test_transposed_weight_products_match_numpy(monkeypatch, dtype, flags):
 
 
 def test_non_finite_loss_leaves_params_untouched():
-    from codegen.runtime import NonFiniteLoss
+    from codegen.runtime.trainer import NonFiniteLoss
 
     m = mlp((8, 16, 3))
     tc = sb.compile(sb.derive(m), backend="cython", dtype="float64", optimizer=sb.optim.SGD(lr=0.1))
@@ -224,8 +224,8 @@ def test_generated_module_rejects_wrong_arrays():
 
 
 def test_printer_knows_every_scalar_function():
-    from codegen.cython_printer import KNOWN, KernelPrinter
-    from symbp import scalar as S
+    from codegen.cython.printer import KNOWN, KernelPrinter
+    from symbp.ops import scalar as S
 
     assert KNOWN == {f.__name__ for f in S.FUNCTIONS}
     printer = KernelPrinter("float32")
@@ -245,19 +245,19 @@ def test_emission_is_deterministic_and_the_kernels_are_plain_c():
     first, second = codegen.emit(spec, "cython"), codegen.emit(codegen.Spec(sb.derive(mlp((8, 16, 3))),
                                                                             sb.optim.Adam(), "float32"), "cython")
     assert first == second
-    from codegen.build import kernels_of
+    from codegen.cython.build import kernels_of
 
     kernels = kernels_of(first)
     assert "sb_gemm(" in kernels and "tanhf(" in kernels and "double x" not in kernels
 
 
 NOT_YET = {"scan_cot"}
-"""Never emitted: derive sums these cotangent packets into the scan_bwd node (symbp.scan)."""
+"""Never emitted: derive sums these cotangent packets into the scan_bwd node (symbp.ops.scan)."""
 
 
 def test_every_registered_op_has_a_cython_emitter():
-    """A new op must be taught to this backend (codegen.cython_kernels) or fail clearly."""
-    from codegen.cython_backend import EMIT, VIEWS
+    """A new op must be taught to this backend (codegen.cython.kernels) or fail clearly."""
+    from codegen.cython.emitter import EMIT, VIEWS
     from symbp.registry import OPS
 
     missing = [k for k, v in OPS.items() if v.kind == "structural" and k not in EMIT and k not in VIEWS
@@ -268,8 +268,8 @@ def test_every_registered_op_has_a_cython_emitter():
 def test_pyx_builds_as_one_file_too():
     """The generated .pyx is self-contained: built as a single C file (as a standalone
     package's setup would), without the kernel/glue split, it computes the same loss."""
-    from codegen import build
-    from codegen.cython_module import BEGIN
+    from codegen.cython import build
+    from codegen.cython.module import BEGIN
 
     m = mlp((8, 16, 3))
     tc = sb.compile(sb.derive(m), backend="cython", dtype="float64")

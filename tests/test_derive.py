@@ -5,8 +5,8 @@ import pytest
 import sympy
 
 import symbp as sb
+from symbp.autodiff.optimise import optimise
 from symbp.ir import topo_order
-from symbp.optimise import optimise
 
 
 def mlp(hidden=16, activation=sb.tanh):
@@ -108,7 +108,7 @@ def test_relu_mask_reads_the_output_so_bias_and_relu_fuse():
     roots = optimise([d.loss, *d.grads.values()])
     prod = [n for n in topo_order(roots) if n.op == "dot" and n.shape == (None, 4)]
     readers = [n for n in topo_order(roots) if prod[0] in n.inputs]
-    assert len(prod) == 1 and len(readers) == 1 and readers[0].attrs["expr"].has(sb.scalar.relu)
+    assert len(prod) == 1 and len(readers) == 1 and readers[0].attrs["expr"].has(sb.ops.scalar.relu)
     P = {"W": np.array([[1.0, -1, 0, 2], [0.5, 1, 0, -1], [0, 0, 0, 1]]), "b": np.array([0.0, 0, 0, -0.5])}
     X = np.array([[1.0, 1, 0], [0, 0, 0], [-1, 2, 0.5]])  # row 1 and column 2 give z == 0
     g = sb.compile(d, backend="numpy", dtype="float64", params=P).gradients(x=X)

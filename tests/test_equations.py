@@ -16,9 +16,9 @@ import pytest
 import sympy as sp
 
 import symbp as sb
-from symbp import display as D
-from symbp.equations import Equations
+from symbp import notation as D
 from symbp.notation import B, symbol
+from symbp.show.equations import Equations
 from tests.helpers import BATCH, op_model, op_names
 
 

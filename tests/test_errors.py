@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import symbp as sb
-from codegen.runtime import DataError, NonFiniteLoss
+from codegen.runtime.trainer import DataError, NonFiniteLoss
 
 
 def model():
@@ -93,7 +93,7 @@ def test_definition_errors(call, message):
 
 
 def test_unknown_op_names_the_registry():
-    from symbp.structural import node
+    from symbp.ops.structural import node
 
     with pytest.raises(sb.SymbpError, match="unknown op 'frobnicate'"):
         node("frobnicate", ())

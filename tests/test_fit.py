@@ -14,8 +14,9 @@ import pytest
 
 import codegen
 import symbp as sb
-from codegen import runtime, training
-from codegen.runtime import DataError, NonFiniteLoss
+from codegen import runtime
+from codegen.runtime import training
+from codegen.runtime.trainer import DataError, NonFiniteLoss
 
 
 def classifier() -> sb.Derivation:
@@ -179,7 +180,7 @@ def test_checkpoint_write_failing_halfway_keeps_previous(clf, tmp_path, monkeypa
         f.write(b"PK\x03\x04 half a zip file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(runtime.np, "savez", broken_savez)
+    monkeypatch.setattr(runtime.trainer.np, "savez", broken_savez)
     tr.fit(data(), epochs=1, batch_size=8, progress=False)  # moves the weights on
     with pytest.raises(OSError, match="disk full"):
         tr.save(ck)
@@ -204,7 +205,7 @@ def test_checkpoint_killed_mid_write_leaves_a_loadable_file(tmp_path):
         import sys, numpy as np
         sys.path.insert(0, {str(tmp_path)!r})
         import kernels
-        from codegen.runtime import Trainer
+        from codegen.runtime.trainer import Trainer
         tr = Trainer(kernels, {{"W": np.zeros((400, 1000))}})
         i = 0
         while True:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import symbp as sb
-from symbp.bptt import unroll
+from symbp.autodiff.bptt import unroll
 
 LAYERS = {"rnn": sb.layers.SimpleRNN, "lstm": sb.layers.LSTM, "gru": sb.layers.GRU}
 F, H, V, B = 3, 4, 5, 3
@@ -165,7 +165,7 @@ def test_gradient_norms_and_clipping(rng, tmp_path):
     moved = np.sqrt(sum(np.sum((tr.params[k] - before[k]) ** 2) for k in before))
     assert moved == pytest.approx(1e-3, rel=1e-3)
     pytest.importorskip("matplotlib")
-    from symbp.plots import plot_gradient_norms
+    from symbp.show.plots import plot_gradient_norms
 
     path = plot_gradient_norms({"rnn": norms}, str(tmp_path / "g.png"))
     assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import symbp as sb
-from symbp.bptt import unroll
+from symbp.autodiff.bptt import unroll
 
 F, H, B, T = 2, 3, 3, 5
 

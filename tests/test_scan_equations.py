@@ -2,7 +2,7 @@
 
 import symbp as sb
 from symbp.ir import topo_order
-from symbp.scan_equations import format_scan_equations, scan_equations
+from symbp.show.recurrences import format_scan_equations, scan_equations
 
 
 def scan_of(kind: str, T: int, truncate=None):
@@ -37,7 +37,7 @@ def test_recurrence_equations_of_a_derivation():
     h = sb.layers.GRU(4, name="enc")(m, s)
     h = sb.layers.SimpleRNN(2, name="dec", return_sequences=False)(m, h)
     m.minimize(sb.mean(h * h))
-    from symbp.scan_equations import recurrence_equations
+    from symbp.show.recurrences import recurrence_equations
 
     eqs = recurrence_equations(sb.derive(m))
     assert [label for label in dict.fromkeys(e[0] for e in eqs)] == ["enc", "dec"]

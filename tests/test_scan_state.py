@@ -85,7 +85,7 @@ def test_trainers_sharing_a_compiled_module_keep_their_own_state(rng):
     # A compiled module is one per source (the Cython backend's cache hands the same module to
     # every compile of a model; a standalone package's trainers share its kernels): the carried
     # state must belong to each trainer, not to the module.
-    from codegen.runtime import Trainer
+    from codegen.runtime.trainer import Trainer
 
     tr1 = classifier()
     tr2 = Trainer(tr1.kernels, dict(tr1.params), dict(tr1.hyper))

@@ -6,7 +6,7 @@ import pytest
 
 import symbp as sb
 from symbp.ir import topo_order
-from symbp.scan_equations import format_scan_equations
+from symbp.show.recurrences import format_scan_equations
 
 
 @pytest.mark.parametrize("index", [np.s_[::-1,], np.s_[3:0:-2,], np.s_[::-2, 1:], np.s_[4::-3, ::-1]])

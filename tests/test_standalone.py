@@ -86,7 +86,7 @@ def run(py, args, cwd, check=True) -> subprocess.CompletedProcess:
 def test_package_layout(package):
     names = {str(p.relative_to(package)) for p in package.rglob("*") if p.is_file()}
     assert names == {"pyproject.toml", "README.md", "tiny_mlp/__init__.py", "tiny_mlp/__main__.py",
-                     "tiny_mlp/runtime.py", "tiny_mlp/training.py", "tiny_mlp/_kernels.py",
+                     "tiny_mlp/trainer.py", "tiny_mlp/training.py", "tiny_mlp/_kernels.py",
                      "tiny_mlp/_kernels64.py", "tiny_mlp/weights.npz"}
     for p in (package / "tiny_mlp").glob("*.py"):
         assert not re.search(r"^\s*(import|from)\s+(symbp|sympy|networkx|codegen)\b", p.read_text(), re.M), p
@@ -181,9 +181,10 @@ def test_selftest_catches_a_wrong_gradient(package, monkeypatch, capsys):
 def test_a_backend_supplies_its_own_files(tmp_path, monkeypatch):
     """The plug-in point for compiled backends: files, setup.py, build requirements, package data."""
     from codegen import standalone
+    from codegen.numpy import package as numpy_package
 
     def fake(spec, name):
-        files = standalone.numpy_files(spec, name)
+        files = numpy_package.files(spec, name)
         files.files["_kernels.pyx"] = "# cython source\n"
         return standalone.BackendFiles(files.files, build_requires=["Cython>=3", "numpy"],
                                        dependencies=["scipy"], setup_py="from setuptools import setup\nsetup()\n",

@@ -195,7 +195,7 @@ def build(source: str, name: str, flags: tuple[str, ...] | None = None) -> types
 
 
 def lookup(graph_key: str, flags: tuple[str, ...] | None = None) -> tuple[types.ModuleType, str] | None:
-    """The module and source cached for a graph key (see ``cython_backend.graph_key``), or None.
+    """The module and source cached for a graph key (see ``codegen.cython.emitter.graph_key``), or None.
 
     This is the warm path: no code generation, only hashing and an import.
     """
@@ -227,7 +227,7 @@ def remember(graph_key: str, module: types.ModuleType, flags: tuple[str, ...] | 
 
 def kernels_of(source: str) -> str | None:
     """The C kernels embedded in a generated ``.pyx`` (between the emitter's markers)."""
-    from codegen.cython_module import BEGIN, END
+    from codegen.cython.module import BEGIN, END
 
     a, b = source.find(BEGIN), source.find(END)
     if a < 0 or b < a:

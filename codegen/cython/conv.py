@@ -1,4 +1,4 @@
-"""C emission of the convolution and pooling ops (semantics in ``symbp.conv``; NHWC layout,
+"""C emission of the convolution and pooling ops (semantics in ``symbp.ops.conv``; NHWC layout,
 weights (kh, kw, C_in, C_out)) for the Cython backend.
 
 Direct loops: the innermost loop always runs over the contiguous channel axis, so gcc
@@ -9,8 +9,8 @@ of its window in row-major order.
 
 from __future__ import annotations
 
-from codegen import cython_conv_direct as D
-from codegen import cython_kernels as K
+from codegen.cython import conv_direct as D
+from codegen.cython import kernels as K
 
 
 def _dense(ctx, v: K.View, shape: tuple, lines: list[str]) -> str:
@@ -76,7 +76,7 @@ class _Product:
 
 
 def _direct_or_gemm(ctx, n, x, kernel_shape, lines: list[str], direct, gemm) -> list[str]:
-    """Direct loops (codegen.cython_conv_direct) where the shape suits them and the compiler
+    """Direct loops (codegen.cython.conv_direct) where the shape suits them and the compiler
     has vector extensions, else im2col + gemm; ``direct(xp, hp, wp)`` and ``gemm()`` return
     lines."""
     if not D.use_direct(ctx.itemsize, kernel_shape):

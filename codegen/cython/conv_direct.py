@@ -17,16 +17,16 @@ this machine's Zen 4 at batch 64 (benchmarks/README.md): direct is 1.2-3x faster
 (OpenBLAS) for the forward pass from 3x3x32 patches on. Padding becomes a
 zero-padded copy of the input, so the inner loops have no bounds tests. Sums run in a
 different order than numpy's, so results agree to rounding (tests/test_cython.py).
-These loops need GCC/Clang vector extensions (``SB_MM`` in codegen.cython_printer); every
+These loops need GCC/Clang vector extensions (``SB_MM`` in codegen.cython.printer); every
 call site keeps the im2col + gemm form under ``#else`` for other compilers.
 """
 
 from __future__ import annotations
 
-from codegen import cython_kernels as K
+from codegen.cython import kernels as K
 
 VEC_BYTES = 64
-"""Bytes in one ``sb_vec`` (codegen.cython_printer)."""
+"""Bytes in one ``sb_vec`` (codegen.cython.printer)."""
 MAX_NV = 2
 """Most vectors of C_out for the direct form (accumulators must stay in registers)."""
 MAX_ROWS = 160

@@ -3,7 +3,7 @@
 The forward pass, loss, backward pass and optimiser update are straight-line C over raw
 pointers, run without the GIL: matrix products through ``scipy.linalg.cython_blas`` gemm,
 elementwise chains as fused loops printed from their SymPy formulas, reductions and copies
-as loop nests over strided views (:mod:`codegen.cython_kernels`). The C sits in a verbatim
+as loop nests over strided views (:mod:`codegen.cython.kernels`). The C sits in a verbatim
 ``cdef extern from *`` block, so Cython only compiles the small Python surface around it
 (the same constants and functions as the NumPy module, so the Trainer drives both alike);
 that surface is what costs compile time, so it stays small.
@@ -19,35 +19,36 @@ from pathlib import Path
 import sympy as sp
 
 import symbp
-from codegen import cython_conv, cython_scan
-from codegen import cython_kernels as K
-from codegen.cython_printer import CTYPES, KernelPrinter, helpers, kernel_body
+from codegen.cython import conv, loops
+from codegen.cython import kernels as K
+from codegen.cython.printer import CTYPES, KernelPrinter, helpers, kernel_body
 from codegen.naming import Namer, equation_comment, model_namer
 from codegen.spec import Spec
-from symbp import scalar as S
+from symbp.autodiff.schedule import schedule
 from symbp.ir import Node, SymbpError, topo_order
-from symbp.schedule import schedule
+from symbp.ops import scalar as S
 
-EMIT = {**K.EMIT, **cython_conv.EMIT, **cython_scan.EMIT}
+EMIT = {**K.EMIT, **conv.EMIT, **loops.EMIT}
 """How each structural op that computes into a buffer is emitted (views: VIEWS)."""
-VIEWS = {**K.VIEWS, **cython_scan.VIEWS}
+VIEWS = {**K.VIEWS, **loops.VIEWS}
 """Ops that only re-describe an input's storage."""
-_EMITTER_FILES = ("codegen/cython_conv.py", "codegen/cython_conv_direct.py", "codegen/cython_scan.py",
-                  "codegen/cython_backend.py",
-                  "codegen/cython_kernels.py",
-                  "codegen/cython_module.py", "codegen/cython_printer.py", "codegen/spec.py", "codegen/naming.py",
-                  "symbp/optimise.py", "symbp/schedule.py", "symbp/optim.py",
+_EMITTER_FILES = ("codegen/cython/*.py", "codegen/spec.py", "codegen/naming.py",
+                  "symbp/autodiff/optimise.py", "symbp/autodiff/schedule.py", "symbp/optim.py",
                   # the equations name buffers and annotate statements
-                  "symbp/equations.py", "symbp/notation.py", "symbp/display.py", "symbp/scan_equations.py")
+                  "symbp/notation.py", "symbp/show/*.py")
+"""Globs (from the folder above ``codegen``) of the code that turns a graph into source."""
 
 
 @functools.cache
 def _emitter_hash() -> str:
     """Hash of the code that turns a graph into source: a change to it is a new cache key."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     h = hashlib.sha256()
-    for rel in _EMITTER_FILES:
-        h.update((root / rel).read_bytes())
+    for pattern in _EMITTER_FILES:
+        for path in sorted(root.glob(pattern)):
+            h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    if h.digest() == hashlib.sha256().digest():
+        raise AssertionError(f"no emitter source found under {root}")
     return h.hexdigest()
 
 
@@ -115,7 +116,7 @@ class Function:
         self.namer, self.printer = namer, printer
         self.itemsize = 4 if printer.dtype == "float32" else 8
         self.view_ops = VIEWS
-        self.loops: list[cython_scan.Loop] = []  # recurrences, for the Python wrapper (state, norms)
+        self.loops: list[loops.Loop] = []  # recurrences, for the Python wrapper (state, norms)
         self.io_slots = 1  # io[0] is the loss; recurrences add their state flags
         self.helper_fns: list[str] = []  # C functions this one calls (loop bodies), defined before it
         self.sched = schedule(roots, frozenset(VIEWS))
@@ -131,7 +132,7 @@ class Function:
         self.results: list[int] = []  # array index of each root
         self._compile()
 
-    # -- the ctx interface used by codegen.cython_kernels ---------------------------------
+    # -- the ctx interface used by codegen.cython.kernels ---------------------------------
     def _array(self, src, key, shape, dtype, cname) -> K.View:
         self.arrays.append((src, key, tuple(shape), dtype, cname))
         return K.dense(cname, shape, "int64_t" if dtype == "int64" else "sb_real")
@@ -280,6 +281,6 @@ def emit(spec: Spec) -> str:
     if outs:
         fns.append(Function("predict", outs, namer, printer, eqs))
     update = _update(spec, pnames, printer)
-    from codegen import cython_module
+    from codegen.cython import module
 
-    return cython_module.render(spec, fns, update, pnames, helpers(spec.dtype), CTYPES[spec.dtype])
+    return module.render(spec, fns, update, pnames, helpers(spec.dtype), CTYPES[spec.dtype])

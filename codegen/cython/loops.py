@@ -1,6 +1,6 @@
 """Cython emission of recurrences: the scan and its reverse loop as C loops over time.
 
-The same two loops as :mod:`codegen.numpy_scan`, in C: the cell graph (``node.attrs["cell"]``,
+The same two loops as :mod:`codegen.numpy.loops`, in C: the cell graph (``node.attrs["cell"]``,
 traced and derived once) is compiled by the backend's own machinery into the body of a
 ``for`` over t, its placeholders bound to per-step views (x_t and the saved values at t are
 the sequence's views with an offset ``t * stride``, so nothing is copied in). Every buffer
@@ -15,7 +15,7 @@ so the final carries are still there when the Python wrapper stores the state).
 State and diagnostics stay in Python, as the NumPy module's: the wrapper of each generated
 function copies ``STATE[label]`` into a state-in array (a flag in ``io`` says which carries
 it holds), and afterwards stores copies of the final carries in ``STATE`` and the norms of
-dL/dh_t in ``GRAD_NORMS`` (see ``Loop`` and ``codegen.cython_module``).
+dL/dh_t in ``GRAD_NORMS`` (see ``Loop`` and ``codegen.cython.module``).
 
 Beyond a literal port, three things the per-step loop does not need to repeat: a weight's
 gradient sum_t a_t^T b_t becomes one product over the stacked steps after the loop; a weight
@@ -27,13 +27,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from codegen import cython_kernels as K
+from codegen.cython import kernels as K
 from codegen.naming import Namer
-from symbp import scalar as S
+from symbp.autodiff.optimise import optimise
+from symbp.autodiff.schedule import schedule
 from symbp.ir import Node, topo_order
-from symbp.optimise import optimise
-from symbp.scan import Cell, scan_outputs, substitute
-from symbp.schedule import schedule
+from symbp.ops import scalar as S
+from symbp.ops.scan import Cell, scan_outputs, substitute
 
 T_VAR = "sb_t"
 """The loop counter of every time loop (no other generated C name has this form)."""
@@ -79,12 +79,12 @@ def _ctype(dtype: str) -> str:
 class CellBody:
     """The C of a closed cell graph, its placeholders bound to views of the enclosing function.
 
-    Buffers and temporaries become arrays of ``parent`` (a ``codegen.cython_backend.Function``),
+    Buffers and temporaries become arrays of ``parent`` (a ``codegen.cython.emitter.Function``),
     whose emitters this reuses; ``views`` maps each root to the view holding its value.
     """
 
     def __init__(self, parent, roots: list, bound: dict[int, K.View]):
-        from codegen.cython_backend import Function
+        from codegen.cython.emitter import Function
 
         self.parent, self.printer, self.itemsize = parent, parent.printer, parent.itemsize
         self.namer = Namer()
@@ -100,7 +100,7 @@ class CellBody:
         it = iter(opt)
         self.roots = [None if r is None else self.views[next(it).id] for r in roots]
 
-    # the ctx interface of codegen.cython_kernels, delegated to the enclosing function
+    # the ctx interface of codegen.cython.kernels, delegated to the enclosing function
     def scratch(self, shape: tuple, dtype: str) -> K.View:
         return self.parent.scratch(shape, dtype)
 
@@ -112,7 +112,7 @@ class CellBody:
         return self.parent.view_ops
 
     def _elementwise(self, n: Node, out: K.View, ins: list[K.View]) -> list[str]:
-        from codegen.cython_backend import Function
+        from codegen.cython.emitter import Function
 
         return Function._elementwise(self, n, out, ins)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 NAMES = {"gradients": 0, "loss": 1, "predict": 2, "update": 3}
 BEGIN, END = "/* symbp:kernels-begin */", "/* symbp:kernels-end */"
-"""Markers around the C kernels, which codegen.build compiles as their own file."""
+"""Markers around the C kernels, which codegen.cython.build compiles as their own file."""
 
 _PRELUDE = '''\
 from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_WRITABLE, PyBuffer_Release,
@@ -90,7 +90,7 @@ def _c_block(text: str) -> list[str]:
 def render(spec, fns, update: list[str], pnames: list[str], helpers: str, ctype: str) -> str:
     """The whole ``.pyx``: header, C block, constants and the Python-visible functions."""
     c = [BEGIN,
-         "/* The kernels. codegen.build compiles them apart, with the optimisation flags, and the",
+         "/* The kernels. codegen.cython.build compiles them apart, with the optimisation flags, and the",
          "   Cython glue around them at -O0 with SB_GLUE_ONLY defined (gcc time on Cython's",
          "   boilerplate buys nothing); compiled as one file, the module works the same. */",
          "#include <math.h>", "#include <stdint.h>", "#include <stdlib.h>",

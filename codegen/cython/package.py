@@ -29,11 +29,11 @@ setup(ext_modules=cythonize([Extension(m, [m.replace(".", "/") + ".pyx"], extra_
 
 def files(spec: Spec, name: str):
     """``BackendFiles`` for a Cython standalone package named ``name``."""
-    from codegen import cython_backend
-    from codegen.standalone import BackendFiles
+    from codegen.cython import emitter
+    from codegen.standalone.writer import BackendFiles
 
-    src = cython_backend.emit(spec)
-    f64 = src if spec.dtype == "float64" else cython_backend.emit(dataclasses.replace(spec, dtype="float64"))
+    src = emitter.emit(spec)
+    f64 = src if spec.dtype == "float64" else emitter.emit(dataclasses.replace(spec, dtype="float64"))
     return BackendFiles({"_kernels.pyx": src, "_kernels64.pyx": f64},
                         build_requires=["cython>=3.0"], dependencies=["scipy>=1.9"],
                         setup_py=SETUP.replace("@NAME@", name), package_data=["*.pyx"])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sympy as sp
 from sympy.printing.c import C99CodePrinter
 
-from symbp import scalar as S
+from symbp.ops import scalar as S
 
 CTYPES = {"float32": "float", "float64": "double"}
 
@@ -28,7 +28,7 @@ def helpers(dtype: str) -> str:
     return f"""
 /* glibc's libmvec has vector versions of these; declaring them lets gcc vectorise the
    elementwise loops (with -fno-math-errno) without -ffast-math's changes to NaN handling.
-   Only when the build links libmvec (codegen.build defines SB_MVEC); a plain build of the
+   Only when the build links libmvec (codegen.cython.build defines SB_MVEC); a plain build of the
    .pyx keeps scalar calls and needs nothing extra. */
 #if defined(__GNUC__) && defined(__x86_64__) && defined(__GLIBC__) && defined(SB_MVEC)
 #if __GLIBC__ > 2 || __GLIBC_MINOR__ >= 22
@@ -237,7 +237,7 @@ class KernelPrinter(C99CodePrinter):
 
 
 KNOWN = {f.__name__ for f in S.FUNCTIONS}
-"""Custom functions the printer knows (a test checks this covers symbp.scalar.FUNCTIONS)."""
+"""Custom functions the printer knows (a test checks this covers symbp.ops.scalar.FUNCTIONS)."""
 
 
 def kernel_body(expr: sp.Expr, printer: KernelPrinter, target: str, prefix: str = "c") -> list[str]:

@@ -1,4 +1,4 @@
-"""NumPy emission of the convolution and pooling ops (semantics in ``symbp.conv``).
+"""NumPy emission of the convolution and pooling ops (semantics in ``symbp.ops.conv``).
 
 Convolutions are im2col + one GEMM: kh*kw strided slice copies lay the patches of the
 (padded) input out as a (B*Ho*Wo, kh*kw*C_in) matrix, and ``np.matmul`` writes the product

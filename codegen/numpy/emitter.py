@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import sympy as sp
 
-from codegen import (
-    numpy_conv,
-    numpy_scan,  # recurrences: their loops are emitted by their own module
-)
 from codegen.naming import Namer, equation_comment, model_namer
-from codegen.numpy_printer import KernelWriter, Scratch, literal, scalar_code
+from codegen.numpy import (
+    conv,
+    loops,  # recurrences: their loops are emitted by their own module
+)
+from codegen.numpy.printer import KernelWriter, Scratch, literal, scalar_code
 from codegen.spec import Spec
-from symbp import scalar as S
+from symbp.autodiff.schedule import schedule
 from symbp.ir import Node
-from symbp.schedule import schedule
+from symbp.ops import scalar as S
 
 VIEWS = frozenset({"transpose", "expand_dims", "broadcast_like", "reshape", "slice", "stop_gradient"}) \
-    | numpy_scan.VIEWS
+    | loops.VIEWS
 
 
 def _dims(shape: tuple) -> str:
@@ -99,9 +99,9 @@ EMIT = {
     "reshape": lambda n, x: f"{x}.reshape({_dims(tuple(-1 if d is None else d for d in n.shape))})",
     "slice": lambda n, x: f"{x}[{_index(n.attrs['index'])}]",
     "stop_gradient": lambda n, x: x,
-    **numpy_scan.EMIT,
+    **loops.EMIT,
 }
-EMIT.update(numpy_conv.EMIT)
+EMIT.update(conv.EMIT)
 
 
 class Function:

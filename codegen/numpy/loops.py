@@ -3,12 +3,12 @@
 Each loop is emitted as a nested function defined where the scan is computed, so the cell's
 local names can never clash with the enclosing function's. The loop's label appears only as
 repr() in code and comments, never inside a docstring or string literal. Its body is the cell graph (traced
-and derived once, see ``symbp.scan``) emitted by the same machinery as a whole model, so the
+and derived once, see ``symbp.ops.scan``) emitted by the same machinery as a whole model, so the
 source size does not depend on T. Buffers are allocated once per batch size: carries,
 per-step outputs (batch, T, ...), and the residuals the backward reads, saved as (T, batch, ...).
 
 Another backend ports this by emitting the same two loops: everything it needs is on the
-``symbp.scan.Cell`` in ``node.attrs["cell"]`` (closed forward and backward graphs, whose
+``symbp.ops.scan.Cell`` in ``node.attrs["cell"]`` (closed forward and backward graphs, whose
 placeholders are bound here to loop variables), plus ``length``, ``truncate``, ``stateful`` and,
 on ``scan_bwd``, ``need`` (which inputs want a cotangent). ``scan_out`` is a view of item k.
 
@@ -21,9 +21,9 @@ backward pass (``derive`` makes each loop's label unique in its model). The loop
 from __future__ import annotations
 
 from codegen.naming import Namer
-from codegen.numpy_printer import Scratch
-from symbp.optimise import optimise
-from symbp.scan import Cell, scan_outputs
+from codegen.numpy.printer import Scratch
+from symbp.autodiff.optimise import optimise
+from symbp.ops.scan import Cell, scan_outputs
 
 
 def _cell_code(roots: list, bound: dict, indent: str):
@@ -32,7 +32,7 @@ def _cell_code(roots: list, bound: dict, indent: str):
     Returns:
         (body lines, buffer specs, scratch specs, name of each root).
     """
-    from codegen.numpy_backend import Function
+    from codegen.numpy.emitter import Function
 
     live = [r for r in roots if r is not None]
     opt = optimise(live) if live else []

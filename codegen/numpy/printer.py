@@ -15,8 +15,8 @@ from collections.abc import Callable
 import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 
-from symbp import scalar as S
 from symbp.ir import broadcast_shapes
+from symbp.ops import scalar as S
 
 UNARY = {
     sp.exp: "np.exp", sp.log: "np.log", sp.tanh: "np.tanh", sp.Abs: "np.abs", sp.sign: "np.sign",

@@ -23,7 +23,7 @@ import sys
 
 import numpy as np
 
-from .runtime import DataError, NonFiniteLoss
+from .trainer import DataError, NonFiniteLoss
 
 
 def accuracy_pair(tr) -> tuple[str, str] | None:

@@ -7,8 +7,8 @@
       README.md             how to train, predict, self-test
       <name>/__init__.py    trainer(): the Trainer with the initial (or given) weights
       <name>/__main__.py    python -m <name> --selftest | train data.npz ...
-                            (both copied from standalone_files/, where ruff lints them)
-      <name>/runtime.py     copies of codegen/runtime.py and codegen/training.py
+                            (both copied from files/, where ruff lints them)
+      <name>/trainer.py     copies of codegen/runtime/trainer.py and training.py
       <name>/training.py      (they import only NumPy)
       <name>/weights.npz    the initial weights
       ...                   the backend's own files (see PACKAGERS)
@@ -34,8 +34,8 @@ import symbp
 from codegen.spec import Spec
 from symbp.ir import SymbpError, check_identifier
 
-HERE = pathlib.Path(__file__).parent
-FILES = HERE / "standalone_files"
+FILES = pathlib.Path(__file__).parent / "files"
+RUNTIME = pathlib.Path(__file__).parent.parent / "runtime"
 
 
 @dataclasses.dataclass
@@ -58,25 +58,20 @@ class BackendFiles:
     package_data: list[str] = dataclasses.field(default_factory=list)
 
 
-def numpy_files(spec: Spec, name: str) -> BackendFiles:
-    """The NumPy backend's files: the generated module, and its float64 twin for the self-test."""
-    from codegen import numpy_backend
+def _numpy_files(spec: Spec, name: str) -> BackendFiles:
+    from codegen.numpy import package
 
-    f64 = dataclasses.replace(spec, dtype="float64")
-    src = numpy_backend.emit(spec)
-    return BackendFiles({"_kernels.py": src, "_kernels64.py": src if spec.dtype == "float64" else
-                         numpy_backend.emit(f64)})
+    return package.files(spec, name)
 
 
-def cython_files(spec: Spec, name: str) -> BackendFiles:
-    """The Cython backend's files: .pyx sources and a setup.py (see codegen.cython_standalone)."""
-    from codegen import cython_standalone
+def _cython_files(spec: Spec, name: str) -> BackendFiles:
+    from codegen.cython import package
 
-    return cython_standalone.files(spec, name)
+    return package.files(spec, name)
 
 
-# backend name -> packager; the Cython backend registers its own (see the module docstring).
-PACKAGERS: dict[str, Callable[[Spec, str], BackendFiles]] = {"numpy": numpy_files, "cython": cython_files}
+# backend name -> packager (``codegen.<backend>.package.files``, imported when used).
+PACKAGERS: dict[str, Callable[[Spec, str], BackendFiles]] = {"numpy": _numpy_files, "cython": _cython_files}
 
 
 def write(spec: Spec, folder, backend: str, values: dict, name: str | None = None) -> pathlib.Path:
@@ -105,8 +100,8 @@ def write(spec: Spec, folder, backend: str, values: dict, name: str | None = Non
         "README.md": _template("README.md.in", subs),
         f"{name}/__init__.py": (FILES / "package_init.py").read_text(),
         f"{name}/__main__.py": (FILES / "package_main.py").read_text(),
-        f"{name}/runtime.py": (HERE / "runtime.py").read_text(),
-        f"{name}/training.py": (HERE / "training.py").read_text(),
+        f"{name}/trainer.py": (RUNTIME / "trainer.py").read_text(),
+        f"{name}/training.py": (RUNTIME / "training.py").read_text(),
         **{f"{name}/{k}": v for k, v in files.files.items()},
     }
     if files.setup_py is not None:

@@ -13,9 +13,9 @@ gradient of each output flows back at most k2 steps.
 
 from __future__ import annotations
 
-from symbp import structural as St
 from symbp.ir import Node, topo_order
-from symbp.scan import Cell, substitute
+from symbp.ops import structural as St
+from symbp.ops.scan import Cell, substitute
 
 
 def apply_cell(cell: Cell, carries: list, xs: list, captured: tuple) -> tuple[list, list]:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from symbp import elementwise as E
 from symbp.ir import Node, SymbpError, topo_order
+from symbp.ops import elementwise as E
+from symbp.ops.structural import const, reduce_to
 from symbp.registry import opdef
-from symbp.structural import const, reduce_to
 
 
 def vjp(outputs: list[Node], seeds: list[Node], wrt: list[Node],
@@ -84,7 +84,7 @@ class Derivation:
 
     def equations(self):
         """The derived gradient equations (print them, or ``.latex()`` / Jupyter display)."""
-        from symbp.equations import equations
+        from symbp.show.equations import equations
 
         return equations(self)
 
@@ -103,13 +103,13 @@ class Derivation:
 
     def dot(self, backward: bool = False) -> str:
         """The forward (with ``backward``: and backward) graph as Graphviz DOT text."""
-        from symbp.graphviz import to_dot
+        from symbp.show.pictures import to_dot
 
         return to_dot(self, backward)
 
     def _repr_svg_(self):
         """Jupyter shows the forward graph when Graphviz's ``dot`` is installed (else nothing)."""
-        from symbp.graphviz import have_dot, render_svg
+        from symbp.show.pictures import have_dot, render_svg
 
         return render_svg(self.dot()) if have_dot() else None
 
@@ -125,7 +125,7 @@ def derive(model) -> Derivation:
     loss = model.loss
     if loss is None:
         raise SymbpError(f"model {model.name!r}: call m.minimize(loss) before deriving")
-    from symbp.scan import name_loops  # here, not at the top: symbp.scan derives its cells with vjp
+    from symbp.ops.scan import name_loops  # here, not at the top: symbp.ops.scan derives its cells with vjp
 
     name_loops([loss, *model.outputs.values()])
     params = dict(model.params)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import sympy as sp
 
-from symbp import elementwise as E
-from symbp import scalar as S
 from symbp.ir import Node, topo_order, users_of
+from symbp.ops import elementwise as E
+from symbp.ops import scalar as S
 
 # Bounds on one fused kernel: past them fusing saves nothing and SymPy work grows (a weight
 # shared by thousands of steps would otherwise become one Add of thousands of terms).

@@ -1,14 +1,11 @@
-"""Layers: sugar over the functional core. Each creates named parameters in a model.
-
-    net = sb.layers.Sequential([sb.layers.Dense(256, activation="relu", name="fc1"),
-                                sb.layers.Dense(10, name="out")])
-    logits = net(m, x)      # parameters fc1_W, fc1_b, out_W, out_b
-"""
+"""What every layer shares: the ``Layer`` base (naming, ``activate``), activations by name,
+and the layers that compose others (``Sequential``, ``Residual``)."""
 
 from __future__ import annotations
 
 from symbp import ops
 from symbp.ir import Node, SymbpError, check_identifier, fmt_shape
+from symbp.ops import elementwise as E
 
 ACTIVATIONS = {
     None: None, "linear": None, "tanh": ops.tanh, "sigmoid": ops.sigmoid, "relu": ops.relu,
@@ -57,42 +54,6 @@ class Layer:
         return h
 
 
-class Dense(Layer):
-    """y = activation(x @ W + b), with W of shape (in, units).
-
-    Args:
-        units: output width.
-        activation: name or callable (None: linear).
-        use_bias: add the bias b (initialised to zeros).
-        init: initialiser of W.
-        name: prefix of the parameter names (``<name>_W``, ``<name>_b``).
-    """
-
-    def __init__(self, units: int, activation=None, use_bias: bool = True, init: str = "glorot_uniform",
-                 name: str | None = None):
-        super().__init__(name)
-        if not isinstance(units, int) or units < 1:
-            raise SymbpError(f"layer {self.name!r}: units must be a positive int, got {units!r}")
-        self.units, self.use_bias, self.init = units, use_bias, init
-        self.activation = globals()["activation"](activation, f"layer {self.name!r}")
-        self.params: dict = {}  # per model: calling the layer again shares its weights
-
-    def apply(self, m, x: Node) -> Node:
-        if x.ndim < 1 or x.shape[-1] is None:
-            raise SymbpError(f"layer {self.name!r}: expects features on the last axis, got shape {fmt_shape(x.shape)}")
-        if id(m) not in self.params:
-            W = m.param(f"{self.name}_W", (x.shape[-1], self.units), init=self.init)
-            b = m.param(f"{self.name}_b", (self.units,), init="zeros") if self.use_bias else None
-            self.params[id(m)] = (W, b)
-        W, b = self.params[id(m)]
-        if x.shape[-1] != W.shape[0]:
-            raise SymbpError(f"layer {self.name!r}: expects input width {W.shape[0]}, got {x.shape[-1]}")
-        z = x @ W
-        if b is not None:
-            z = z + b
-        return self.activate(z)
-
-
 class Sequential(Layer):
     """Layers applied in order."""
 
@@ -109,5 +70,28 @@ class Sequential(Layer):
         return x
 
 
-from symbp.conv_layers import AvgPool2D, Conv2D, Flatten, GlobalAvgPool2D, LayerNorm, MaxPool2D, Residual  # noqa: E402,F401
-from symbp.rnn import GRU, LSTM, SimpleRNN, masked_softmax_cross_entropy  # noqa: E402,F401 - recurrent layers, built on sb.scan
+class Residual(Layer):
+    """y = x + block(x): a skip connection around a layer (or a list of layers).
+
+    The block must keep the shape of its input; a block that changes it (other channel
+    count, stride, 'valid' padding) is an error rather than a silent broadcast.
+    """
+
+    def __init__(self, block, name: str | None = None):
+        super().__init__(name)
+        if isinstance(block, (list, tuple)):
+            block = Sequential(block, name=f"{self.name}_block")
+        if not isinstance(block, Layer) and not callable(block):
+            raise SymbpError(f"layer {self.name!r}: the block must be a layer, a list of layers or a function")
+        self.block = block
+
+    def apply(self, m, x: Node) -> Node:
+        y = self.block(m, x) if isinstance(self.block, Layer) else self.block(x)
+        if not isinstance(y, Node) or y.shape != x.shape:
+            got = fmt_shape(y.shape) if isinstance(y, Node) else type(y).__name__
+            raise SymbpError(f"layer {self.name!r}: the residual block must keep the shape of its input "
+                             f"{fmt_shape(x.shape)}, but it returns {got}; use 'same' padding, stride 1 "
+                             "and as many filters as input channels")
+        out = E.add(x, y)
+        out.label = self.name
+        return out

@@ -1,6 +1,6 @@
-"""Convolutional layers, residual blocks and layer normalisation (re-exported by symbp.layers).
+"""Convolutional layers: 2-D convolution, pooling, and flattening to features.
 
-Images are channels last, (batch, H, W, C), as in ``symbp.conv``:
+Images are channels last, (batch, H, W, C), as in ``symbp.ops.conv``:
 
     net = sb.layers.Sequential([
         sb.layers.Conv2D(16, 3, padding="same", activation="relu", name="c1"),
@@ -12,12 +12,11 @@ Images are channels last, (batch, H, W, C), as in ``symbp.conv``:
 
 from __future__ import annotations
 
-from symbp import conv, nn
-from symbp import elementwise as E
-from symbp import structural as St
 from symbp.ir import Node, SymbpError, fmt_shape
-from symbp.layers import Layer, Sequential
-from symbp.layers import activation as activation_fn
+from symbp.layers.base import Layer
+from symbp.layers.base import activation as activation_fn
+from symbp.ops import conv, nn
+from symbp.ops import structural as St
 
 
 class Conv2D(Layer):
@@ -103,68 +102,3 @@ class Flatten(Layer):
         if x.shape[:1] != (None,) or None in x.shape[1:]:
             raise SymbpError(f"layer {self.name!r}: expects the batch axis first, got {fmt_shape(x.shape)}")
         return St.reshape(x, -1) if x.ndim > 2 else x
-
-
-class Residual(Layer):
-    """y = x + block(x): a skip connection around a layer (or a list of layers).
-
-    The block must keep the shape of its input; a block that changes it (other channel
-    count, stride, 'valid' padding) is an error rather than a silent broadcast.
-    """
-
-    def __init__(self, block, name: str | None = None):
-        super().__init__(name)
-        if isinstance(block, (list, tuple)):
-            block = Sequential(block, name=f"{self.name}_block")
-        if not isinstance(block, Layer) and not callable(block):
-            raise SymbpError(f"layer {self.name!r}: the block must be a layer, a list of layers or a function")
-        self.block = block
-
-    def apply(self, m, x: Node) -> Node:
-        y = self.block(m, x) if isinstance(self.block, Layer) else self.block(x)
-        if not isinstance(y, Node) or y.shape != x.shape:
-            got = fmt_shape(y.shape) if isinstance(y, Node) else type(y).__name__
-            raise SymbpError(f"layer {self.name!r}: the residual block must keep the shape of its input "
-                             f"{fmt_shape(x.shape)}, but it returns {got}; use 'same' padding, stride 1 "
-                             "and as many filters as input channels")
-        out = E.add(x, y)
-        out.label = self.name
-        return out
-
-
-class LayerNorm(Layer):
-    """Normalise each example over ``axes`` to zero mean and unit variance, then scale and shift.
-
-    y = (x - mean) / sqrt(var + eps) * gamma + beta, gamma and beta of the last axis's size.
-    The variance is the mean of squared deviations from the mean (two passes), never
-    E[x^2] - E[x]^2, which cancels catastrophically when the mean is large.
-
-    Args:
-        axes: the per-example axes to normalise over (default: the last axis only);
-            negative axes count from the end, and the batch axis cannot be one of them.
-        eps: added to the variance.
-    """
-
-    def __init__(self, axes=(-1,), eps: float = 1e-5, name: str | None = None):
-        super().__init__(name)
-        self.axes = (axes,) if isinstance(axes, int) else tuple(axes)
-        if not self.axes or not isinstance(eps, (int, float)) or eps <= 0:
-            raise SymbpError(f"layer {self.name!r}: needs at least one axis and eps > 0")
-        self.eps = float(eps)
-
-    def apply(self, m, x: Node) -> Node:
-        where = f"layer {self.name!r}"
-        if x.dtype != "float" or x.shape[-1] is None:
-            raise SymbpError(f"{where}: expects float features on the last axis, got {fmt_shape(x.shape)}")
-        axes = St.norm_axes(x, self.axes, where)
-        if any(x.shape[a] is None for a in axes):
-            raise SymbpError(f"{where}: cannot normalise over the batch axis (axes {self.axes})")
-        mu = nn.mean(x, axes, keepdims=True)
-        xc = E.sub(x, mu)
-        var = nn.mean(E.mul(xc, xc), axes, keepdims=True)
-        y = E.div(xc, E.sqrt(E.add(var, self.eps)))
-        c = x.shape[-1]
-        y = E.add(E.mul(y, m.param(f"{self.name}_gamma", (c,), init="ones")),
-                  m.param(f"{self.name}_beta", (c,), init="zeros"))
-        y.label = self.name
-        return y

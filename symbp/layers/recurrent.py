@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from symbp import ops
 from symbp.ir import Node, SymbpError, fmt_shape
-from symbp.layers import Layer, activation
-from symbp.scan import scan
-from symbp.structural import reshape
+from symbp.layers.base import Layer, activation
+from symbp.ops.scan import scan
+from symbp.ops.structural import reshape
 
 
 class Recurrent(Layer):
@@ -68,7 +68,7 @@ class Recurrent(Layer):
         return out
 
     def initial_state(self):
-        from symbp.structural import const
+        from symbp.ops.structural import const
 
         return const(0.0, (None, self.units))
 
@@ -135,8 +135,8 @@ def masked_softmax_cross_entropy(logits: Node, labels: Node, mask: Node) -> Node
     Returns:
         The scalar sum(mask * CE) / sum(mask).
     """
-    from symbp import nn
-    from symbp.structural import onehot
+    from symbp.ops import nn
+    from symbp.ops.structural import onehot
 
     if logits.ndim != 3 or labels.shape != logits.shape[:2] or mask.shape != logits.shape[:2]:
         raise SymbpError(f"masked_softmax_cross_entropy: expects logits (batch, T, classes) and labels and mask "

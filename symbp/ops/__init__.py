@@ -1,8 +1,26 @@
-"""Every op function in one namespace: what ``Node`` operators use and ``symbp`` exports
-(``from symbp.ops import *``), so a new op is exported by being imported here."""
+"""The op library behind the registry, and every op function in one namespace.
 
-from symbp.conv import avg_pool2d, conv2d, max_pool2d  # noqa: F401
-from symbp.elementwise import (  # noqa: F401
+- ``scalar``: SymPy functions of the elementwise ops, with output-form derivatives;
+- ``elementwise``: elementwise ops, their formulas and fusion;
+- ``structural``: matmul, reductions, reshapes, slices, concat, broadcast, one-hot;
+- ``conv``: convolution and pooling (NHWC) with their gradient ops;
+- ``scan``: recurrences, a cell traced once and looped;
+- ``nn``: reductions with numpy's names, the softmax family and losses, from the ops above.
+
+This namespace is what ``Node`` operators use and ``symbp`` exports
+(``from symbp.ops import *``), so a new op is exported by being imported here.
+
+Stage: the first after the IR. May import ``symbp.ir``, ``symbp.registry`` and
+``symbp.notation``; never the model API, ``symbp.show`` or ``codegen``. One lazy exception:
+``scan`` derives its cell's backward with ``symbp.autodiff.derive.vjp`` when it traces.
+
+To add an op: one ``register(OpDef(...))`` in the module of its kind (shape rule, SymPy
+formula or vector-Jacobian rule, ``sample`` for the registry's tests, ``show``), a function
+imported below, and an emitter in each backend's table (``codegen/<backend>/``).
+"""
+
+from symbp.ops.conv import avg_pool2d, conv2d, max_pool2d  # noqa: F401
+from symbp.ops.elementwise import (  # noqa: F401
     abs,
     add,
     div,
@@ -28,7 +46,7 @@ from symbp.elementwise import (  # noqa: F401
     tanh,
     where,
 )
-from symbp.nn import (  # noqa: F401
+from symbp.ops.nn import (  # noqa: F401
     binary_cross_entropy_with_logits,
     log_softmax,
     logsumexp,
@@ -39,8 +57,8 @@ from symbp.nn import (  # noqa: F401
     softmax_cross_entropy,
     sum,
 )
-from symbp.scan import scan  # noqa: F401
-from symbp.structural import (  # noqa: F401
+from symbp.ops.scan import scan  # noqa: F401
+from symbp.ops.structural import (  # noqa: F401
     concat,
     const,
     getitem,
@@ -50,7 +68,7 @@ from symbp.structural import (  # noqa: F401
     stop_gradient,
     transpose,
 )
-from symbp.structural import const as constant  # noqa: F401
+from symbp.ops.structural import const as constant  # noqa: F401
 
 
 def zeros(shape):

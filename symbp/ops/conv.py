@@ -33,8 +33,8 @@ Each op's backward is written with the others, so the set is closed under differ
 from __future__ import annotations
 
 from symbp.ir import Node, SymbpError, check_identifier, fmt_shape
+from symbp.ops.structural import node
 from symbp.registry import OpDef, register
-from symbp.structural import node
 
 
 def int_pair(v, what: str, where: str) -> tuple[int, int]:

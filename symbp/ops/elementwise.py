@@ -14,8 +14,8 @@ from numbers import Number
 import numpy as np
 import sympy as sp
 
-from symbp import scalar as S
 from symbp.ir import Node, SymbpError, broadcast_shapes
+from symbp.ops import scalar as S
 from symbp.registry import OpDef, opdef, register
 
 
@@ -44,7 +44,7 @@ def make(op: str, nodes: list[Node], expr: sp.Expr, attrs: dict | None = None,
     if expr.is_Symbol and len(nodes) == 1 and nodes[0].shape == shape:
         return nodes[0]  # identity
     if not nodes:
-        from symbp.structural import const
+        from symbp.ops.structural import const
 
         return const(float(expr))
     return Node(op, nodes, shape, "float", {"expr": expr, **(attrs or {})}, label=label)

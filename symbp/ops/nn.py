@@ -8,9 +8,9 @@ softmax), and binary cross-entropy goes through the overflow-free softplus.
 
 from __future__ import annotations
 
-from symbp import elementwise as E
-from symbp import structural as St
 from symbp.ir import Node, SymbpError, fmt_shape
+from symbp.ops import elementwise as E
+from symbp.ops import structural as St
 
 
 def sum(x: Node, axis=None, keepdims: bool = False) -> Node:  # noqa: A001 - numpy's name

@@ -3,7 +3,7 @@
 ``sb.scan(step, xs, init)`` calls ``step(carry, x_t)`` ONCE on placeholders, so the cell is a
 small closed graph whatever the sequence length T. Outer tensors the step closes over
 (parameters, batch-wide context) become the cell's *captured* inputs. The cell's backward is
-derived once too (``symbp.derive.vjp`` on the cell graph) and closed over its own
+derived once too (``symbp.autodiff.derive.vjp`` on the cell graph) and closed over its own
 placeholders: the cotangents of carry-out and y_t, x_t, the captured inputs, and the forward
 values it reads (*residuals*, saved per step by the forward loop). Backends emit both cells
 inside a loop; derivation and code size never depend on T.
@@ -18,8 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from symbp.ir import Node, SymbpError, check_identifier, fmt_shape, topo_order
+from symbp.ops.structural import const, node
 from symbp.registry import OpDef, register
-from symbp.structural import const, node
 
 
 @dataclass(frozen=True, eq=False)
@@ -163,7 +163,7 @@ def trace(step, xs: tuple, init: tuple, xs_tuple: bool, init_tuple: bool, where:
 
 def _backward(carry_in, xs_in, captured, carry_out, ys) -> Cell:
     """Derive the cell's backward once and close it over its own placeholders."""
-    from symbp.derive import vjp
+    from symbp.autodiff.derive import vjp
 
     d_carry_out = tuple(placeholder(c.shape, "float", ("d_carry", k), f"d_h{k}") for k, c in enumerate(carry_out))
     d_ys = tuple(placeholder(y.shape, "float", ("d_y", k), f"d_y{k}") for k, y in enumerate(ys))

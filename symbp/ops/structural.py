@@ -10,10 +10,9 @@ import math
 
 import sympy as sp
 
-from symbp import display as D
-from symbp import elementwise as E
 from symbp import notation as N
 from symbp.ir import Node, SymbpError, fmt_shape
+from symbp.ops import elementwise as E
 from symbp.registry import OpDef, register
 
 
@@ -88,8 +87,8 @@ def _dot_vjp(nd, g):
 
 register(OpDef("dot", "structural", shape=_dot_shape, vjp=_dot_vjp,
                sample={"shapes": [(None, 3), (3, 4)], "attrs": {"ta": False, "tb": False}},
-               show=lambda a, n: D.MatMul(D.Transpose(a[0]) if n.attrs["ta"] else a[0],
-                                          D.Transpose(a[1]) if n.attrs["tb"] else a[1])))
+               show=lambda a, n: N.MatMul(N.Transpose(a[0]) if n.attrs["ta"] else a[0],
+                                          N.Transpose(a[1]) if n.attrs["tb"] else a[1])))
 
 
 def dot(a: Node, b: Node, ta: bool = False, tb: bool = False, label=None) -> Node:
@@ -123,8 +122,8 @@ def _transpose_vjp(nd, g):
 
 register(OpDef("transpose", "structural", shape=_transpose_shape, vjp=_transpose_vjp,
                sample={"shapes": [(None, 3)], "attrs": {"perm": (1, 0)}},
-               show=lambda a, n: D.Transpose(a[0]) if n.attrs["perm"] == (1, 0) else
-               D.func("transpose", N.dshape(n.shape), a[0], sub=str(n.attrs["perm"]))))
+               show=lambda a, n: N.Transpose(a[0]) if n.attrs["perm"] == (1, 0) else
+               N.func("transpose", N.dshape(n.shape), a[0], sub=str(n.attrs["perm"]))))
 
 
 def transpose(x: Node, perm=None) -> Node:
@@ -160,10 +159,10 @@ def _max_vjp(nd, g):
 
 register(OpDef("sum", "structural", shape=_reduce_shape, vjp=_sum_vjp,
                sample={"shapes": [(None, 3, 4)], "attrs": {"axes": (0, 2), "keepdims": False}},
-               show=lambda a, n: D.func("Σ", N.dshape(n.shape), a[0], sub=N.axes_label(n.inputs[0], n.attrs["axes"]))))
+               show=lambda a, n: N.func("Σ", N.dshape(n.shape), a[0], sub=N.axes_label(n.inputs[0], n.attrs["axes"]))))
 register(OpDef("max", "structural", shape=_reduce_shape, vjp=_max_vjp,
                sample={"shapes": [(None, 5)], "attrs": {"axes": (1,), "keepdims": False}},
-               show=lambda a, n: D.func("max", N.dshape(n.shape), a[0],
+               show=lambda a, n: N.func("max", N.dshape(n.shape), a[0],
                                         sub=N.axes_label(n.inputs[0], n.attrs["axes"]))))
 
 
@@ -248,7 +247,7 @@ def _reshape_shape(inputs, shape):
 register(OpDef("reshape", "structural", shape=_reshape_shape,
                vjp=lambda nd, g: (reshape_batched(g, nd.inputs[0].shape),),
                sample={"shapes": [(None, 2, 3)], "attrs": {"shape": (None, 6)}},
-               show=lambda a, n: D.func("reshape", N.dshape(n.shape), a[0]) if D.is_matrix(a[0]) else a[0]))
+               show=lambda a, n: N.func("reshape", N.dshape(n.shape), a[0]) if N.is_matrix(a[0]) else a[0]))
 
 
 def reshape_batched(x: Node, shape: tuple) -> Node:
@@ -292,11 +291,11 @@ def _slice_shape(inputs, index):
 register(OpDef("slice", "structural", shape=_slice_shape,
                vjp=lambda nd, g: (node("unslice", (g, nd.inputs[0]), index=nd.attrs["index"]),),
                sample={"shapes": [(None, 6)], "attrs": {"index": ((0, 0, 1), (1, 5, 2))}},
-               show=lambda a, n: D.func("index", N.dshape(n.shape), a[0], sub=N.format_index(n.attrs["index"]))))
+               show=lambda a, n: N.func("index", N.dshape(n.shape), a[0], sub=N.format_index(n.attrs["index"]))))
 register(OpDef("unslice", "structural", shape=lambda inputs, index: (inputs[1].shape, inputs[0].dtype),
                vjp=lambda nd, g: (node("slice", (g,), index=nd.attrs["index"]), None),
                sample={"shapes": [(None, 2), (None, 6)], "attrs": {"index": ((0, 0, 1), (1, 5, 2))}},
-               show=lambda a, n: D.func("unslice", N.dshape(n.shape), a[0], sub=N.format_index(n.attrs["index"]))))
+               show=lambda a, n: N.func("unslice", N.dshape(n.shape), a[0], sub=N.format_index(n.attrs["index"]))))
 
 
 def getitem(x: Node, index) -> Node:
@@ -357,7 +356,7 @@ def _concat_vjp(nd, g):
 
 register(OpDef("concat", "structural", shape=_concat_shape, vjp=_concat_vjp,
                sample={"shapes": [(None, 2), (None, 3)], "attrs": {"axis": 1}},
-               show=lambda a, n: D.func("concat", N.dshape(n.shape), *a)))
+               show=lambda a, n: N.func("concat", N.dshape(n.shape), *a)))
 
 
 def concat(xs, axis: int = -1) -> Node:
@@ -378,7 +377,7 @@ def _onehot_shape(inputs, depth):
 
 register(OpDef("onehot", "structural", shape=_onehot_shape, vjp=None,
                sample={"shapes": [(None,)], "dtypes": ["int64"], "attrs": {"depth": 4}},
-               show=lambda a, n: D.func("onehot", N.dshape(n.shape), a[0])))
+               show=lambda a, n: N.func("onehot", N.dshape(n.shape), a[0])))
 
 
 def onehot(labels: Node, depth: int) -> Node:

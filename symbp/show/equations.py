@@ -6,7 +6,7 @@ forward value the backward pass reads, is the tensor a named δ belongs to, or w
 its user's formula too long; everything else is inlined into its single user, the way the
 fusion pass folds elementwise chains. Elementwise formulas (SymPy over x0..xn) are mapped
 to matrix display expressions: products of tensors become Hadamard products. The printing
-itself is SymPy's printers (symbp.display).
+itself is SymPy's printers (symbp.show.printers).
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ from functools import partial
 
 import sympy as sp
 
-from symbp import display as D
-from symbp.elementwise import number
+from symbp import notation as N
 from symbp.ir import Node, topo_order
-from symbp.notation import COMPOSITES, axes_label, dshape, match_cross_entropy, show_op, symbol
+from symbp.notation import axes_label, dshape, symbol
+from symbp.ops.elementwise import number
+from symbp.show.printers import TexPrinter, TextPrinter
+from symbp.show.reading import COMPOSITES, match_cross_entropy, show_op
 
 TRANSPARENT = {"stop_gradient", "expand_dims", "broadcast_like"}
 """Ops that leave values as they are (up to broadcasting): shown as their input."""
@@ -41,7 +43,7 @@ class Equation:
 
     Attributes:
         number: its number, from 1.
-        lhs, rhs: SymPy display expressions (see symbp.display).
+        lhs, rhs: SymPy display expressions (see symbp.notation).
         node: the id of the graph node it computes.
         nodes: ids of every graph node folded into it (the node itself included).
         section: "forward", "backward" (δ terms) or "gradients".
@@ -55,10 +57,10 @@ class Equation:
     section: str
 
     def text(self) -> str:
-        return f"{D.TextPrinter().doprint(self.lhs)} = {D.TextPrinter().doprint(self.rhs)}"
+        return f"{TextPrinter().doprint(self.lhs)} = {TextPrinter().doprint(self.rhs)}"
 
     def latex(self) -> str:
-        return f"{D.TexPrinter().doprint(self.lhs)} &= {D.TexPrinter().doprint(self.rhs)}"
+        return f"{TexPrinter().doprint(self.lhs)} &= {TexPrinter().doprint(self.rhs)}"
 
 
 class Equations:
@@ -86,10 +88,10 @@ class Equations:
             if not rows:
                 continue
             lines.append(section)
-            lhs = [D.TextPrinter().doprint(e.lhs) for e in rows]
+            lhs = [TextPrinter().doprint(e.lhs) for e in rows]
             width, nw = max(map(len, lhs)), len(str(self.entries[-1].number)) + 2
             for e, left in zip(rows, lhs):
-                lines.append(f"  {f'({e.number})':>{nw}}  {left:<{width}} = {D.TextPrinter().doprint(e.rhs)}")
+                lines.append(f"  {f'({e.number})':>{nw}}  {left:<{width}} = {TextPrinter().doprint(e.rhs)}")
         heading = None
         for loop, section, text, _ in self.recurrences:
             if (loop, section) != heading:
@@ -147,7 +149,7 @@ class _Builder:
                 found = match(n)
                 if found:
                     x, axes, _ = found
-                    self.special[n.id] = (partial(D.func, name, dshape(n.shape), sub=axes_label(x, axes)), [x])
+                    self.special[n.id] = (partial(N.func, name, dshape(n.shape), sub=axes_label(x, axes)), [x])
                     break
             self._cross_entropy_delta(n)
 
@@ -168,8 +170,8 @@ class _Builder:
         sub = axes_label(z, (z.ndim - 1,))
 
         def build(zd, od, nd, gd=1):
-            diff = D.MatAdd(D.func("softmax", dshape(z.shape), zd, sub=sub), D.MatMul(-1, od))
-            return D.MatMul(gd / nd, diff)
+            diff = N.MatAdd(N.func("softmax", dshape(z.shape), zd, sub=sub), N.MatMul(-1, od))
+            return N.MatMul(gd / nd, diff)
 
         self.special[cot[z.id].id] = (build, [z, onehot, size] + ([] if seed else [g]))
 
@@ -230,7 +232,7 @@ class _Builder:
             args = [None if a is None else disp[a.id] for a in self.args[n.id]]
             e = self.special[n.id][0](*args) if n.id in self.special else show_op(n, args)
             inline[n.id] = e
-            width = len(D.TextPrinter().doprint(e))
+            width = len(TextPrinter().doprint(e))
             if n.id not in mat and n.id in can and width > MAX_INLINE:
                 mat.add(n.id)
             elif n.id in mat - root_ids and (isinstance(e, (sp.Symbol, sp.MatrixSymbol, sp.Number)) or
@@ -251,7 +253,7 @@ class _Builder:
         for pname, g in d.grads.items():
             t = self.resolve(g)
             rhs = inline[t.id] if t.id in inline and (t.id == g.id or t.id not in mat) else disp[t.id]
-            lhs = D.grad(self.loss, symbol(pname, d.params[pname].shape))
+            lhs = N.grad(self.loss, symbol(pname, d.params[pname].shape))
             entries.append(Equation(len(entries) + 1, lhs, rhs, g.id, self._folded(g, mat), "gradients"))
         return entries
 
@@ -260,12 +262,12 @@ class _Builder:
         d = self.d
         params = {g.id: p for p, g in d.grads.items()}
         if n.id in params:
-            return D.grad(self.loss, symbol(params[n.id], d.params[params[n.id]].shape))
+            return N.grad(self.loss, symbol(params[n.id], d.params[params[n.id]].shape))
         if n is d.loss:
             return self.loss
         if n.id not in self.is_fwd:
             if owner is not None and owner.id in self.names:
-                return D.delta(self.names[owner.id])
+                return N.delta(self.names[owner.id])
             return symbol(self._fresh("G"), n.shape)
         outs = [k for k, v in d.outputs.items() if v is n]
         if outs:
@@ -298,8 +300,8 @@ class _Builder:
 
 def _affine(e: sp.Basic) -> bool:
     """A matrix product, plus or minus other terms: X W + b."""
-    terms = e.args if isinstance(e, D.MatAdd) else (e,)
-    return any(isinstance(t, D.MatMul) and sum(map(D.is_matrix, t.args)) > 1 for t in terms)
+    terms = e.args if isinstance(e, N.MatAdd) else (e,)
+    return any(isinstance(t, N.MatMul) and sum(map(N.is_matrix, t.args)) > 1 for t in terms)
 
 
 def equations(d) -> Equations:
@@ -310,6 +312,6 @@ def equations(d) -> Equations:
     Returns:
         An Equations object: ``print`` it, ``.latex()``, ``.entries``.
     """
-    from symbp.scan_equations import recurrence_equations
+    from symbp.show.recurrences import recurrence_equations
 
     return Equations(d.name, _Builder(d).build(), recurrence_equations(d))

@@ -1,10 +1,8 @@
-"""Display expressions for the derived equations, and the text and LaTeX printers for them.
+"""Text and LaTeX printers for display expressions (``symbp.notation``).
 
-A displayed equation is a SymPy matrix expression: ``MatrixSymbol`` for named tensors,
-``MatMul``/``Transpose`` for products, ``HadamardProduct`` for elementwise products, plus
-the small classes below for what SymPy has no matrix form of (an elementwise function
-applied to a matrix, a reduction, a broadcast constant). They exist only to be printed:
-derivation never goes through them (SymPy's matrix calculus is not reliable; see DESIGN).
+``TextPrinter`` prints one line of unicode (⊙, ᵀ, Σ_batch, subscript digits); ``TexPrinter``
+prints LaTeX for an ``align*`` environment. Both share the layout rules of ``_Common``:
+which terms need brackets, how a negative term and a scalar coefficient read.
 """
 
 from __future__ import annotations
@@ -12,126 +10,14 @@ from __future__ import annotations
 import re
 
 import sympy as sp
-from sympy.core.symbol import Str
-from sympy.matrices.expressions import HadamardPower, HadamardProduct, MatAdd, MatMul, MatrixExpr, Transpose
+from sympy.matrices.expressions import HadamardProduct, MatAdd, MatMul, Transpose
 from sympy.printing.latex import LatexPrinter
 from sympy.printing.str import StrPrinter
 
+from symbp.notation import Bcast, Delta, Div, Fill, Func, Grad, SDelta, SFunc, SGrad, is_matrix, split_coeff
+
 _SUB = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
 
-
-class Func(MatrixExpr):
-    """``name_sub(args)`` applied elementwise or along axes, with the result's shape."""
-
-    def __new__(cls, name: str, sub: str, rows, cols, *args):
-        return sp.Basic.__new__(cls, Str(name), Str(sub), sp.sympify(rows), sp.sympify(cols),
-                                *map(sp.sympify, args))
-
-    name = property(lambda self: self.args[0].name)
-    sub = property(lambda self: self.args[1].name)
-    operands = property(lambda self: self.args[4:])
-    shape = property(lambda self: (self.args[2], self.args[3]))
-
-
-class SFunc(sp.Expr):
-    """The scalar counterpart of Func, for results of shape () (a sum over every axis)."""
-
-    is_commutative = True  # a scalar: MatMul must be able to pull it out as a coefficient
-
-    def __new__(cls, name: str, sub: str, *args):
-        return sp.Expr.__new__(cls, Str(name), Str(sub), *map(sp.sympify, args))
-
-    name = property(lambda self: self.args[0].name)
-    sub = property(lambda self: self.args[1].name)
-    operands = property(lambda self: self.args[2:])
-
-
-class Fill(MatrixExpr):
-    """A matrix filled with one scalar: prints as the scalar (the ``1`` in ``1 − H⊙H``)."""
-
-    def __new__(cls, value, rows, cols):
-        return sp.Basic.__new__(cls, sp.sympify(value), sp.sympify(rows), sp.sympify(cols))
-
-    shape = property(lambda self: (self.args[1], self.args[2]))
-
-
-class Bcast(MatrixExpr):
-    """A matrix broadcast to a larger shape (a bias row over the batch): prints as itself."""
-
-    def __new__(cls, x, rows, cols):
-        return sp.Basic.__new__(cls, x, sp.sympify(rows), sp.sympify(cols))
-
-    shape = property(lambda self: (self.args[1], self.args[2]))
-
-
-class Div(MatrixExpr):
-    """Elementwise quotient of two matrices of one shape."""
-
-    def __new__(cls, num, den):
-        return sp.Basic.__new__(cls, num, den)
-
-    shape = property(lambda self: self.args[0].shape)
-
-
-class Delta(MatrixExpr):
-    """δX: the gradient of the loss with respect to the named tensor X."""
-
-    def __new__(cls, x):
-        return sp.Basic.__new__(cls, x)
-
-    shape = property(lambda self: self.args[0].shape)
-
-
-class Grad(MatrixExpr):
-    """∂L/∂W: the gradient of the loss with respect to a parameter."""
-
-    def __new__(cls, loss, param):
-        return sp.Basic.__new__(cls, loss, param)
-
-    shape = property(lambda self: self.args[1].shape)
-
-
-class SDelta(sp.Expr):
-    """δx for a scalar x."""
-
-    is_commutative = True  # a scalar: MatMul must be able to pull it out as a coefficient
-
-
-class SGrad(sp.Expr):
-    """∂L/∂w for a scalar parameter w."""
-
-    is_commutative = True  # a scalar: MatMul must be able to pull it out as a coefficient
-
-
-def delta(x) -> sp.Basic:
-    """δx, a matrix or a scalar like ``x``."""
-    return Delta(x) if is_matrix(x) else SDelta(x)
-
-
-def grad(loss, param) -> sp.Basic:
-    """∂loss/∂param, a matrix or a scalar like ``param``."""
-    return Grad(loss, param) if is_matrix(param) else SGrad(loss, param)
-
-
-def func(name: str, shape: tuple, *args, sub: str = "") -> sp.Basic:
-    """A function applied to display expressions, as a matrix of ``shape`` (or a scalar).
-
-    Args:
-        name: how it reads ("tanh", "Σ", "onehot", ...).
-        shape: the display shape (rows, cols), or () for a scalar.
-        args: display expressions (matrices or scalars).
-        sub: a subscript, e.g. the axes of a reduction ("batch", "j").
-    Returns:
-        A Func (matrix) or SFunc (scalar) expression.
-    """
-    return SFunc(name, sub, *args) if shape == () else Func(name, sub, *shape, *args)
-
-
-def is_matrix(e) -> bool:
-    return isinstance(e, MatrixExpr)
-
-
-# -- printing ---------------------------------------------------------------------------------
 
 _ATOMS = (sp.Symbol, sp.MatrixSymbol, Delta, Grad, SDelta, SGrad, Func, SFunc, sp.Number)
 
@@ -148,12 +34,6 @@ def _atomic(e) -> bool:
 
 def _scalar_atomic(e) -> bool:
     return not (e.is_Add or e.is_Mul or e.is_Rational and not e.is_Integer or e.could_extract_minus_sign())
-
-
-def split_coeff(e: MatMul) -> tuple:
-    """Split a MatMul into its scalar coefficient and its matrix factors."""
-    scal = [a for a in e.args if not is_matrix(a)]
-    return sp.Mul(*scal), [a for a in e.args if is_matrix(a)]
 
 
 def _negative(e) -> bool:
@@ -338,7 +218,3 @@ class TexPrinter(_Common, LatexPrinter):
 
 def _tex_escape(s: str) -> str:
     return re.sub(r"([_&%#$])", r"\\\1", s)
-
-
-__all__ = ["Bcast", "Delta", "Div", "Fill", "Func", "Grad", "HadamardPower", "HadamardProduct", "MatAdd",
-           "MatMul", "SFunc", "TexPrinter", "TextPrinter", "Transpose", "func", "is_matrix"]

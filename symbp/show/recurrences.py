@@ -1,9 +1,9 @@
 """Equations of a recurrence: the cell at step t, the δ-recurrence back through time, each
 parameter's gradient as a sum over t, and where truncation cuts that sum.
 
-The cell and its backward are small closed graphs (``symbp.scan.Cell``), so they print as a
+The cell and its backward are small closed graphs (``symbp.ops.scan.Cell``), so they print as a
 handful of equations whatever T is. Elementwise formulas print through SymPy (text and
-LaTeX); structural ops through the small table below. ``symbp.equations`` calls
+LaTeX); structural ops through the small table below. ``symbp.show.equations`` calls
 ``scan_equations(node)`` for each scan node of a derivation.
 """
 
@@ -15,7 +15,7 @@ import sympy as sp
 
 from symbp.ir import Node, topo_order
 from symbp.notation import format_index
-from symbp.scalar import symbols
+from symbp.ops.scalar import symbols
 
 TRANSPARENT = {"reshape", "expand_dims", "broadcast_like", "stop_gradient"}
 _ATOM = re.compile(r"^[\w{}^\-δΔ'\\]+$")

@@ -18,7 +18,7 @@ import numpy as np
 cdef extern from *:
     """
     /* symbp:kernels-begin */
-    /* The kernels. codegen.build compiles them apart, with the optimisation flags, and the
+    /* The kernels. codegen.cython.build compiles them apart, with the optimisation flags, and the
        Cython glue around them at -O0 with SB_GLUE_ONLY defined (gcc time on Cython's
        boilerplate buys nothing); compiled as one file, the module works the same. */
     #include <math.h>
@@ -37,7 +37,7 @@ cdef extern from *:
     #ifndef SB_GLUE_ONLY
     /* glibc's libmvec has vector versions of these; declaring them lets gcc vectorise the
        elementwise loops (with -fno-math-errno) without -ffast-math's changes to NaN handling.
-       Only when the build links libmvec (codegen.build defines SB_MVEC); a plain build of the
+       Only when the build links libmvec (codegen.cython.build defines SB_MVEC); a plain build of the
        .pyx keeps scalar calls and needs nothing extra. */
     #if defined(__GNUC__) && defined(__x86_64__) && defined(__GLIBC__) && defined(SB_MVEC)
     #if __GLIBC__ > 2 || __GLIBC_MINOR__ >= 22

@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 from . import _kernels
-from .runtime import DataError, NonFiniteLoss, Trainer
+from .trainer import DataError, NonFiniteLoss, Trainer
 from .training import plot_history
 
 WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights.npz")

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 
 from . import DTYPE, INPUTS, MODEL, plot_history, trainer
-from .runtime import DataError, NonFiniteLoss
+from .trainer import DataError, NonFiniteLoss
 from .training import need_matplotlib
 
 # Relative error tolerated between the compiled-dtype kernels and the float64 ones. float32

@@ -1,0 +1,23 @@
+"""Layers: sugar over the op library. Each layer creates named parameters in a model.
+
+    net = sb.layers.Sequential([sb.layers.Dense(256, activation="relu", name="fc1"),
+                                sb.layers.Dense(10, name="out")])
+    logits = net(m, x)      # parameters fc1_W, fc1_b, out_W, out_b
+
+Stage: the model API, after the op library. May import ``symbp.ir``, ``symbp.ops`` and
+``symbp.model``; never ``symbp.autodiff``, ``symbp.show`` or ``codegen``.
+
+To add a layer: a ``Layer`` subclass with ``apply(m, x)`` in the module of its family
+(``dense``, ``conv``, ``norm``, ``recurrent``; a new family gets a new module), built only
+from op functions, then export it below.
+"""
+
+from symbp.layers.base import ACTIVATIONS, Layer, Residual, Sequential, activation
+from symbp.layers.conv import AvgPool2D, Conv2D, Flatten, GlobalAvgPool2D, MaxPool2D
+from symbp.layers.dense import Dense
+from symbp.layers.norm import LayerNorm
+from symbp.layers.recurrent import GRU, LSTM, Recurrent, SimpleRNN, masked_softmax_cross_entropy
+
+__all__ = ["ACTIVATIONS", "GRU", "LSTM", "AvgPool2D", "Conv2D", "Dense", "Flatten", "GlobalAvgPool2D", "Layer",
+           "LayerNorm", "MaxPool2D", "Recurrent", "Residual", "Sequential", "SimpleRNN", "activation",
+           "masked_softmax_cross_entropy"]
