@@ -13,7 +13,7 @@ import pytest
 
 import symbp as sb
 from symbp import cli
-from symbp.show import pictures as graphviz
+from symbp.show import pictures
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MODEL = str(ROOT / "examples" / "mlp_model.py")  # defines `model`
@@ -81,15 +81,19 @@ def test_graph_dot(capsys, tmp_path):
     assert text == cli.load_model(DIGITS).dot(backward=True)  # deterministic: same model, same text
 
 
+needs_dot = pytest.mark.skipif(not pictures.have_dot(), reason="the Graphviz 'dot' program is not installed "
+                               "(CI installs it: apt-get install graphviz)")
+
+
+@needs_dot
 def test_graph_svg(capsys, tmp_path):
-    if graphviz.have_dot():
-        code, out, _ = run(capsys, "graph", MODEL, "--format", "svg", "--backward", "-o", tmp_path / "g.svg")
-        assert code == 0 and "<svg" in (tmp_path / "g.svg").read_text()
-        assert "<svg" in cli.load_model(MODEL)._repr_svg_()
+    code, out, _ = run(capsys, "graph", MODEL, "--format", "svg", "--backward", "-o", tmp_path / "g.svg")
+    assert code == 0 and "<svg" in (tmp_path / "g.svg").read_text()
+    assert "<svg" in cli.load_model(MODEL)._repr_svg_()
 
 
 def test_graph_svg_without_graphviz(capsys, monkeypatch):
-    monkeypatch.setattr(graphviz.shutil, "which", lambda name: None)
+    monkeypatch.setenv("PATH", "")  # no dot to find, for shutil.which and the graphviz package alike
     code, out, err = run(capsys, "graph", MODEL, "--format", "svg")
     assert code == 1 and out == ""
     assert "needs the Graphviz 'dot' program, which is not installed" in err and "--format dot" in err
@@ -97,12 +101,19 @@ def test_graph_svg_without_graphviz(capsys, monkeypatch):
 
 
 def test_dot_quotes_every_label():
-    nasty = 'a"b\\c\nd]; evil [shape=box'
-    q = graphviz.quote(nasty)
-    assert q == '"a\\"b\\\\c\\nd]; evil [shape=box"'
-    if graphviz.have_dot():
-        svg = graphviz.render_svg(f"digraph {q} {{ n0 [label={q}]; }}")
-        assert "evil [shape=box" in svg.replace("&#160;", " ")
+    nasty = 'a"b\\c\nd]; evil [shape=box\\'
+    m = sb.Model("m")
+    x = m.input("x", (2,))
+    h = sb.tanh(x @ m.param("W", (2, 2)))
+    h.label = nasty
+    m.minimize(sb.sum(h))
+    text = sb.derive(m).dot()
+    # the label ends inside one DOT string: the quote escaped, the user's backslashes doubled
+    assert r'[a\"b\\c\nd]; evil [shape=box\\]" fillcolor=' in text
+    assert not any(line.lstrip().startswith("evil") for line in text.splitlines())
+    if pictures.have_dot():
+        svg = pictures.render_svg(text)
+        assert "evil [shape=box\\]" in svg.replace("&#160;", " ")
 
 
 def test_build(capsys, tmp_path):
