@@ -1,11 +1,14 @@
-"""What every backend is asked to build: a derivation, an optimiser and a dtype.
+"""The contract between the core and the backends.
 
-Also the parts every generated module shares: its header and its description constants
-(the run-time wrapper reads them to check data and name things).
+What every backend is asked to build (``Spec``: a derivation, an optimiser and a dtype),
+the parts every generated module shares (its header and its description constants, which
+the run-time wrapper reads to check data and name things), and what a backend gives a
+standalone package (``BackendFiles``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 
@@ -17,6 +20,26 @@ from symbp.optim import Optimizer
 FLOAT_DTYPES = ("float32", "float64")
 REARRANGING = ("slice", "reshape", "transpose", "expand_dims", "stop_gradient")
 """Ops that move an input's values without changing them."""
+
+
+@dataclasses.dataclass
+class BackendFiles:
+    """What a backend adds to a standalone package.
+
+    Attributes:
+        files: path inside the package folder -> text (must provide ``_kernels`` and
+            ``_kernels64`` as modules: ``.py`` files, or extensions built by ``setup_py``).
+        build_requires: extra ``[build-system] requires`` (e.g. Cython, numpy).
+        dependencies: run-time requirements besides numpy.
+        setup_py: text of a ``setup.py`` beside pyproject.toml (extensions), or None.
+        package_data: extra glob patterns to install with the package (e.g. ``*.pyx``).
+    """
+
+    files: dict[str, str]
+    build_requires: list[str] = dataclasses.field(default_factory=list)
+    dependencies: list[str] = dataclasses.field(default_factory=list)
+    setup_py: str | None = None
+    package_data: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclass

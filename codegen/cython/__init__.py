@@ -11,8 +11,7 @@
 - ``build``: compile with Cython and the C compiler into a content-addressed cache;
 - ``package``: the files of a standalone package.
 
-May import ``codegen.spec``, ``codegen.naming``, ``codegen.standalone.writer`` (for
-``BackendFiles``) and the ``symbp`` core; never the NumPy backend.
+May import ``codegen.spec``, ``codegen.naming`` and the ``symbp`` core; never the NumPy backend.
 
 To emit a new structural op: a function in the ``EMIT`` table of the module of its family,
 and a case in the differential tests against the NumPy backend (tests/test_cython.py).

@@ -6,8 +6,7 @@
 - ``conv``: convolution and pooling through im2col and strided views;
 - ``package``: the files of a standalone package.
 
-May import ``codegen.spec``, ``codegen.naming``, ``codegen.standalone.writer`` (for
-``BackendFiles``) and the ``symbp`` core; never the other backends.
+May import ``codegen.spec``, ``codegen.naming`` and the ``symbp`` core; never the other backends.
 
 To emit a new structural op: a function in ``EMIT`` (``emitter``, or the module of its
 family); a new elementwise op needs nothing here if its formula prints with SymPy.

@@ -6,8 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from codegen.numpy import emitter
-from codegen.spec import Spec
-from codegen.standalone.writer import BackendFiles
+from codegen.spec import BackendFiles, Spec
 
 
 def files(spec: Spec, name: str) -> BackendFiles:

@@ -22,7 +22,6 @@ self-test's oracle for finite differences). A Cython packager ships ``.pyx`` sou
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import pathlib
 import re
@@ -31,31 +30,11 @@ from collections.abc import Callable
 import numpy as np
 
 import symbp
-from codegen.spec import Spec
+from codegen.spec import BackendFiles, Spec
 from symbp.ir import SymbpError, check_identifier
 
 FILES = pathlib.Path(__file__).parent / "files"
 RUNTIME = pathlib.Path(__file__).parent.parent / "runtime"
-
-
-@dataclasses.dataclass
-class BackendFiles:
-    """What a backend adds to a standalone package.
-
-    Attributes:
-        files: path inside the package folder -> text (must provide ``_kernels`` and
-            ``_kernels64`` as modules: ``.py`` files, or extensions built by ``setup_py``).
-        build_requires: extra ``[build-system] requires`` (e.g. Cython, numpy).
-        dependencies: run-time requirements besides numpy.
-        setup_py: text of a ``setup.py`` beside pyproject.toml (extensions), or None.
-        package_data: extra glob patterns to install with the package (e.g. ``*.pyx``).
-    """
-
-    files: dict[str, str]
-    build_requires: list[str] = dataclasses.field(default_factory=list)
-    dependencies: list[str] = dataclasses.field(default_factory=list)
-    setup_py: str | None = None
-    package_data: list[str] = dataclasses.field(default_factory=list)
 
 
 def _numpy_files(spec: Spec, name: str) -> BackendFiles:
