@@ -104,7 +104,7 @@ class LSTM(Recurrent):
         h, c = carry
         H = self.units
         z = x_t @ Wx + h @ Wh + b
-        i, f, g, o = (z[k * H:(k + 1) * H] for k in range(4))
+        i, f, g, o = (z[:, k * H:(k + 1) * H] for k in range(4))
         c = ops.sigmoid(f + self.forget_bias) * c + ops.sigmoid(i) * ops.tanh(g)
         h = ops.sigmoid(o) * ops.tanh(c)
         return (h, c)
@@ -119,9 +119,9 @@ class GRU(Recurrent):
         H = self.units
         a = x_t @ Wx + b
         u = h @ Wh
-        z = ops.sigmoid(a[0:H] + u[0:H])
-        r = ops.sigmoid(a[H:2 * H] + u[H:2 * H])
-        n = ops.tanh(a[2 * H:] + r * u[2 * H:])
+        z = ops.sigmoid(a[:, 0:H] + u[:, 0:H])
+        r = ops.sigmoid(a[:, H:2 * H] + u[:, H:2 * H])
+        n = ops.tanh(a[:, 2 * H:] + r * u[:, 2 * H:])
         return (1.0 - z) * n + z * h
 
 
