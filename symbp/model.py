@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import weakref
+
 from symbp import init as initialisers
 from symbp.ir import DTYPES, Node, SymbpError, check_identifier, fmt_shape
+from symbp.ops.scan import traced_from
+
+# Leaf node id -> the model that declared it, so a layer called on a tensor finds its model.
+# Weak values: a model that is gone takes its entries with it (node ids are never reused).
+_OWNERS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
 class Model:
@@ -47,6 +54,7 @@ class Model:
             raise SymbpError(f"input {name!r}: unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
         n = Node("input", (), (None, *shape), dtype, name=name)
         self.inputs[name] = n
+        _OWNERS[n.id] = self
         return n
 
     def param(self, name: str, shape, init="glorot_uniform", **init_args) -> Node:
@@ -63,6 +71,7 @@ class Model:
         spec = initialisers.spec(init, init_args, f"parameter {name!r}")
         n = Node("param", (), shape, "float", {"init": spec}, name=name)
         self.params[name] = n
+        _OWNERS[n.id] = self
         return n
 
     def layer_name(self, kind: str) -> str:
@@ -95,6 +104,39 @@ class Model:
     def __repr__(self) -> str:
         return (f"Model({self.name!r}, inputs={list(self.inputs)}, params={list(self.params)}, "
                 f"loss={'set' if self.loss is not None else 'unset'})")
+
+
+def model_of(x: Node, what: str) -> Model:
+    """The model whose inputs and parameters ``x`` is computed from (for ``layer(x)``).
+
+    Args:
+        x: a tensor, possibly a scan step's placeholder (followed to the sequence it steps over).
+        what: who asks, for errors (e.g. "layer 'fc1'").
+    Returns:
+        The one Model; raises SymbpError if ``x`` reads none, or the tensors of two.
+    """
+    found: dict[int, Model] = {}
+    seen: set[int] = set()
+    stack = [x]
+    while stack:  # iterative: deep graphs (long unrolled sequences) must not hit the recursion limit
+        n = stack.pop()
+        if n.id in seen:
+            continue
+        seen.add(n.id)
+        owner = _OWNERS.get(n.id)
+        if owner is not None:
+            found[id(owner)] = owner
+            continue
+        src = traced_from(n)
+        stack.extend(n.inputs if src is None else (*n.inputs, src))
+    if len(found) == 1:
+        return next(iter(found.values()))
+    if not found:
+        raise SymbpError(f"{what}: cannot tell which model its input ({x.describe()}) belongs to: it is computed "
+                         "from no model's input or parameter; call the layer as layer(m, x)")
+    names = " and ".join(repr(m.name) for m in found.values())
+    raise SymbpError(f"{what}: {x.describe()} is computed from tensors of several models ({names}); "
+                     "call the layer as layer(m, x)")
 
 
 def _check_shape(shape, what: str) -> tuple:

@@ -1,7 +1,7 @@
 """Recurrent layers over ``sb.scan``: SimpleRNN, LSTM and GRU.
 
-    h = sb.layers.LSTM(64, name="lstm")(m, x)                       # x: (batch, T, F) -> (batch, T, 64)
-    last = sb.layers.GRU(32, return_sequences=False)(m, x, mask=mk)  # mk: (batch, T), 1 = real step
+    h = sb.layers.LSTM(64, name="lstm")(x)                       # x: (batch, T, F) -> (batch, T, 64)
+    last = sb.layers.GRU(32, return_sequences=False)(x, mask=mk)  # mk: (batch, T), 1 = real step
 
 Each layer's cell is traced once; its weights are shared across time. With a padding mask,
 a padded step keeps the previous state, so the last state is the state at the last real step.
@@ -17,7 +17,7 @@ from symbp.ops.structural import reshape
 
 
 class Recurrent(Layer):
-    """Base class: ``layer(m, x, mask=None)`` scans the layer's cell over axis 1 of ``x``.
+    """Base class: ``layer(x, mask=None)`` scans the layer's cell over axis 1 of ``x``.
 
     Args:
         units: state width H.
