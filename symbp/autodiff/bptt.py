@@ -83,6 +83,7 @@ def unroll(model):
     new = substitute(roots, mapping)
     out = Model(model.name + "_unrolled")
     out.inputs, out.params = dict(model.inputs), dict(model.params)
+    out.float_dtypes = dict(model.float_dtypes)
     out.loss = new[0]
     out.outputs = dict(zip(model.outputs, new[1:]))
     return out
