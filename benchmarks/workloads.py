@@ -244,7 +244,7 @@ def lstm_model():
     def cell(carry, u):
         h, c = carry
         z = u + h @ Wh
-        i, f, g, o = (z[k * H:(k + 1) * H] for k in range(4))
+        i, f, g, o = (z[:, k * H:(k + 1) * H] for k in range(4))
         c = sb.sigmoid(f) * c + sb.sigmoid(i) * sb.tanh(g)
         h = sb.sigmoid(o) * sb.tanh(c)
         return (h, c), h

@@ -27,7 +27,7 @@ from symbp.model import Model  # noqa: E402
 from symbp.ops import *  # noqa: E402,F403 - every op function is sb.<name>
 
 
-def compile(derivation: Derivation, backend: str = "numpy", optimizer=None, dtype: str = "float32",
+def compile(derivation: Derivation, backend: str = "numpy", optimizer=None, dtype: str | None = None,
             seed: int = 0, params: dict | None = None):
     """Generate, build and load training code for a derivation.
 
@@ -35,7 +35,7 @@ def compile(derivation: Derivation, backend: str = "numpy", optimizer=None, dtyp
         derivation: from ``sb.derive(model)``.
         backend: "numpy" (or another from ``codegen.BACKENDS``).
         optimizer: an ``sb.optim`` optimiser (default SGD with lr=0.01).
-        dtype: "float32" or "float64".
+        dtype: "float32" or "float64"; None: the dtype the model's inputs declare, else float32.
         seed: seeds the parameter initialisers.
         params: initial values by name, overriding the initialisers.
     Returns:
@@ -49,8 +49,7 @@ def compile(derivation: Derivation, backend: str = "numpy", optimizer=None, dtyp
         raise SymbpError(f"sb.compile expects the result of sb.derive(model), got {type(derivation).__name__}")
     if backend not in codegen.BACKENDS:
         raise SymbpError(f"unknown backend {backend!r}; choose from {', '.join(codegen.BACKENDS)}")
-    if dtype not in codegen.FLOAT_DTYPES:
-        raise SymbpError(f"unknown dtype {dtype!r}; choose from {', '.join(codegen.FLOAT_DTYPES)}")
+    dtype = _dtype(derivation, dtype, codegen.FLOAT_DTYPES)
     optimizer = optim.check(optimizer if optimizer is not None else optim.SGD(lr=0.01))
     spec = codegen.Spec(derivation, optimizer, dtype)
     source, module = codegen.emit_and_load(spec, backend)
@@ -64,7 +63,7 @@ def compile(derivation: Derivation, backend: str = "numpy", optimizer=None, dtyp
     return tr
 
 
-def build(derivation: Derivation, out: str, backend: str = "numpy", optimizer=None, dtype: str = "float32",
+def build(derivation: Derivation, out: str, backend: str = "numpy", optimizer=None, dtype: str | None = None,
           seed: int = 0, name: str | None = None, params: dict | None = None):
     """Write a standalone training package (imports only NumPy at run time, never symbp).
 
@@ -73,7 +72,7 @@ def build(derivation: Derivation, out: str, backend: str = "numpy", optimizer=No
         out: the folder to write (``pip install out`` installs it).
         backend: a backend with standalone packaging (``codegen.standalone.PACKAGERS``).
         optimizer: an ``sb.optim`` optimiser (default SGD with lr=0.01).
-        dtype: "float32" or "float64".
+        dtype: "float32" or "float64"; None: the dtype the model's inputs declare, else float32.
         seed: seeds the initial weights.
         name: the package's import name (default: the model's name).
         params: initial values by name, overriding the initialisers.
@@ -87,8 +86,7 @@ def build(derivation: Derivation, out: str, backend: str = "numpy", optimizer=No
 
     if not isinstance(derivation, Derivation):
         raise SymbpError(f"sb.build expects the result of sb.derive(model), got {type(derivation).__name__}")
-    if dtype not in codegen.FLOAT_DTYPES:
-        raise SymbpError(f"unknown dtype {dtype!r}; choose from {', '.join(codegen.FLOAT_DTYPES)}")
+    dtype = _dtype(derivation, dtype, codegen.FLOAT_DTYPES)
     optimizer = optim.check(optimizer if optimizer is not None else optim.SGD(lr=0.01))
     values = initial_values(derivation.params, seed)
     for k, v in (params or {}).items():
@@ -96,6 +94,15 @@ def build(derivation: Derivation, out: str, backend: str = "numpy", optimizer=No
             raise SymbpError(f"params: the model has no parameter {k!r}")
         values[k] = v
     return standalone.write(codegen.Spec(derivation, optimizer, dtype), out, backend, values, name)
+
+
+def _dtype(derivation: Derivation, dtype: str | None, choices: tuple) -> str:
+    """The dtype to compile at: the one given, else the one the model declares, else float32."""
+    if dtype is None:
+        return derivation.dtype or "float32"
+    if dtype not in choices:
+        raise SymbpError(f"unknown dtype {dtype!r}; choose from {', '.join(choices)}")
+    return dtype
 
 
 __all__ = ["Derivation", "Model", "Node", "SymbpError", "build", "compile", "derive", "gradcheck", "layers",

@@ -208,9 +208,10 @@ def parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=fn)
         return p
 
-    def training_options(p, dtype):
+    def training_options(p):
         p.add_argument("--backend", default="numpy", help="code generator (default numpy)")
-        p.add_argument("--dtype", default=dtype, choices=["float32", "float64"], help=f"default {dtype}")
+        p.add_argument("--dtype", default=None, choices=["float32", "float64"],
+                       help="default: the float dtype the model's inputs declare, else float32")
         p.add_argument("--optimizer", default="adam", choices=sorted(OPTIMIZERS), help="default adam")
         p.add_argument("--lr", type=float, default=None, help="learning rate (default: the optimiser's)")
         p.add_argument("--seed", type=int, default=0, help="initial weights and shuffling (default 0)")
@@ -225,7 +226,7 @@ def parser() -> argparse.ArgumentParser:
                 "numpy backend; SciPy too, and a C compiler to install, for cython)")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="folder to write the package to")
     p.add_argument("--name", help="package name (default: the model's name)")
-    training_options(p, "float32")
+    training_options(p)
     p = command("train", cmd_train, "train the model on a .npz file (one array per input name)")
     p.add_argument("--data", required=True, help=".npz training data")
     p.add_argument("--validation", help=".npz evaluated after each epoch")
@@ -238,7 +239,7 @@ def parser() -> argparse.ArgumentParser:
                    "(default: <model name>_trained.npz)")
     p.add_argument("--plot", help="save loss curves to this PNG (needs matplotlib)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    training_options(p, "float32")
+    training_options(p)
     p = command("gradcheck", cmd_gradcheck, "check derived gradients against central finite differences "
                 "(float64)")
     p.add_argument("--data", help=".npz data (default: random data of the declared input shapes)")

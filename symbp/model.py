@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import weakref
+
 from symbp import init as initialisers
 from symbp.ir import DTYPES, Node, SymbpError, check_identifier, fmt_shape
+from symbp.ops.scan import traced_from
+
+FLOAT_DTYPES = ("float32", "float64")
+"""What ``m.input(..., dtype=)`` may name besides "float" and "int64": the dtype to compile at."""
+
+# Leaf node id -> the model that declared it, so a layer called on a tensor finds its model.
+# Weak values: a model that is gone takes its entries with it (node ids are never reused).
+_OWNERS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
 class Model:
@@ -22,6 +32,12 @@ class Model:
         self.params: dict[str, Node] = {}
         self.outputs: dict[str, Node] = {}
         self.loss: Node | None = None
+        self.float_dtypes: dict[str, str] = {}  # input name -> "float32"/"float64" where declared
+
+    @property
+    def dtype(self) -> str | None:
+        """The float dtype the inputs declare ("float32"/"float64"), or None: compile's default."""
+        return next(iter(self.float_dtypes.values()), None)
 
     def _claim(self, name: str, what: str) -> str:
         check_identifier(name, what)
@@ -38,15 +54,27 @@ class Model:
         Args:
             name: the keyword under which data is passed to ``step``/``loss``.
             shape: the shape of one example, e.g. ``(64,)``, ``()`` for a scalar label,
-                ``(T, F)`` for a sequence.
-            dtype: "float" (cast to the compiled dtype) or "int64" (class labels).
+                ``(T, F)`` for a sequence. The tensor's shape is ``(None, *shape)``.
+            dtype: "float" (cast to the compiled dtype), "float32" or "float64" (also the
+                dtype ``sb.compile`` uses unless given one), or "int64" (labels, ids).
+        Returns:
+            The input tensor.
         """
         self._claim(name, "input")
         shape = _check_shape(shape, f"input {name!r}")
-        if dtype not in DTYPES:
-            raise SymbpError(f"input {name!r}: unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
-        n = Node("input", (), (None, *shape), dtype, name=name)
+        if dtype not in (*DTYPES, *FLOAT_DTYPES):
+            raise SymbpError(f"input {name!r}: unknown dtype {dtype!r}; use one of "
+                             f"{', '.join(sorted((*DTYPES, *FLOAT_DTYPES)))}")
+        if dtype in FLOAT_DTYPES:
+            clash = next(((k, d) for k, d in self.float_dtypes.items() if d != dtype), None)
+            if clash:
+                raise SymbpError(f"model {self.name!r}: input {name!r} is declared {dtype} but input {clash[0]!r} "
+                                 f"is {clash[1]}; a model computes in one float dtype, so declare both alike "
+                                 "(or \"float\", which follows the compiled dtype)")
+            self.float_dtypes[name] = dtype
+        n = Node("input", (), (None, *shape), "int64" if dtype == "int64" else "float", name=name)
         self.inputs[name] = n
+        _OWNERS[n.id] = self
         return n
 
     def param(self, name: str, shape, init="glorot_uniform", **init_args) -> Node:
@@ -63,6 +91,7 @@ class Model:
         spec = initialisers.spec(init, init_args, f"parameter {name!r}")
         n = Node("param", (), shape, "float", {"init": spec}, name=name)
         self.params[name] = n
+        _OWNERS[n.id] = self
         return n
 
     def layer_name(self, kind: str) -> str:
@@ -95,6 +124,39 @@ class Model:
     def __repr__(self) -> str:
         return (f"Model({self.name!r}, inputs={list(self.inputs)}, params={list(self.params)}, "
                 f"loss={'set' if self.loss is not None else 'unset'})")
+
+
+def model_of(x: Node, what: str) -> Model:
+    """The model whose inputs and parameters ``x`` is computed from (for ``layer(x)``).
+
+    Args:
+        x: a tensor, possibly a scan step's placeholder (followed to the sequence it steps over).
+        what: who asks, for errors (e.g. "layer 'fc1'").
+    Returns:
+        The one Model; raises SymbpError if ``x`` reads none, or the tensors of two.
+    """
+    found: dict[int, Model] = {}
+    seen: set[int] = set()
+    stack = [x]
+    while stack:  # iterative: deep graphs (long unrolled sequences) must not hit the recursion limit
+        n = stack.pop()
+        if n.id in seen:
+            continue
+        seen.add(n.id)
+        owner = _OWNERS.get(n.id)
+        if owner is not None:
+            found[id(owner)] = owner
+            continue
+        src = traced_from(n)
+        stack.extend(n.inputs if src is None else (*n.inputs, src))
+    if len(found) == 1:
+        return next(iter(found.values()))
+    if not found:
+        raise SymbpError(f"{what}: cannot tell which model its input ({x.describe()}) belongs to: it is computed "
+                         "from no model's input or parameter; call the layer as layer(m, x)")
+    names = " and ".join(repr(m.name) for m in found.values())
+    raise SymbpError(f"{what}: {x.describe()} is computed from tensors of several models ({names}); "
+                     "call the layer as layer(m, x)")
 
 
 def _check_shape(shape, what: str) -> tuple:

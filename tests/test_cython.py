@@ -75,9 +75,9 @@ def structural_model():
     h = sb.tanh(x @ W)                                   # (B, 4, 5): leading axes merged
     a = sb.sum(h, axis=1)                                # (B, 5)
     b = a @ sb.transpose(W)                              # tb folded: (B, 6)
-    c = x[1:4, ::2]                                      # strided view (B, 3, 3)
+    c = x[:, 1:4, ::2]                                   # strided view (B, 3, 3)
     c2 = sb.reshape(c, (9,))                             # reshape of a strided view: a copy
-    e = x[0, :] @ V.T                                    # (B, 3) via tb
+    e = x[:, 0, :] @ V.T                                 # (B, 3) via tb
     g = sb.concat([b, e, c2], axis=-1)                   # (B, 18)
     k = sb.max(sb.concat([g, g], axis=-1), axis=-1, keepdims=True)   # ties: gradient shared
     s = sb.sum(g * g, axis=-1, keepdims=True) / k

@@ -168,8 +168,8 @@ def test_slicing_concat_and_reductions(rng):
     x = m.input("x", (6,))
     W = m.param("W", (6, 6))
     h = x @ W
-    a, b = h[:3], h[3:]
-    z = sb.concat([sb.maximum(a, b), sb.minimum(a, b), h[1:5:2]], axis=-1)
+    a, b = h[:, :3], h[:, 3:]
+    z = sb.concat([sb.maximum(a, b), sb.minimum(a, b), h[:, 1:5:2]], axis=-1)
     z = sb.where(z > 0.1, z, 0.5 * z) + sb.max(h, axis=-1, keepdims=True) - sb.mean(h, axis=-1, keepdims=True)
     m.minimize(sb.mean(sb.reshape(z, (4, 2)) ** 2) + sb.mean(h.T @ h) * 0.01)
     assert sb.gradcheck(m, {"x": rng.normal(size=(5, 6))}).ok

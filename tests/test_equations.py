@@ -58,7 +58,7 @@ def softmax_slices():
     x = m.input("x", (5,))
     W = m.param("W", (5, 4))
     p = m.output("probs", sb.softmax(sb.elu(x @ W)))
-    m.minimize(sb.mean(sb.log(p[1:3]) + sb.maximum(x @ W, 0.5)[:2]) + sb.mean(sb.logsumexp(x @ W)))
+    m.minimize(sb.mean(sb.log(p[:, 1:3]) + sb.maximum(x @ W, 0.5)[:, :2]) + sb.mean(sb.logsumexp(x @ W)))
     return m
 
 

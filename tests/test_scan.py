@@ -197,7 +197,7 @@ def test_bad_input_is_explained():
     with pytest.raises(sb.SymbpError, match="same structure"):
         sb.scan(lambda h, x: (sb.tanh(x @ W), x), s, (sb.zeros((H,)), sb.zeros((H,))))
     with pytest.raises(sb.SymbpError, match="empty"):
-        sb.scan(lambda h, x: (h, x), s[0:0], sb.zeros((H,)))
+        sb.scan(lambda h, x: (h, x), s[:, 0:0], sb.zeros((H,)))
     with pytest.raises(sb.SymbpError, match="shorter than the truncation window"):
         sb.scan(lambda h, x: (h + x, x), s, sb.zeros((F,)), truncate=(2, 5))
     with pytest.raises(sb.SymbpError, match="not supported yet"):

@@ -28,8 +28,8 @@ def adbench_model(layers: int, c: int, b: int = 14) -> sb.Model:
         for i in range(layers):  # every layer reads the old state
             h, s = state[2 * i], state[2 * i + 1]
             gates = sb.concat([x, h, x, h], axis=-1) * w[i] + u[i]
-            f, ig, o = (sb.sigmoid(gates[k * b:(k + 1) * b]) for k in range(3))
-            s = s * f + ig * sb.tanh(gates[3 * b:])
+            f, ig, o = (sb.sigmoid(gates[:, k * b:(k + 1) * b]) for k in range(3))
+            s = s * f + ig * sb.tanh(gates[:, 3 * b:])
             h = o * sb.tanh(s)
             new += [h, s]
             x = h

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from symbp.ir import Node, topo_order
 from symbp.ops import structural as St
+from symbp.ops.indexing import getitem
 from symbp.ops.scan import Cell, substitute
 
 
@@ -33,7 +34,7 @@ def unroll_scan(scan: Node) -> list[Node]:
     T = scan.attrs["length"]
     nx, nc = len(cell.xs_in), len(cell.carry_in)
     xs, init, captured = scan.inputs[:nx], list(scan.inputs[nx:nx + nc]), scan.inputs[nx + nc:]
-    x_at = [[St.getitem(x, t) for x in xs] for t in range(T)]
+    x_at = [[getitem(x, (slice(None), t)) for x in xs] for t in range(T)]  # x[:, t]
     # The plain chain: every value of the loop, t = 0..T-1.
     base_c, base_y, c = [], [], init
     for t in range(T):
@@ -82,6 +83,7 @@ def unroll(model):
     new = substitute(roots, mapping)
     out = Model(model.name + "_unrolled")
     out.inputs, out.params = dict(model.inputs), dict(model.params)
+    out.float_dtypes = dict(model.float_dtypes)
     out.loss = new[0]
     out.outputs = dict(zip(model.outputs, new[1:]))
     return out

@@ -72,6 +72,8 @@ class Derivation:
         grads: d loss / d param, by parameter name.
         outputs: named prediction outputs (``m.output``).
         cotangents: forward node id -> its total cotangent node (d loss / d node).
+        dtype: the float dtype the model's inputs declare ("float32"/"float64"), or None;
+            ``sb.compile`` builds at it unless given a dtype.
     """
 
     name: str
@@ -81,6 +83,7 @@ class Derivation:
     grads: dict[str, Node]
     outputs: dict[str, Node] = field(default_factory=dict)
     cotangents: dict[int, Node] = field(default_factory=dict)
+    dtype: str | None = None
 
     def equations(self):
         """The derived gradient equations (print them, or ``.latex()`` / Jupyter display)."""
@@ -142,4 +145,5 @@ def derive(model) -> Derivation:
             g = const(0.0, p.shape)
         g.label = "d" + name
         out[name] = g
-    return Derivation(model.name, loss, dict(model.inputs), params, out, dict(model.outputs), cotangents)
+    return Derivation(model.name, loss, dict(model.inputs), params, out, dict(model.outputs), cotangents,
+                      model.dtype)

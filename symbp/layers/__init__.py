@@ -2,7 +2,7 @@
 
     net = sb.layers.Sequential([sb.layers.Dense(256, activation="relu", name="fc1"),
                                 sb.layers.Dense(10, name="out")])
-    logits = net(m, x)      # parameters fc1_W, fc1_b, out_W, out_b
+    logits = net(x)         # parameters fc1_W, fc1_b, out_W, out_b
 
 Stage: the model API, after the op library. May import ``symbp.ir``, ``symbp.ops`` and
 ``symbp.model``; never ``symbp.autodiff``, ``symbp.show`` or ``codegen``.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from symbp import ops
 from symbp.ir import Node, SymbpError, check_identifier, fmt_shape
+from symbp.model import Model, model_of
 from symbp.ops import elementwise as E
 
 ACTIVATIONS = {
@@ -25,21 +26,39 @@ def activation(spec, where: str):
 
 
 class Layer:
-    """Base class: ``layer(m, x)`` adds the layer's parameters to model ``m`` and applies it."""
+    """Base class: ``layer(x)`` adds the layer's parameters to the model of ``x`` and applies it.
 
-    def __init__(self, name: str | None):
+    ``layer(m, x)`` names the model explicitly (and keeps working); ``layer(x)`` finds it from
+    the graph: the inputs and parameters ``x`` is computed from know their model.
+    """
+
+    def __init__(self, name: str | None = None):
         # An unnamed layer is named by the model it is first applied to (dense1, dense2, ... in
         # the order of application), so building the same model twice gives the same names.
         self.auto_named = name is None
         self.name = type(self).__name__.lower() if name is None else check_identifier(name, "layer")
 
-    def __call__(self, m, x: Node, *args, **kwargs) -> Node:
-        if not isinstance(x, Node):
-            raise SymbpError(f"layer {self.name!r}: expected a symbolic tensor input, got {type(x).__name__}")
+    def __call__(self, *args, **kwargs) -> Node:
+        """Apply the layer: ``layer(x, ...)`` or ``layer(m, x, ...)``.
+
+        Args:
+            args: optionally the Model, then the input tensor, then the layer's own arguments.
+            kwargs: the layer's own keyword arguments (e.g. ``mask=`` of a recurrent layer).
+        Returns:
+            The layer's output tensor.
+        """
+        m = args[0] if args and isinstance(args[0], Model) else None
+        args = args[1:] if m is not None else args
+        if not args or not isinstance(args[0], Node):
+            got = type(args[0]).__name__ if args else "nothing"
+            raise SymbpError(f"layer {self.name!r}: expected a symbolic tensor input, got {got}")
+        x, rest = args[0], args[1:]
+        if m is None:
+            m = model_of(x, f"layer {self.name!r}")
         if self.auto_named:
             self.name = m.layer_name(type(self).__name__.lower())
             self.auto_named = False
-        return self.apply(m, x, *args, **kwargs)
+        return self.apply(m, x, *rest, **kwargs)
 
     def apply(self, m, x: Node) -> Node:
         raise NotImplementedError

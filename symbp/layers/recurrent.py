@@ -1,7 +1,7 @@
 """Recurrent layers over ``sb.scan``: SimpleRNN, LSTM and GRU.
 
-    h = sb.layers.LSTM(64, name="lstm")(m, x)                       # x: (batch, T, F) -> (batch, T, 64)
-    last = sb.layers.GRU(32, return_sequences=False)(m, x, mask=mk)  # mk: (batch, T), 1 = real step
+    h = sb.layers.LSTM(64, name="lstm")(x)                       # x: (batch, T, F) -> (batch, T, 64)
+    last = sb.layers.GRU(32, return_sequences=False)(x, mask=mk)  # mk: (batch, T), 1 = real step
 
 Each layer's cell is traced once; its weights are shared across time. With a padding mask,
 a padded step keeps the previous state, so the last state is the state at the last real step.
@@ -17,7 +17,7 @@ from symbp.ops.structural import reshape
 
 
 class Recurrent(Layer):
-    """Base class: ``layer(m, x, mask=None)`` scans the layer's cell over axis 1 of ``x``.
+    """Base class: ``layer(x, mask=None)`` scans the layer's cell over axis 1 of ``x``.
 
     Args:
         units: state width H.
@@ -104,7 +104,7 @@ class LSTM(Recurrent):
         h, c = carry
         H = self.units
         z = x_t @ Wx + h @ Wh + b
-        i, f, g, o = (z[k * H:(k + 1) * H] for k in range(4))
+        i, f, g, o = (z[:, k * H:(k + 1) * H] for k in range(4))
         c = ops.sigmoid(f + self.forget_bias) * c + ops.sigmoid(i) * ops.tanh(g)
         h = ops.sigmoid(o) * ops.tanh(c)
         return (h, c)
@@ -119,9 +119,9 @@ class GRU(Recurrent):
         H = self.units
         a = x_t @ Wx + b
         u = h @ Wh
-        z = ops.sigmoid(a[0:H] + u[0:H])
-        r = ops.sigmoid(a[H:2 * H] + u[H:2 * H])
-        n = ops.tanh(a[2 * H:] + r * u[2 * H:])
+        z = ops.sigmoid(a[:, 0:H] + u[:, 0:H])
+        r = ops.sigmoid(a[:, H:2 * H] + u[:, H:2 * H])
+        n = ops.tanh(a[:, 2 * H:] + r * u[:, 2 * H:])
         return (1.0 - z) * n + z * h
 
 

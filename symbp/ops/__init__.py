@@ -2,7 +2,8 @@
 
 - ``scalar``: SymPy functions of the elementwise ops, with output-form derivatives;
 - ``elementwise``: elementwise ops, their formulas and fusion;
-- ``structural``: matmul, reductions, reshapes, slices, concat, broadcast, one-hot;
+- ``structural``: matmul, reductions, reshapes, concat, broadcast, one-hot;
+- ``indexing``: ``x[...]`` with NumPy's semantics over the reported shape (slice, unslice);
 - ``conv``: convolution and pooling (NHWC) with their gradient ops;
 - ``scan``: recurrences, a cell traced once and looped;
 - ``nn``: reductions with numpy's names, the softmax family and losses, from the ops above.
@@ -46,6 +47,7 @@ from symbp.ops.elementwise import (  # noqa: F401
     tanh,
     where,
 )
+from symbp.ops.indexing import getitem  # noqa: F401
 from symbp.ops.nn import (  # noqa: F401
     binary_cross_entropy_with_logits,
     log_softmax,
@@ -61,7 +63,6 @@ from symbp.ops.scan import scan  # noqa: F401
 from symbp.ops.structural import (  # noqa: F401
     concat,
     const,
-    getitem,
     matmul,
     onehot,
     reshape,

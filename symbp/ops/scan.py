@@ -15,6 +15,7 @@ single output. Its vector-Jacobian rule returns a ``scan_bwd`` node, the reverse
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 from symbp.ir import Node, SymbpError, check_identifier, fmt_shape, topo_order
@@ -57,6 +58,16 @@ class Cell:
 
     def backward_roots(self) -> list[Node]:
         return [r for r in (*self.d_carry_in, *self.d_xs, *self.d_captured, *self.d_h) if r is not None]
+
+
+# A step placeholder's id -> the outer tensor it stands for (x_t: the sequence; a carry: its
+# initial value), so ``model_of`` can find the model of a layer called inside a step.
+_TRACED_FROM: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+def traced_from(n: Node) -> Node | None:
+    """The outer tensor a step's x_t or carry placeholder stands for, else None."""
+    return _TRACED_FROM.get(n.id)
 
 
 def placeholder(shape: tuple, dtype: str, role: tuple, label: str | None = None) -> Node:
@@ -116,6 +127,7 @@ def trace(step, xs: tuple, init: tuple, xs_tuple: bool, init_tuple: bool, where:
     start = Node("const", (), (), "float", {"value": 0.0}).id  # every node traced is newer
     carry_in = tuple(placeholder(c.shape, c.dtype, ("carry", k), f"h{k}") for k, c in enumerate(init))
     xs_in = tuple(placeholder((None, *x.shape[2:]), x.dtype, ("x", k), f"x{k}") for k, x in enumerate(xs))
+    _TRACED_FROM.update({p.id: o for p, o in zip((*carry_in, *xs_in), (*init, *xs))})
     out = step(carry_in if init_tuple else carry_in[0], xs_in if xs_tuple else xs_in[0])
     if not isinstance(out, tuple) or len(out) != 2:
         raise SymbpError(f"{where}: the step function must return a pair (carry, y_t), "

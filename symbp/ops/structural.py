@@ -275,59 +275,7 @@ def reshape(x: Node, shape) -> Node:
     return node("reshape", (x,), shape=lead + shape)
 
 
-# -- slicing and joining --------------------------------------------------------------------
-
-def _slice_shape(inputs, index):
-    (x,) = inputs
-    shape = []
-    for d, ix in zip(x.shape, index):
-        if isinstance(ix, int):
-            continue
-        start, stop, step = ix
-        shape.append(d if d is None else len(range(start, stop, step)))
-    return tuple(shape), x.dtype
-
-
-register(OpDef("slice", "structural", shape=_slice_shape,
-               vjp=lambda nd, g: (node("unslice", (g, nd.inputs[0]), index=nd.attrs["index"]),),
-               sample={"shapes": [(None, 6)], "attrs": {"index": ((0, 0, 1), (1, 5, 2))}},
-               show=lambda a, n: N.func("index", N.dshape(n.shape), a[0], sub=N.format_index(n.attrs["index"]))))
-register(OpDef("unslice", "structural", shape=lambda inputs, index: (inputs[1].shape, inputs[0].dtype),
-               vjp=lambda nd, g: (node("slice", (g,), index=nd.attrs["index"]), None),
-               sample={"shapes": [(None, 2), (None, 6)], "attrs": {"index": ((0, 0, 1), (1, 5, 2))}},
-               show=lambda a, n: N.func("unslice", N.dshape(n.shape), a[0], sub=N.format_index(n.attrs["index"]))))
-
-
-def getitem(x: Node, index) -> Node:
-    """Basic slicing (ints, slices, ...) of feature axes; the batch axis is kept whole."""
-    if not isinstance(index, tuple):
-        index = (index,)
-    if sum(i is Ellipsis for i in index) > 1:
-        raise SymbpError("an index can have only one '...'")
-    if x.batched and x.shape[0] is None:
-        index = (slice(None),) + index  # users index per example; the batch axis leads
-    if any(i is Ellipsis for i in index):
-        k = next(j for j, i in enumerate(index) if i is Ellipsis)
-        index = index[:k] + (slice(None),) * (x.ndim - len(index) + 1) + index[k + 1:]
-    if len(index) > x.ndim:
-        raise SymbpError(f"too many indices for {x.describe()} of shape {fmt_shape(x.shape)}")
-    index = index + (slice(None),) * (x.ndim - len(index))
-    norm = []
-    for d, ix in zip(x.shape, index):
-        if isinstance(ix, slice):
-            if d is None:
-                if ix != slice(None):
-                    raise SymbpError(f"{x.describe()}: the batch axis cannot be sliced")
-                norm.append((0, 0, 1))
-                continue
-            norm.append(ix.indices(d))
-        elif isinstance(ix, int) and d is not None and -d <= ix < d:
-            norm.append(ix % d)
-        else:
-            raise SymbpError(f"index {ix!r} is not valid for an axis of size "
-                             f"{'batch' if d is None else d} of {x.describe()}")
-    return node("slice", (x,), index=tuple(norm))
-
+# -- joining (slicing is in symbp.ops.indexing) --------------------------------------------
 
 def _concat_shape(inputs, axis):
     first = inputs[0]

@@ -26,9 +26,8 @@ def _paren(s: str) -> str:
 
 
 def _index(n: Node) -> str:
-    """The index of a slice/unslice node, without the batch axis every cell tensor leads with."""
-    index = n.attrs["index"]
-    return format_index(index[1:] if n.inputs[0].shape[:1] == (None,) else index)
+    """The index of a slice/unslice node as the user writes it: ``:`` for the batch axis too."""
+    return format_index(n.attrs["index"])
 
 
 class _Printer:
