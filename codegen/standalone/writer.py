@@ -120,7 +120,8 @@ def _substitutions(spec: Spec, name: str, backend: str, files: BackendFiles) -> 
         "DEPENDENCIES": json.dumps(deps),
         "BUILD_REQUIRES": json.dumps(build),
         "PACKAGE_DATA": json.dumps(["weights.npz", *files.package_data]),
-        "FIRST_INPUTS": ", ".join(f"{k}={k.upper()}" for k in d.inputs),
+        "INPUT_NAMES": ", ".join(d.inputs),
+        "FIRST_PARAM": next(iter(d.params), ""),
     }
 
 
