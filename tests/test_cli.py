@@ -119,7 +119,7 @@ def test_dot_quotes_every_label():
 def test_build(capsys, tmp_path):
     code, out, _ = run(capsys, "build", MODEL, "-o", tmp_path / "pkg", "--dtype", "float64", "--lr", "0.1")
     assert code == 0 and "pip install" in out and "python -m mlp --selftest" in out
-    assert (tmp_path / "pkg" / "mlp" / "_kernels.py").read_text().count("DTYPE = np.float64") == 1
+    assert (tmp_path / "pkg" / "src" / "mlp" / "_kernels.py").read_text().count("DTYPE = np.float64") == 1
     assert "lr=0.1" in (tmp_path / "pkg" / "README.md").read_text()
 
 

@@ -281,15 +281,17 @@ def test_pyx_builds_as_one_file_too():
 def test_standalone_cython_package_builds_and_passes_its_selftest(tmp_path):
     """sb.build(backend="cython"): the package's setup.py cythonizes the .pyx files (here in
     place, with this interpreter's Cython and setuptools) and the package's own self-test, run
-    from the package folder, checks the compiled gradients against finite differences."""
+    from its src/ folder, checks the compiled gradients against finite differences. (What users
+    run, pip install in a fresh venv, is tests/test_package_install.py.)"""
     import subprocess
     import sys
 
     out = tmp_path / "cy_pkg"
     sb.build(sb.derive(mlp((5, 7, 3))), out, backend="cython", optimizer=sb.optim.Adam(lr=0.01), seed=3)
-    assert (out / "setup.py").exists() and (out / "mlp" / "_kernels.pyx").exists()
+    assert (out / "setup.py").exists() and (out / "src" / "mlp" / "_kernels.pyx").exists()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=out, env=env, check=True,
                    capture_output=True)
-    done = subprocess.run([sys.executable, "-m", "mlp", "--selftest"], cwd=out, env=env, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "mlp", "--selftest"], cwd=out / "src", env=env, capture_output=True,
+                          text=True)
     assert done.returncode == 0 and "selftest passed" in done.stdout, done.stdout + done.stderr

@@ -85,10 +85,10 @@ def run(py, args, cwd, check=True) -> subprocess.CompletedProcess:
 
 def test_package_layout(package):
     names = {str(p.relative_to(package)) for p in package.rglob("*") if p.is_file()}
-    assert names == {"pyproject.toml", "README.md", "tiny_mlp/__init__.py", "tiny_mlp/__main__.py",
-                     "tiny_mlp/trainer.py", "tiny_mlp/training.py", "tiny_mlp/_kernels.py",
-                     "tiny_mlp/_kernels64.py", "tiny_mlp/weights.npz"}
-    for p in (package / "tiny_mlp").glob("*.py"):
+    assert names == {"pyproject.toml", "README.md", "src/tiny_mlp/__init__.py", "src/tiny_mlp/__main__.py",
+                     "src/tiny_mlp/trainer.py", "src/tiny_mlp/training.py", "src/tiny_mlp/_kernels.py",
+                     "src/tiny_mlp/_kernels64.py", "src/tiny_mlp/weights.npz"}
+    for p in (package / "src" / "tiny_mlp").glob("*.py"):
         assert not re.search(r"^\s*(import|from)\s+(symbp|sympy|networkx|codegen)\b", p.read_text(), re.M), p
     toml = (package / "pyproject.toml").read_text()
     assert 'dependencies = ["numpy>=1.22"]' in toml and 'tiny_mlp = "tiny_mlp.__main__:main"' in toml
@@ -159,7 +159,7 @@ def test_train_entry_point_in_the_venv(venv, tmp_path):
 
 def test_selftest_catches_a_wrong_gradient(package, monkeypatch, capsys):
     """Run in-process from the built folder, with one kernel's gradient made wrong."""
-    monkeypatch.syspath_prepend(str(package))
+    monkeypatch.syspath_prepend(str(package / "src"))
     for k in [m for m in sys.modules if m.startswith("tiny_mlp")]:
         monkeypatch.delitem(sys.modules, k)
     import tiny_mlp._kernels64 as k64
@@ -197,4 +197,4 @@ def test_a_backend_supplies_its_own_files(tmp_path, monkeypatch):
     assert 'dependencies = ["numpy>=1.22", "scipy"]' in toml
     assert 'tiny_mlp = ["weights.npz", "*.pyx"]' in toml
     assert (out / "setup.py").read_text().startswith("from setuptools import setup")
-    assert (out / "tiny_mlp" / "_kernels.pyx").exists()
+    assert (out / "src" / "tiny_mlp" / "_kernels.pyx").exists()

@@ -2,9 +2,11 @@
 
 The package ships the generated ``.pyx`` sources (the compiled dtype, and float64 for the
 self-test) and a ``setup.py`` that cythonizes them when pip installs the folder. The
-``.pyx`` is self-contained: built as one C file it needs no symbp, only Cython and a C
-compiler at install time and NumPy and SciPy (for its BLAS) at run time. Flags are portable
-(no ``-march=native``: a wheel built from the folder may run on another CPU).
+``.pyx`` is self-contained: built as one C file it needs no symbp. To build, it needs a C
+compiler, Cython and SciPy: it cimports ``scipy.linalg.cython_blas`` (gemm), whose ``.pxd``
+ships in SciPy's wheels, so under pip's build isolation SciPy must be a build requirement
+(it cimports nothing from NumPy, so no NumPy headers). At run time it needs NumPy and SciPy.
+Flags are portable (no ``-march=native``: a wheel built from the folder may run on another CPU).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from setuptools import Extension, setup
 
 ARGS = [] if os.name == "nt" else ["-O3", "-fno-math-errno"]
 MODULES = ["@NAME@._kernels", "@NAME@._kernels64"]
-setup(ext_modules=cythonize([Extension(m, [m.replace(".", "/") + ".pyx"], extra_compile_args=ARGS)
+# sources are relative to this folder; the package sits under src/ (see pyproject.toml)
+setup(ext_modules=cythonize([Extension(m, ["src/" + m.replace(".", "/") + ".pyx"], extra_compile_args=ARGS)
                              for m in MODULES], compiler_directives={"language_level": 3}))
 '''
 
@@ -34,5 +37,5 @@ def files(spec: Spec, name: str):
     src = emitter.emit(spec)
     f64 = src if spec.dtype == "float64" else emitter.emit(dataclasses.replace(spec, dtype="float64"))
     return BackendFiles({"_kernels.pyx": src, "_kernels64.pyx": f64},
-                        build_requires=["cython>=3.0"], dependencies=["scipy>=1.9"],
+                        build_requires=["cython>=3.0", "scipy>=1.9"], dependencies=["scipy>=1.9"],
                         setup_py=SETUP.replace("@NAME@", name), package_data=["*.pyx"])

@@ -3,21 +3,26 @@
 ``write(spec, folder, ...)`` lays out::
 
     folder/
-      pyproject.toml        builds and installs the package (setuptools)
-      README.md             how to train, predict, self-test
-      <name>/__init__.py    trainer(): the Trainer with the initial (or given) weights
-      <name>/__main__.py    python -m <name> --selftest | train data.npz ...
-                            (both copied from files/, where ruff lints them)
-      <name>/trainer.py     copies of codegen/runtime/trainer.py and training.py
-      <name>/training.py      (they import only NumPy)
-      <name>/weights.npz    the initial weights
-      ...                   the backend's own files (see PACKAGERS)
+      pyproject.toml            builds and installs the package (setuptools)
+      README.md                 how to install, self-test, train; its commands run verbatim
+      src/<name>/__init__.py    trainer(): the Trainer with the initial (or given) weights
+      src/<name>/__main__.py    python -m <name> --selftest | train data.npz ...
+                                (both copied from files/, where ruff lints them)
+      src/<name>/trainer.py     copies of codegen/runtime/trainer.py and training.py
+      src/<name>/training.py      (they import only NumPy)
+      src/<name>/weights.npz    the initial weights
+      ...                       the backend's own files (see PACKAGERS)
+
+The package sits under ``src/`` so that ``python -m <name>`` run in the folder itself (the
+README's next command after ``pip install .``) imports the installed package, with its
+compiled kernels, rather than the uninstalled sources the current directory would shadow it with.
 
 Each backend supplies its files through a *packager* in ``PACKAGERS``: a function of the
 spec returning a ``BackendFiles``. Whatever it supplies, the package imports two kernel
 modules by name: ``_kernels`` (the compiled dtype) and ``_kernels64`` (float64, the
 self-test's oracle for finite differences). A Cython packager ships ``.pyx`` sources with a
-``setup.py`` declaring the extensions; pip then compiles them when the folder is installed.
+``setup.py`` declaring the extensions (their sources under ``src/``); pip then compiles them
+when the folder is installed, in an isolated environment holding only ``build_requires``.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from symbp.ir import SymbpError, check_identifier
 
 FILES = pathlib.Path(__file__).parent / "files"
 RUNTIME = pathlib.Path(__file__).parent.parent / "runtime"
+SRC = "src"
+"""The folder holding the package inside the project (the "src layout"; see the module docstring)."""
 
 
 def _numpy_files(spec: Spec, name: str) -> BackendFiles:
@@ -70,18 +77,18 @@ def write(spec: Spec, folder, backend: str, values: dict, name: str | None = Non
         raise SymbpError(f"sb.build: no standalone packaging for backend {backend!r} yet; "
                          f"choose from {', '.join(PACKAGERS)}")
     out = pathlib.Path(folder)
-    pkg = out / name
+    pkg = out / SRC / name
     pkg.mkdir(parents=True, exist_ok=True)
     files = PACKAGERS[backend](spec, name)
     subs = _substitutions(spec, name, backend, files)
     texts = {
         "pyproject.toml": _template("pyproject.toml.in", subs),
         "README.md": _template("README.md.in", subs),
-        f"{name}/__init__.py": (FILES / "package_init.py").read_text(),
-        f"{name}/__main__.py": (FILES / "package_main.py").read_text(),
-        f"{name}/trainer.py": (RUNTIME / "trainer.py").read_text(),
-        f"{name}/training.py": (RUNTIME / "training.py").read_text(),
-        **{f"{name}/{k}": v for k, v in files.files.items()},
+        f"{SRC}/{name}/__init__.py": (FILES / "package_init.py").read_text(),
+        f"{SRC}/{name}/__main__.py": (FILES / "package_main.py").read_text(),
+        f"{SRC}/{name}/trainer.py": (RUNTIME / "trainer.py").read_text(),
+        f"{SRC}/{name}/training.py": (RUNTIME / "training.py").read_text(),
+        **{f"{SRC}/{name}/{k}": v for k, v in files.files.items()},
     }
     if files.setup_py is not None:
         texts["setup.py"] = files.setup_py
@@ -101,9 +108,9 @@ def _substitutions(spec: Spec, name: str, backend: str, files: BackendFiles) -> 
         "NAME": name,
         "MODEL": d.name,
         "BACKEND": backend,
-        "NEEDS": " and ".join(["NumPy", *(r.split(">")[0].split("=")[0] for r in files.dependencies)])
-        + (" at run time (and a C compiler with " + ", ".join(files.build_requires) + " to install)"
-           if files.build_requires else ""),
+        "NEEDS": " and ".join(["NumPy", *map(_project, files.dependencies)])
+        + (" at run time, and a C compiler to install (pip fetches " + ", ".join(map(_project, files.build_requires))
+           + " to build it)" if files.build_requires else ""),
         "DTYPE": spec.dtype,
         "OPTIMIZER": repr(spec.optimizer),
         "VERSION": symbp.__version__,
@@ -113,8 +120,14 @@ def _substitutions(spec: Spec, name: str, backend: str, files: BackendFiles) -> 
         "DEPENDENCIES": json.dumps(deps),
         "BUILD_REQUIRES": json.dumps(build),
         "PACKAGE_DATA": json.dumps(["weights.npz", *files.package_data]),
-        "FIRST_INPUTS": ", ".join(f"{k}={k.upper()}" for k in d.inputs),
+        "INPUT_NAMES": ", ".join(d.inputs),
+        "FIRST_PARAM": next(iter(d.params), ""),
     }
+
+
+def _project(requirement: str) -> str:
+    """The project name of a requirement such as ``scipy>=1.9``."""
+    return re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0]
 
 
 def _shape(shape) -> str:
