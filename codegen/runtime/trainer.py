@@ -69,6 +69,7 @@ class Trainer:
 
     def __init__(self, kernels, params: dict, hyper: dict | None = None, source: str | None = None):
         self.kernels = kernels
+        kernels.DataError = DataError  # what the kernels' own checks (labels) raise: ours, not a bare ValueError
         self.dtype = np.dtype(kernels.DTYPE)
         self.params = Params(kernels.PARAMS, self.dtype, params)
         self.hyper = dict(kernels.HYPER) if hyper is None else hyper
@@ -170,7 +171,12 @@ class Trainer:
         self.t += 1
         self._bind()
         before = dict(self.carries)
-        loss = self.kernels.step(self.params, self.state, data, self.hyper, self.t)
+        try:
+            loss = self.kernels.step(self.params, self.state, data, self.hyper, self.t)
+        except DataError:  # found by the kernels' own checks (labels), before any update
+            self.t -= 1
+            self._set_carries(before)
+            raise
         if not math.isfinite(loss):
             self.t -= 1
             self._set_carries(before)
