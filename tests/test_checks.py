@@ -61,6 +61,7 @@ def test_gradcheck_fails_on_a_nan_in_an_entry_it_does_not_sample(monkeypatch):
     assert not result.ok and result.errors["W1"] == math.inf
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered in sqrt:RuntimeWarning")  # wanted here
 def test_gradcheck_fails_when_the_loss_is_not_finite():
     """sqrt of a negative: the loss and its finite differences are NaN."""
     m = sb.Model("nan_loss")
