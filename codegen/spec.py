@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import symbp
 from symbp.autodiff.derive import Derivation
 from symbp.ir import Node, topo_order
+from symbp.ops.scan import sources
 from symbp.optim import Optimizer
 
 FLOAT_DTYPES = ("float32", "float64")
@@ -108,6 +109,27 @@ class Spec:
 
         return {"gradients": reads([d.loss]), "loss": reads([d.loss]),
                 "predict": reads(list(d.outputs.values()))}
+
+
+LABEL_ERROR = '''
+DataError = ValueError  # the Trainer puts the runtime's own DataError (a ValueError) here
+
+
+def _bad_label(labels, depth, label):
+    """Raise the error for a label outside 0..depth-1, naming the input the labels come from."""
+    raise DataError(f"{labels}: label {label} is outside 0..{depth - 1}, the classes of the one-hot that reads it")
+
+'''
+"""Python (valid Cython too) of a generated module whose one-hots check their labels."""
+
+
+def labels_of(onehot: Node) -> str:
+    """How a range error names the labels a one-hot reads: the user's input(s), found through
+    slices, concatenations and loops (``symbp.ops.scan.sources``)."""
+    names = sources(onehot.inputs[0])
+    if not names:
+        return "labels"
+    return ("input " if len(names) == 1 else "inputs ") + ", ".join(map(repr, names))
 
 
 def _shape(p: Node) -> str:

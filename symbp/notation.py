@@ -157,8 +157,12 @@ def symbol(name: str, shape: tuple) -> sp.Basic:
 
 
 def axes_label(x: Node, axes: tuple) -> str:
-    """How a reduction's axes read: "batch" for the batch axis, "j" for the last one."""
-    return ",".join("batch" if x.shape[a] is None else "j" if a == x.ndim - 1 else f"axis{a}" for a in axes)
+    """How a reduction's axes read: "batch" for the batch axis, "j" for the last one when it is
+    all that is reduced (the classes of each example), else "axis<k>". A sum over the batch
+    and the last axis of (batch, T) values, around a sum over their classes Σ_j, so reads
+    Σ_batch,axis1 instead of reusing j."""
+    last = len(axes) == 1
+    return ",".join("batch" if x.shape[a] is None else "j" if last and a == x.ndim - 1 else f"axis{a}" for a in axes)
 
 
 def format_index(idx: tuple) -> str:

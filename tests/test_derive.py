@@ -184,3 +184,25 @@ def test_training_reduces_the_loss(rng):
     assert tr.loss(**batch) < 0.2 * first
     probs = tr.predict(x=batch["x"])["probs"]
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cython"])
+@pytest.mark.parametrize("perm", [(0, 1), (1, 0)])
+@pytest.mark.parametrize("square", [True, False])
+def test_matmul_folds_only_a_real_transpose(backend, perm, square, rng):
+    """sb.transpose(W, (0, 1)) is W: only the swap (1, 0) may fold into a product as W^T, on
+    either side; with the identity permutation a non-square W is a valid product."""
+    k, n = (3, 3) if square else (3, 5)
+    m = sb.Model("perm")
+    x, c = m.input("x", (k,)), m.input("c", (n,))
+    W = m.param("W", (k, n) if perm == (0, 1) else (n, k))   # right operand: x @ W'
+    V = m.param("V", (k, n) if perm == (0, 1) else (n, k))   # left operand: V' @ U
+    U = m.param("U", (n, n))
+    m.minimize(sb.sum((x @ sb.transpose(W, perm)) * c) + sb.sum(x @ (sb.transpose(V, perm) @ U)))
+    batch = {"x": rng.normal(size=(4, k)), "c": rng.normal(size=(4, n))}
+    tr = sb.compile(sb.derive(m), backend=backend, dtype="float64")
+    X, C = batch["x"], batch["c"]
+    Wp, Vp, Up = tr.params["W"].transpose(perm), tr.params["V"].transpose(perm), tr.params["U"]
+    np.testing.assert_allclose(tr.loss(**batch), np.sum((X @ Wp) * C) + np.sum(X @ Vp @ Up), rtol=1e-12)
+    np.testing.assert_allclose(tr.gradients(**batch)["W"], (X.T @ C).transpose(perm), rtol=1e-12)
+    assert sb.gradcheck(m, batch, tolerance=1e-7, backend=backend).ok

@@ -157,25 +157,43 @@ def test_train_entry_point_in_the_venv(venv, tmp_path):
     assert bad.returncode != 0 and "missing.npz" in bad.stderr
 
 
-def test_selftest_catches_a_wrong_gradient(package, monkeypatch, capsys):
-    """Run in-process from the built folder, with one kernel's gradient made wrong."""
+def _break(g: np.ndarray, how: str) -> np.ndarray:
+    """``g`` made wrong: scaled by 1.01, or one entry NaN or Inf."""
+    if how == "scaled":
+        return g * 1.01
+    g = g.copy()
+    g.flat[1] = np.nan if how == "nan" else np.inf
+    return g
+
+
+@pytest.mark.parametrize("how", ["scaled", "nan", "inf"])
+@pytest.mark.parametrize("kernels", ["_kernels64", "_kernels"])
+def test_selftest_catches_a_wrong_gradient(package, monkeypatch, capsys, how, kernels):
+    """Run in-process from the built folder, with one kernel's gradient made wrong: the float64
+    kernels' (checked against finite differences) or the compiled dtype's (checked against the
+    float64 kernels). A NaN or Inf gradient is a failure, never "ok"."""
     monkeypatch.syspath_prepend(str(package / "src"))
     for k in [m for m in sys.modules if m.startswith("tiny_mlp")]:
         monkeypatch.delitem(sys.modules, k)
-    import tiny_mlp._kernels64 as k64
+    import importlib
+
     from tiny_mlp.__main__ import selftest
 
+    module = importlib.import_module(f"tiny_mlp.{kernels}")
     assert selftest()
-    real = k64.gradients
+    real = module.gradients
 
     def wrong(P, D):
         loss, grads = real(P, D)
-        return loss, {**grads, "b1": grads["b1"] * 1.01}
+        return loss, {**grads, "b1": _break(grads["b1"], how)}
 
-    monkeypatch.setattr(k64, "gradients", wrong)
+    monkeypatch.setattr(module, "gradients", wrong)
+    capsys.readouterr()
     assert not selftest()
     out = capsys.readouterr().out
-    assert re.search(r"b1 +\S+ +FAIL", out) and "selftest FAILED" in out
+    assert "selftest FAILED" in out, out
+    failing = r"b1 +\S+ +FAIL" if kernels == "_kernels64" else r"kernels vs float64: .* FAIL"
+    assert re.search(failing, out), out
 
 
 def test_a_backend_supplies_its_own_files(tmp_path, monkeypatch):

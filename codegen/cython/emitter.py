@@ -23,7 +23,7 @@ from codegen.cython import conv, loops
 from codegen.cython import kernels as K
 from codegen.cython.printer import CTYPES, KernelPrinter, helpers, kernel_body
 from codegen.naming import Namer, equation_comment, model_namer
-from codegen.spec import Spec
+from codegen.spec import Spec, labels_of
 from symbp.autodiff.schedule import schedule
 from symbp.ir import Node, SymbpError, topo_order
 from symbp.ops import scalar as S
@@ -130,6 +130,8 @@ class Function:
         self.buffer_views = [self._array("buffer", k, shape, dtype, f"b{k}")
                              for k, (shape, dtype) in enumerate(self.sched.buffers)]
         self.results: list[int] = []  # array index of each root
+        self.check: int | None = None  # array index of the label checks' record (which check, label)
+        self.checks: list[tuple[str, int]] = []  # per label check: (labels as the error names them, depth)
         self._compile()
 
     # -- the ctx interface used by codegen.cython.kernels ---------------------------------
@@ -144,6 +146,15 @@ class Function:
     def tag(self) -> str:
         self.ntags += 1
         return f"k{self.ntags}"
+
+    def label_check(self, n: Node) -> tuple[str, int]:
+        """The C name of the int64 pair where one-hot ``n`` records its first out-of-range label,
+        and the number (from 1) it records with it; the function zeroes the pair on entry."""
+        if self.check is None:
+            self.check = len(self.arrays)
+            self.scratch((2,), "int64")
+        self.checks.append((labels_of(n), n.attrs["depth"]))
+        return self.arrays[self.check][4], len(self.checks)
 
     # -- body -----------------------------------------------------------------------------
     def _compile(self) -> None:
@@ -203,6 +214,8 @@ class Function:
         for k, (_, _, _, dtype, cname) in enumerate(self.arrays):
             ctype = "int64_t" if dtype == "int64" else "sb_real"
             lines.append(f"    {ctype} *{cname} = ({ctype} *)a[{k}];")
+        if self.check is not None:
+            lines.append(f"    {self.arrays[self.check][4]}[0] = 0;")
         lines += ["    " + line for line in self.body]
         if self.name in ("gradients", "loss"):
             loss = self.views[self.roots[0].id]

@@ -327,7 +327,12 @@ def emit_onehot(ctx, n: Node, out: View, y: View) -> list[str]:
     depth = n.attrs["depth"]
     rows = dense(out.ptr, y.shape).with_(offset=out.offset, strides=tuple(mul(s, (depth, 0))
                                                                           for s in contiguous(y.shape)))
-    body = lambda r: [f"{{ int64_t c_ = {r[1]}; if (c_ >= 0 && c_ < {depth}) (&{r[0]})[c_] = 1; }}"]
+    # Labels are checked here, where they are read (also inside loops and after concatenation):
+    # the first one out of range is recorded with this check's number, and the Python wrapper
+    # raises the error naming the input (C without the GIL cannot raise).
+    check, q = ctx.label_check(n)
+    body = lambda r: [f"{{ int64_t c_ = {r[1]}; if (c_ >= 0 && c_ < {depth}) (&{r[0]})[c_] = 1; "
+                      f"else if ({check}[0] == 0) {{ {check}[0] = {q}; {check}[1] = c_; }} }}"]
     return fill(out, "0", ctx.tag()) + loop_nest(y.shape, [rows, y], body, ctx.tag())
 
 

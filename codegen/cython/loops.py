@@ -107,6 +107,9 @@ class CellBody:
     def tag(self) -> str:
         return self.parent.tag()
 
+    def label_check(self, n: Node) -> tuple[str, int]:
+        return self.parent.label_check(n)
+
     @property
     def view_ops(self):
         return self.parent.view_ops

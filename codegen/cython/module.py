@@ -10,6 +10,8 @@ whose utility code would triple the C that gcc has to compile.
 
 from __future__ import annotations
 
+from codegen.spec import LABEL_ERROR
+
 NAMES = {"gradients": 0, "loss": 1, "predict": 2, "update": 3}
 BEGIN, END = "/* symbp:kernels-begin */", "/* symbp:kernels-end */"
 """Markers around the C kernels, which codegen.cython.build compiles as their own file."""
@@ -126,6 +128,8 @@ def render(spec, fns, update: list[str], pnames: list[str], helpers: str, ctype:
     update_arrays = tuple(("P", spec.derivation.params[k].shape, "f") for k in pnames) * (2 + len(spec.optimizer.slots))
     arrays = tuple(tables.get(name, ()) for name in ("gradients", "loss", "predict")) + (update_arrays,)
     lines.append(f"_ARRAYS = {arrays!r}")
+    if any(f.checks for f in fns):
+        lines += LABEL_ERROR.splitlines()
     maxa = max(len(a) for a in arrays) + 1
     lines.append(_RUNTIME.format(maxa=maxa))
     for f in fns:
@@ -179,6 +183,10 @@ def _function(f, spec) -> list[str]:
     leaves = ", ".join(f"{src}[{key!r}]" for src, key, *_ in f.arrays[:nleaves])
     lines += _state_in(f, nleaves)
     lines.append(f"    _run({NAMES[f.name]}, [{leaves}], meta, addrs, io, B)")
+    if f.check is not None:  # a one-hot met a label out of range: (which check, the label)
+        lines += [f"    if bufs[{f.check - nleaves}][0]:",
+                  f"        _bad_label(*{tuple(f.checks)!r}[bufs[{f.check - nleaves}][0] - 1], "
+                  f"bufs[{f.check - nleaves}][1])"]
     lines += _state_out(f, nleaves)
     res = [f"bufs[{k - nleaves}]" for k in f.results]
     if f.name == "gradients":

@@ -15,7 +15,7 @@ from codegen.numpy import (
     loops,  # recurrences: their loops are emitted by their own module
 )
 from codegen.numpy.printer import KernelWriter, Scratch, literal, scalar_code
-from codegen.spec import Spec
+from codegen.spec import LABEL_ERROR, Spec, labels_of
 from symbp.autodiff.schedule import schedule
 from symbp.ir import Node
 from symbp.ops import scalar as S
@@ -79,7 +79,13 @@ def _size(n, out, x):
 
 
 def _onehot(n, out, y):
-    return [f"{out}.fill(0.0)", f"np.put_along_axis({out}, {y}[..., None], 1.0, axis=-1)"]
+    # Labels are checked here, where they are read: the runtime checks only inputs that are
+    # labels themselves, not labels concatenated or read inside a loop. Negative labels wrap
+    # past any class count as uint64, so one reduction checks both ends.
+    depth = n.attrs["depth"]
+    return [f"if {y}.view(np.uint64).max() >= {depth}:",
+            f"    _bad_label({labels_of(n)!r}, {depth}, {y}[({y} < 0) | ({y} >= {depth})].flat[0])",
+            f"{out}.fill(0.0)", f"np.put_along_axis({out}, {y}[..., None], 1.0, axis=-1)"]
 
 
 EMIT = {
@@ -150,6 +156,8 @@ def emit(spec: Spec) -> str:
     lines += ["", "def _alloc(shapes, B):",
               "    return [np.empty(tuple(B if d is None else d for d in s),",
               "                     dtype=DTYPE if k == 'float' else np.int64) for s, k in shapes]", ""]
+    if any("_bad_label(" in line for f in fns for line in f.body):
+        lines += LABEL_ERROR.splitlines()
     lines.append(f"_SCRATCH = {[(s, 'float') for _, s in scratch.specs()]!r}")
     lines.append("_cache = {}")
     lines += ["", "", "def _ones(n):",

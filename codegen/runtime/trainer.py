@@ -69,6 +69,7 @@ class Trainer:
 
     def __init__(self, kernels, params: dict, hyper: dict | None = None, source: str | None = None):
         self.kernels = kernels
+        kernels.DataError = DataError  # what the kernels' own checks (labels) raise: ours, not a bare ValueError
         self.dtype = np.dtype(kernels.DTYPE)
         self.params = Params(kernels.PARAMS, self.dtype, params)
         self.hyper = dict(kernels.HYPER) if hyper is None else hyper
@@ -170,7 +171,12 @@ class Trainer:
         self.t += 1
         self._bind()
         before = dict(self.carries)
-        loss = self.kernels.step(self.params, self.state, data, self.hyper, self.t)
+        try:
+            loss = self.kernels.step(self.params, self.state, data, self.hyper, self.t)
+        except DataError:  # found by the kernels' own checks (labels), before any update
+            self.t -= 1
+            self._set_carries(before)
+            raise
         if not math.isfinite(loss):
             self.t -= 1
             self._set_carries(before)
@@ -302,7 +308,8 @@ class Trainer:
             entries: entries checked per parameter (chosen at random; all if fewer).
             rng: a numpy Generator choosing the entries (default: seeded with 0).
         Returns:
-            {parameter name: worst relative error}.
+            {parameter name: worst relative error}; ``inf`` where a gradient, a finite difference
+            or the loss is NaN or Inf.
         """
         rng = np.random.default_rng(0) if rng is None else rng
         analytic = self.gradients(**batch)
@@ -310,6 +317,11 @@ class Trainer:
         for name, g in analytic.items():
             flat = self.params[name].reshape(-1)
             idx = np.arange(flat.size) if flat.size <= entries else rng.choice(flat.size, entries, replace=False)
+            # A NaN or Inf anywhere in the gradient (not only in the entries sampled) is a failure:
+            # inf, never NaN, since max() and <= comparisons quietly skip NaN
+            if not np.isfinite(g).all():
+                errors[name] = math.inf
+                continue
             worst, floor = 0.0, max(1e-2 * float(np.abs(g).max()), 1e-8)
             for i in idx:
                 old = flat[i]
@@ -318,8 +330,9 @@ class Trainer:
                 flat[i] = old - eps
                 down = self.loss(**batch)
                 flat[i] = old
-                num, ana = (up - down) / (2 * eps), g.reshape(-1)[i]
-                worst = max(worst, abs(num - ana) / max(abs(num), abs(ana), floor))
+                num, ana = (up - down) / (2 * eps), float(g.reshape(-1)[i])
+                err = abs(num - ana) / max(abs(num), abs(ana), floor)
+                worst = max(worst, err if math.isfinite(err) else math.inf)
             errors[name] = worst
         return errors
 

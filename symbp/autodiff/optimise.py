@@ -61,7 +61,9 @@ def fuse(roots: list[Node]) -> list[Node]:
     root_ids = {r.id for r in roots}
 
     def inlinable(p: Node, user: Node, n_inputs: int) -> bool:
-        return ("expr" in p.attrs and p.id not in root_ids and len(users.get(p.id, ())) == 1
+        # ask the rebuilt producer, not the original: fusing can simplify a formula to an
+        # existing node (log(exp(z)) is z) or a constant, which has no formula to splice
+        return ("expr" in new[p.id].attrs and p.id not in root_ids and len(users.get(p.id, ())) == 1
                 and p.shape == user.shape and n_inputs + len(new[p.id].inputs) <= MAX_INPUTS
                 and sp.count_ops(new[p.id].attrs["expr"]) <= MAX_OPS)
 

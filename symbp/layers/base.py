@@ -9,19 +9,21 @@ from symbp.model import Model, model_of
 from symbp.ops import elementwise as E
 
 ACTIVATIONS = {
-    None: None, "linear": None, "tanh": ops.tanh, "sigmoid": ops.sigmoid, "relu": ops.relu,
+    "linear": None, "tanh": ops.tanh, "sigmoid": ops.sigmoid, "relu": ops.relu,
     "leaky_relu": ops.leaky_relu, "elu": ops.elu, "softplus": ops.softplus, "gelu": ops.gelu,
     "swish": ops.swish, "softmax": ops.softmax, "log_softmax": ops.log_softmax,
 }
 
 
 def activation(spec, where: str):
-    """An activation by name (see ACTIVATIONS) or any callable Node -> Node."""
+    """An activation by name (see ACTIVATIONS), None (linear) or any callable Node -> Node."""
+    if spec is None:  # not a key of ACTIVATIONS: its keys are names, so sorted() works on them
+        return None
     if callable(spec):
         return spec
     if spec not in ACTIVATIONS:
         raise SymbpError(f"{where}: unknown activation {spec!r}; choose from "
-                         f"{', '.join(k for k in ACTIVATIONS if k)} or pass a function")
+                         f"{', '.join(ACTIVATIONS)} or pass a function")
     return ACTIVATIONS[spec]
 
 

@@ -70,9 +70,32 @@ def traced_from(n: Node) -> Node | None:
     return _TRACED_FROM.get(n.id)
 
 
-def placeholder(shape: tuple, dtype: str, role: tuple, label: str | None = None) -> Node:
-    """A cell input: a leaf the emitters bind to a loop variable."""
-    return Node("input", (), shape, dtype, {"role": role}, label=label)
+def placeholder(shape: tuple, dtype: str, role: tuple, label: str | None = None, outer: Node | None = None) -> Node:
+    """A cell input: a leaf the emitters bind to a loop variable.
+
+    An int placeholder remembers the model inputs its values come from (``outer``'s
+    sources), so a range check on labels inside the loop can name the user's input.
+    """
+    attrs = {"role": role}
+    if outer is not None and outer.dtype == "int64":
+        attrs["sources"] = sources(outer)
+    return Node("input", (), shape, dtype, attrs, label=label)
+
+
+def sources(x: Node) -> tuple[str, ...]:
+    """The names of the model inputs whose values reach ``x``, in creation order; through a
+    loop's placeholders too. Meant for int tensors (labels, ids), whose graphs are small."""
+    found: dict[int, tuple[str, ...]] = {}
+    stack, seen = [x], set()
+    while stack:
+        n = stack.pop()
+        if n.id in seen:
+            continue
+        seen.add(n.id)
+        if n.op == "input":
+            found[n.id] = n.attrs.get("sources", ()) if "role" in n.attrs else (n.name,)
+        stack.extend(n.inputs)
+    return tuple(dict.fromkeys(name for k in sorted(found) for name in found[k]))
 
 
 def substitute(roots: list, mapping: dict[int, Node]) -> list:
@@ -126,7 +149,7 @@ def trace(step, xs: tuple, init: tuple, xs_tuple: bool, init_tuple: bool, where:
     """
     start = Node("const", (), (), "float", {"value": 0.0}).id  # every node traced is newer
     carry_in = tuple(placeholder(c.shape, c.dtype, ("carry", k), f"h{k}") for k, c in enumerate(init))
-    xs_in = tuple(placeholder((None, *x.shape[2:]), x.dtype, ("x", k), f"x{k}") for k, x in enumerate(xs))
+    xs_in = tuple(placeholder((None, *x.shape[2:]), x.dtype, ("x", k), f"x{k}", x) for k, x in enumerate(xs))
     _TRACED_FROM.update({p.id: o for p, o in zip((*carry_in, *xs_in), (*init, *xs))})
     out = step(carry_in if init_tuple else carry_in[0], xs_in if xs_tuple else xs_in[0])
     if not isinstance(out, tuple) or len(out) != 2:
@@ -165,7 +188,7 @@ def trace(step, xs: tuple, init: tuple, xs_tuple: bool, init_tuple: bool, where:
         raise SymbpError(f"{where}: a scan inside a step function is not supported yet; "
                          "stack the loops instead (scan over the outputs of another scan)")
     outer_t = tuple(outer[k] for k in sorted(outer))
-    captured = tuple(placeholder(n.shape, n.dtype, ("captured", k), n.name or n.label)
+    captured = tuple(placeholder(n.shape, n.dtype, ("captured", k), n.name or n.label, n)
                      for k, n in enumerate(outer_t))
     sub = substitute([*carry_out, *ys], {o.id: c for o, c in zip(outer_t, captured)})
     carry_out, ys = tuple(sub[:len(carry_out)]), tuple(sub[len(carry_out):])

@@ -101,7 +101,8 @@ class Equations:
         return "\n".join(lines)
 
     def latex(self) -> str:
-        """The equations as a LaTeX ``align*`` environment, numbered with ``\\tag``."""
+        """The equations as a LaTeX ``align*`` environment, numbered with ``\\tag``: it compiles in a
+        document with ``\\usepackage{amsmath}`` and nothing else (tests/test_equations.py runs pdflatex)."""
         rows = [f"{e.latex()} \\tag{{{e.number}}}" for e in self.entries]
         rows += [f"&{tex} \\notag" for _, _, _, tex in self.recurrences]
         return "\\begin{align*}\n" + " \\\\\n".join(rows) + "\n\\end{align*}"

@@ -197,7 +197,7 @@ class TexPrinter(_Common, LatexPrinter):
     def _print_Func(self, e):
         args = [self._print(a) for a in e.operands]
         if e.name == "𝟙":
-            return rf"\mathbb{{1}}\left[{args[0]} > 0\right]"
+            return rf"\mathbf{{1}}\left[{args[0]} > 0\right]"  # amsmath alone: \mathbb needs amssymb
         if e.name == "where":
             return rf"\operatorname{{where}}\left({args[0]} > 0, {', '.join(args[1:])}\right)"
         if e.name == "abs":

@@ -40,6 +40,8 @@ def show_op(n: Node, args: list) -> sp.Basic:
         # Tensors of 3+ axes are shown flattened to matrices, where a matrix form can fail to
         # line up (a (B, T·F) sequence times an (F, H) weight): then the op reads as op(args).
         pass
+    if n.op == "dot":  # read as a call, the product still shows which operand it transposes
+        args = [D.Transpose(a) if n.attrs[flag] and D.is_matrix(a) else a for a, flag in zip(args, ("ta", "tb"))]
     return D.func(n.op, dshape(n.shape), *[a for a in args if a is not None])
 
 

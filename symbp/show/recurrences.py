@@ -98,7 +98,8 @@ class _Printer:
             return _paren(a[0][0]) + "ᵀ", a[0][1] + "^{\\top}"
         if n.op == "slice":
             ix = _index(n)
-            return f"{_paren(a[0][0])}[{ix}]", f"{a[0][1]}_{{[{ix}]}}"
+            # the base in braces: a_{1}_{[0:16]} is a LaTeX error ("Double subscript")
+            return f"{_paren(a[0][0])}[{ix}]", f"{{{a[0][1]}}}_{{[{ix}]}}"
         if n.op == "unslice":
             ix = _index(n)
             return f"pad({a[0][0]} into [{ix}])", f"\\operatorname{{pad}}_{{[{ix}]}}({a[0][1]})"

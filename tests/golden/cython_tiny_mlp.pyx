@@ -186,6 +186,8 @@ cdef extern from *:
         sb_real *b16 = (sb_real *)a[21];
         sb_real *b17 = (sb_real *)a[22];
         sb_real *b18 = (sb_real *)a[23];
+        int64_t *s24 = (int64_t *)a[24];
+        s24[0] = 0;
         /* d_div = const */
         {
             sb_real *restrict k1p0_0 = b0;
@@ -239,7 +241,7 @@ cdef extern from *:
             sb_real *restrict k4p0_0 = b4;
             int64_t *restrict k4p1_0 = D_y;
             for (long k4i0 = 0; k4i0 < B; k4i0++) {
-                { int64_t c_ = k4p1_0[k4i0]; if (c_ >= 0 && c_ < 3) (&k4p0_0[k4i0*3])[c_] = 1; }
+                { int64_t c_ = k4p1_0[k4i0]; if (c_ >= 0 && c_ < 3) (&k4p0_0[k4i0*3])[c_] = 1; else if (s24[0] == 0) { s24[0] = 1; s24[1] = c_; } }
             }
         }
         /* t_3 = max */
@@ -552,6 +554,8 @@ cdef extern from *:
         sb_real *b10 = (sb_real *)a[15];
         sb_real *b11 = (sb_real *)a[16];
         sb_real *b12 = (sb_real *)a[17];
+        int64_t *s18 = (int64_t *)a[18];
+        s18[0] = 0;
         /* (1) Z₁ = x W1 + b1 */
         /* t_1 = dot */
         #ifdef SB_MM
@@ -600,7 +604,7 @@ cdef extern from *:
             sb_real *restrict k3p0_0 = b3;
             int64_t *restrict k3p1_0 = D_y;
             for (long k3i0 = 0; k3i0 < B; k3i0++) {
-                { int64_t c_ = k3p1_0[k3i0]; if (c_ >= 0 && c_ < 3) (&k3p0_0[k3i0*3])[c_] = 1; }
+                { int64_t c_ = k3p1_0[k3i0]; if (c_ >= 0 && c_ < 3) (&k3p0_0[k3i0*3])[c_] = 1; else if (s18[0] == 0) { s18[0] = 1; s18[1] = c_; } }
             }
         }
         /* t_3 = max */
@@ -844,7 +848,15 @@ HYPER = {'lr': 0.01, 'momentum': 0.9}
 NEEDS = {'gradients': ['x', 'y'], 'loss': ['x', 'y'], 'predict': []}
 TRUNCATED = {}
 FUNCTIONS = ('gradients', 'loss', 'predict', 'update')
-_ARRAYS = ((('D', (None, 4), 'f'), ('D', (None,), 'i'), ('P', (4, 32), 'f'), ('P', (32,), 'f'), ('P', (32, 3), 'f'), ('buffer', (), 'f'), ('buffer', (None, 32), 'f'), ('buffer', (None, 32), 'f'), ('buffer', (None, 3), 'f'), ('buffer', (None, 3), 'f'), ('buffer', (None, 1), 'f'), ('buffer', (None, 3), 'f'), ('buffer', (None, 1), 'f'), ('buffer', (None, 1), 'f'), ('buffer', (None, 3), 'f'), ('buffer', (None,), 'f'), ('buffer', (None,), 'f'), ('buffer', (), 'f'), ('buffer', (), 'f'), ('buffer', (), 'f'), ('buffer', (32, 3), 'f'), ('buffer', (None, 32), 'f'), ('buffer', (32,), 'f'), ('buffer', (4, 32), 'f')), (('D', (None, 4), 'f'), ('D', (None,), 'i'), ('P', (4, 32), 'f'), ('P', (32,), 'f'), ('P', (32, 3), 'f'), ('buffer', (None, 32), 'f'), ('buffer', (None, 32), 'f'), ('buffer', (None, 3), 'f'), ('buffer', (None, 3), 'f'), ('buffer', (None, 1), 'f'), ('buffer', (None, 3), 'f'), ('buffer', (None, 1), 'f'), ('buffer', (None, 1), 'f'), ('buffer', (None,), 'f'), ('buffer', (None,), 'f'), ('buffer', (), 'f'), ('buffer', (), 'f'), ('buffer', (), 'f')), (), (('P', (4, 32), 'f'), ('P', (32,), 'f'), ('P', (32, 3), 'f'), ('P', (4, 32), 'f'), ('P', (32,), 'f'), ('P', (32, 3), 'f'), ('P', (4, 32), 'f'), ('P', (32,), 'f'), ('P', (32, 3), 'f')))
+_ARRAYS = ((('D', (None, 4), 'f'), ('D', (None,), 'i'), ('P', (4, 32), 'f'), ('P', (32,), 'f'), ('P', (32, 3), 'f'), ('buffer', (), 'f'), ('buffer', (None, 32), 'f'), ('buffer', (None, 32), 'f'), ('buffer', (None, 3), 'f'), ('buffer', (None, 3), 'f'), ('buffer', (None, 1), 'f'), ('buffer', (None, 3), 'f'), ('buffer', (None, 1), 'f'), ('buffer', (None, 1), 'f'), ('buffer', (None, 3), 'f'), ('buffer', (None,), 'f'), ('buffer', (None,), 'f'), ('buffer', (), 'f'), ('buffer', (), 'f'), ('buffer', (), 'f'), ('buffer', (32, 3), 'f'), ('buffer', (None, 32), 'f'), ('buffer', (32,), 'f'), ('buffer', (4, 32), 'f'), ('buffer', (2,), 'i')), (('D', (None, 4), 'f'), ('D', (None,), 'i'), ('P', (4, 32), 'f'), ('P', (32,), 'f'), ('P', (32, 3), 'f'), ('buffer', (None, 32), 'f'), ('buffer', (None, 32), 'f'), ('buffer', (None, 3), 'f'), ('buffer', (None, 3), 'f'), ('buffer', (None, 1), 'f'), ('buffer', (None, 3), 'f'), ('buffer', (None, 1), 'f'), ('buffer', (None, 1), 'f'), ('buffer', (None,), 'f'), ('buffer', (None,), 'f'), ('buffer', (), 'f'), ('buffer', (), 'f'), ('buffer', (), 'f'), ('buffer', (2,), 'i')), (), (('P', (4, 32), 'f'), ('P', (32,), 'f'), ('P', (32, 3), 'f'), ('P', (4, 32), 'f'), ('P', (32,), 'f'), ('P', (32, 3), 'f'), ('P', (4, 32), 'f'), ('P', (32,), 'f'), ('P', (32, 3), 'f')))
+
+DataError = ValueError  # the Trainer puts the runtime's own DataError (a ValueError) here
+
+
+def _bad_label(labels, depth, label):
+    """Raise the error for a label outside 0..depth-1, naming the input the labels come from."""
+    raise DataError(f"{labels}: label {label} is outside 0..{depth - 1}, the classes of the one-hot that reads it")
+
 
 cdef dict _prepared = {}
 
@@ -871,12 +883,12 @@ def _prepare(int fn, long B):
 
 
 cdef int _run(int fn, list arrays, tuple meta, bytes addrs, double *io, long B) except -1:
-    cdef Py_buffer views[25]
-    cdef void *ptrs[25]
+    cdef Py_buffer views[26]
+    cdef void *ptrs[26]
     cdef Py_ssize_t i, n = len(arrays), got = 0, nb = len(addrs) // sizeof(void *)
     cdef int rc = 0
     cdef char c
-    if n + nb > 25 or n != len(meta):
+    if n + nb > 26 or n != len(meta):
         raise ValueError("internal error: wrong number of arrays")
     if nb:
         memcpy(&ptrs[n], <const char *>addrs, nb * sizeof(void *))
@@ -907,6 +919,8 @@ def gradients(P, D):
     cdef long B = len(D['x'])
     bufs, meta, addrs = _prepare(0, B)
     _run(0, [D['x'], D['y'], P['W1'], P['b1'], P['W2']], meta, addrs, io, B)
+    if bufs[19][0]:
+        _bad_label(*(("input 'y'", 3),)[bufs[19][0] - 1], bufs[19][1])
     return io[0], {'W1': bufs[18], 'b1': bufs[17], 'W2': bufs[15]}
 
 
@@ -916,6 +930,8 @@ def loss(P, D):
     cdef long B = len(D['x'])
     bufs, meta, addrs = _prepare(1, B)
     _run(1, [D['x'], D['y'], P['W1'], P['b1'], P['W2']], meta, addrs, io, B)
+    if bufs[13][0]:
+        _bad_label(*(("input 'y'", 3),)[bufs[13][0] - 1], bufs[13][1])
     return io[0]
 
 
