@@ -148,16 +148,18 @@ class Trainer:
         self.carries.clear()
         self.carries.update(carries)
 
-    def loss(self, **batch) -> float:
+    # ``self`` is positional-only (``/``) in the methods taking inputs as keywords: a model may
+    # have an input called "self".
+    def loss(self, /, **batch) -> float:
         """The loss on ``batch`` (keyword arrays by input name)."""
         return self._run("loss", self._batch(batch, self._needs("loss"), "loss"))
 
-    def gradients(self, **batch) -> dict:
+    def gradients(self, /, **batch) -> dict:
         """d loss / d parameter on ``batch``, by parameter name (copies); no update."""
         _, grads = self._run("gradients", self._batch(batch, self._needs("gradients"), "gradients"))
         return {k: np.array(v) for k, v in grads.items()}
 
-    def step(self, **batch) -> float:
+    def step(self, /, **batch) -> float:
         """One optimiser update on ``batch``; returns the loss before the update.
 
         Raises:
@@ -179,7 +181,7 @@ class Trainer:
                                 "inputs for NaN/Inf.")
         return loss
 
-    def predict(self, **batch) -> dict:
+    def predict(self, /, **batch) -> dict:
         """The model's named outputs (``m.output``) on ``batch``, by name (copies)."""
         if not self.kernels.OUTPUTS:
             raise DataError("predict(): the model names no outputs; declare them with m.output(name, tensor)")
@@ -274,7 +276,7 @@ class Trainer:
         """Forget the carries of stateful recurrences: the next pass starts from their init."""
         self.carries.clear()
 
-    def gradient_norms_through_time(self, **batch) -> dict:
+    def gradient_norms_through_time(self, /, **batch) -> dict:
         """The norm of dL/dh_t (over the batch) for every step t of each recurrence; no update.
 
         Returns:
