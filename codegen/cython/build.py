@@ -36,6 +36,8 @@ KERNEL_FLAGS = ("-fno-math-errno",)
 """Always on for the kernels: lets gcc vectorise math calls; NaN and Inf behave as without it."""
 GLUE_FLAGS = ("-O0",)
 """Cython's glue around the kernels: only Python-call plumbing, so not worth gcc's time."""
+STEM = 48
+"""Characters of the model's name kept in a cache entry's name."""
 _loaded: dict[str, types.ModuleType] = {}
 
 
@@ -172,7 +174,9 @@ def build(source: str, name: str, flags: tuple[str, ...] | None = None) -> types
     """
     flags = compile_flags() if flags is None else tuple(flags)
     key = cache_key(source, flags)
-    modname = f"symbp_{sanitise(name)}_{key[:16]}"
+    # the key makes it unique; the stem is only for people, and must leave the file name
+    # (stem, key, ABI suffix; a build folder's prefix) well inside the file system's 255 bytes
+    modname = f"symbp_{sanitise(name)[:STEM]}_{key[:16]}"
     if modname in _loaded:
         return _loaded[modname]
     root = cache_dir()
