@@ -10,15 +10,14 @@ names (``np.load(f)["W1"]``), optimiser slots under ``state.<slot>.<param>`` (a 
 occur in a parameter name), the carries of stateful recurrences under ``carry.<loop>.<k>``,
 and a JSON string under ``_meta`` (step count, hyperparameters, and for checkpoints the
 training loop's position). They are written atomically: a reader
-sees the previous file or the new one, never half of one.
+sees the previous file or the new one, never half of one (``training.write_npz``). Loading
+checks the whole file before it changes anything (``training.read_npz`` and the readers beside it).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 
 import numpy as np
 
@@ -225,51 +224,64 @@ class Trainer:
         for loop, values in carries.items():
             arrays.update({f"carry.{loop}.{k}": v for k, v in enumerate(values)})
         info = {"format": FORMAT, "model": self.kernels.MODEL, "dtype": str(self.dtype), "t": self.t,
-                "hyper": self.hyper, "carries": {loop: len(v) for loop, v in carries.items()}, **(meta or {})}
+                "hyper": self.hyper, "slots": list(self.kernels.SLOTS), "optimizer": self._optimizer_name(),
+                "carries": {loop: len(v) for loop, v in carries.items()}, **(meta or {})}
         arrays["_meta"] = np.array(json.dumps(info, sort_keys=True))
         arrays.update(extra or {})
+        from .training import write_npz
+
         write_npz(path, arrays)
 
-    def load(self, path) -> dict:
-        """Restore parameters (and optimiser state, step count, hyperparameters where the file
-        has them) from ``path``, as written by ``save`` or a checkpoint.
+    def load(self, path, weights_only: bool = False) -> dict:
+        """Restore parameters (and optimiser state, step count, hyperparameters and carried state
+        where the file has them) from ``path``, as written by ``save`` or a checkpoint.
 
+        Nothing changes unless the whole file fits this trainer: its model, parameter shapes and
+        optimiser (state slots and hyperparameters), so an SGD checkpoint never carries on in an
+        Adam trainer with zero moments, nor the reverse.
+
+        Args:
+            path: the ``.npz`` file.
+            weights_only: take the parameters alone and keep this trainer's optimiser state,
+                step count and hyperparameters (to go on with another optimiser).
         Returns:
             The file's metadata (empty for a bare weights file) and its ``_``-prefixed arrays.
+        Raises:
+            DataError: the file is damaged or does not fit this trainer (the message names it).
         """
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-        meta = json.loads(str(arrays.pop("_meta"))) if "_meta" in arrays else {}
+        from .training import read_carries, read_npz
+
+        arrays, meta = read_npz(path)
         if meta.get("model", self.kernels.MODEL) != self.kernels.MODEL:
             raise DataError(f"{path}: written for model {meta['model']!r}, not {self.kernels.MODEL!r}")
-        names = [k for k in arrays if "." not in k and not k.startswith("_")]
-        missing = [k for k in self.params if k not in arrays]
-        extra = [k for k in names if k not in self.params]
+        params = {k: to_numbers(path, f"parameter {k!r}", arrays.get(k), shape)
+                  for k, shape in self.kernels.PARAMS.items()}
+        extra = [k for k in arrays if "." not in k and not k.startswith("_") and k not in params]
+        missing = [k for k, v in params.items() if v is None]
         if missing or extra:
             raise DataError(f"{path}: " + "; ".join(
                 ([f"missing parameter(s) {', '.join(map(repr, missing))}"] if missing else [])
                 + ([f"unknown parameter(s) {', '.join(map(repr, extra))}"] if extra else [])))
-        for k in self.params:
-            self.params[k] = arrays[k]
-        if any(k.startswith("state.") for k in arrays):
-            for slot, table in self.state.items():
-                for k in table:
-                    key = f"state.{slot}.{k}"
-                    if key not in arrays:
-                        raise DataError(f"{path}: no optimiser state {key!r}; was it written by another optimiser?")
-                    table[k] = np.array(arrays[key], dtype=self.dtype, order="C")
-        if "carries" in meta:  # written by save: restore exactly (none saved: start from init)
-            lost = [f"carry.{loop}.{k}" for loop, count in meta["carries"].items() for k in range(count)
-                    if f"carry.{loop}.{k}" not in arrays]
-            if lost:
-                raise DataError(f"{path}: the carried state {', '.join(map(repr, lost))} is missing")
-            self._set_carries({loop: tuple(np.array(arrays[f"carry.{loop}.{k}"], dtype=self.dtype, order="C")
-                                           for k in range(count)) for loop, count in meta["carries"].items()})
-        if "t" in meta:
-            self.t = int(meta["t"])
-        self.hyper.update(meta.get("hyper", {}))
+        state = carries = None
+        if not weights_only:
+            state = read_optimiser(self, path, arrays, meta)
+            carries = read_carries(path, arrays, meta)
+        for k, v in params.items():
+            self.params[k] = v
+        if state is not None:
+            for slot, table in state.items():
+                self.state[slot].update({k: np.array(v, dtype=self.dtype, order="C") for k, v in table.items()})
+            self.t = meta.get("t", self.t)
+            self.hyper.update(meta.get("hyper", {}))
+        if carries is not None:  # written by save: restore exactly (none saved: start from init)
+            self._set_carries({loop: tuple(np.array(a, dtype=self.dtype, order="C") for a in values)
+                               for loop, values in carries.items()})
         meta["arrays"] = {k: v for k, v in arrays.items() if k.startswith("_")}
         return meta
+
+    def _optimizer_name(self) -> str | None:
+        opt = getattr(self, "optimizer", None)  # set by sb.compile; a package's trainer has none
+        return None if opt is None else type(opt).__name__
 
     # -- recurrences ------------------------------------------------------------------------
     def reset_state(self) -> None:
@@ -329,22 +341,51 @@ class Trainer:
         return f"<Trainer {self.kernels.MODEL!r} dtype={self.dtype} params={list(self.params)} t={self.t}>"
 
 
-def write_npz(path, arrays: dict) -> None:
-    """``np.savez`` to ``path`` atomically: a temporary file beside it, fsync, then rename.
+DECAY_RATES = ("momentum", "rho", "beta1", "beta2")
+"""Hyperparameters that must stay below 1 (as ``symbp.optim`` checks when one is created)."""
 
-    A crash or kill at any point leaves either the previous file or the new one.
-    """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a weights file is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+def _describe(name, slots, hyper) -> str:
+    state = f"state {', '.join(sorted(slots))}" if slots else "no state"
+    return f"{name or 'an optimiser'} ({state}; hyperparameters {', '.join(sorted(hyper))})"
+
+
+def read_optimiser(tr, path, arrays: dict, meta: dict) -> dict | None:
+    """The optimiser state of a weights file by slot and parameter, checked against ``tr``'s
+    optimiser, hyperparameters and step count; None for a bare weights file (parameters only)."""
+    written = [k for k in arrays if k.startswith("state.")]
+    if "hyper" not in meta and not written:
+        return None
+    slots = meta.get("slots", sorted({k.split(".")[1] for k in written}))
+    hyper = meta.get("hyper", {})
+    if not isinstance(hyper, dict) or not isinstance(slots, list) or set(slots) != set(tr.state) \
+            or set(hyper) != set(tr.hyper):
+        theirs = _describe(meta.get("optimizer"), slots, hyper)
+        ours = _describe(tr._optimizer_name(), tr.state, tr.hyper)
+        raise DataError(f"{path}: written by {theirs}; this trainer's optimiser is {ours}. Resume with the "
+                        "optimiser that wrote it, or take the weights alone: tr.load(path, weights_only=True)")
+    for k, v in hyper.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf \
+                or (k in DECAY_RATES and v >= 1):
+            raise DataError(f"{path}: hyperparameter {k} is {v!r}; expected a finite non-negative number"
+                            + (" below 1" if k in DECAY_RATES else ""))
+    t = meta.get("t", 0)
+    if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+        raise DataError(f"{path}: the step count is {t!r}; expected a non-negative int")
+    shapes = tr.kernels.PARAMS
+    lost = [f"state.{s}.{k}" for s in slots for k in shapes if f"state.{s}.{k}" not in arrays]
+    if lost:
+        raise DataError(f"{path}: the optimiser state {', '.join(map(repr, lost))} is missing")
+    return {s: {k: to_numbers(path, f"optimiser state 'state.{s}.{k}'", arrays[f"state.{s}.{k}"], shape)
+                for k, shape in shapes.items()} for s in slots}
+
+
+def to_numbers(path, what: str, a, shape):
+    """``a`` if it is a numeric array of ``shape`` (None stays None), else a DataError naming ``path``."""
+    if a is None:
+        return None
+    if a.dtype.kind not in "fiu":
+        raise DataError(f"{path}: {what} holds {a.dtype} values, not numbers")
+    if shape is not None and a.shape != tuple(shape):
+        raise DataError(f"{path}: {what} has shape {a.shape}; this model's is {tuple(shape)}")
+    return a
