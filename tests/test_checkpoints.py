@@ -200,3 +200,17 @@ def test_a_write_killed_midway_leaves_no_temporary_file_after_the_next_write(tmp
     write_npz(ck, {"W": np.zeros(3)})
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ck.npz", live.name, other.name])
     np.testing.assert_array_equal(np.load(ck)["W"], np.zeros(3))
+
+
+@pytest.mark.parametrize("value", ["fast", -1.0, float("inf"), None])
+def test_a_bad_hyperparameter_in_the_live_dict_stops_the_step_naming_it(clf, value):
+    tr = trainer(clf, sb.optim.Adam(lr=0.01))
+    tr.hyper["lr"] = value
+    before = snapshot(tr)
+    with pytest.raises(DataError, match=f"^step\\(\\): hyperparameter lr is {value!r}"):
+        tr.step(**DATA)
+    with pytest.raises(DataError, match="hyperparameter lr"):
+        tr.fit(DATA, epochs=1, progress=False)
+    assert_unchanged(tr, before)
+    tr.hyper["lr"] = np.float32(0.01)  # NumPy's numbers are numbers
+    assert np.isfinite(tr.step(**DATA))

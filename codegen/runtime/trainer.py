@@ -168,6 +168,7 @@ class Trainer:
 
     def _step(self, data: dict) -> float:
         """``step`` on data already checked by ``_batch`` (the training loop checks once)."""
+        check_hyper(self.hyper, "step()")  # a live dict: tr.hyper["lr"] = "fast" would fail in generated code
         self.t += 1
         self._bind()
         before = dict(self.carries)
@@ -249,7 +250,7 @@ class Trainer:
         Raises:
             DataError: the file is damaged or does not fit this trainer (the message names it).
         """
-        from .training import read_carries, read_npz
+        from .training import read_carries, read_npz, read_optimiser
 
         arrays, meta = read_npz(path)
         if meta.get("model", self.kernels.MODEL) != self.kernels.MODEL:
@@ -345,39 +346,16 @@ DECAY_RATES = ("momentum", "rho", "beta1", "beta2")
 """Hyperparameters that must stay below 1 (as ``symbp.optim`` checks when one is created)."""
 
 
-def _describe(name, slots, hyper) -> str:
-    state = f"state {', '.join(sorted(slots))}" if slots else "no state"
-    return f"{name or 'an optimiser'} ({state}; hyperparameters {', '.join(sorted(hyper))})"
-
-
-def read_optimiser(tr, path, arrays: dict, meta: dict) -> dict | None:
-    """The optimiser state of a weights file by slot and parameter, checked against ``tr``'s
-    optimiser, hyperparameters and step count; None for a bare weights file (parameters only)."""
-    written = [k for k in arrays if k.startswith("state.")]
-    if "hyper" not in meta and not written:
-        return None
-    slots = meta.get("slots", sorted({k.split(".")[1] for k in written}))
-    hyper = meta.get("hyper", {})
-    if not isinstance(hyper, dict) or not isinstance(slots, list) or set(slots) != set(tr.state) \
-            or set(hyper) != set(tr.hyper):
-        theirs = _describe(meta.get("optimizer"), slots, hyper)
-        ours = _describe(tr._optimizer_name(), tr.state, tr.hyper)
-        raise DataError(f"{path}: written by {theirs}; this trainer's optimiser is {ours}. Resume with the "
-                        "optimiser that wrote it, or take the weights alone: tr.load(path, weights_only=True)")
+def check_hyper(hyper: dict, where: str) -> None:
+    """Raise a DataError (starting with ``where``) unless every hyperparameter is a finite
+    non-negative number, and each decay rate below 1: the step would fail or diverge on it."""
     for k, v in hyper.items():
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf \
-                or (k in DECAY_RATES and v >= 1):
-            raise DataError(f"{path}: hyperparameter {k} is {v!r}; expected a finite non-negative number"
+        if type(v) is float and 0.0 <= v < 1.0:  # the common case, first: this runs every step
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
+                or not 0 <= v < math.inf or (k in DECAY_RATES and v >= 1):
+            raise DataError(f"{where}: hyperparameter {k} is {v!r}; expected a finite non-negative number"
                             + (" below 1" if k in DECAY_RATES else ""))
-    t = meta.get("t", 0)
-    if isinstance(t, bool) or not isinstance(t, int) or t < 0:
-        raise DataError(f"{path}: the step count is {t!r}; expected a non-negative int")
-    shapes = tr.kernels.PARAMS
-    lost = [f"state.{s}.{k}" for s in slots for k in shapes if f"state.{s}.{k}" not in arrays]
-    if lost:
-        raise DataError(f"{path}: the optimiser state {', '.join(map(repr, lost))} is missing")
-    return {s: {k: to_numbers(path, f"optimiser state 'state.{s}.{k}'", arrays[f"state.{s}.{k}"], shape)
-                for k, shape in shapes.items()} for s in slots}
 
 
 def to_numbers(path, what: str, a, shape):

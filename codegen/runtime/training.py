@@ -31,7 +31,7 @@ import zlib
 
 import numpy as np
 
-from .trainer import DataError, NonFiniteLoss, to_numbers
+from .trainer import DataError, NonFiniteLoss, check_hyper, to_numbers
 
 
 def accuracy_pair(tr) -> tuple[str, str] | None:
@@ -238,8 +238,7 @@ def read_npz(path) -> tuple[dict, dict]:
     """The arrays and the ``_meta`` (a dict) of a weights file.
 
     Raises:
-        DataError: naming ``path``, when it is not a ``.npz`` of numeric arrays with JSON
-            metadata (damaged, truncated, a ``.npy``, or holding pickled objects).
+        DataError: naming ``path``: not a ``.npz`` of arrays and JSON metadata (damaged, cut short, pickles).
     """
     try:
         f = np.load(path, allow_pickle=False)
@@ -259,6 +258,37 @@ def read_npz(path) -> tuple[dict, dict]:
     if not isinstance(meta, dict):
         raise DataError(f"{path}: its _meta is not a JSON object")
     return arrays, meta
+
+
+def _describe(name, slots, hyper) -> str:
+    return f"{name or 'an optimiser'} ({'state ' + ', '.join(sorted(slots)) if slots else 'no state'}; " \
+           f"hyperparameters {', '.join(sorted(hyper))})"
+
+
+def read_optimiser(tr, path, arrays: dict, meta: dict) -> dict | None:
+    """The optimiser state of a weights file by slot and parameter, checked against ``tr``'s
+    optimiser, hyperparameters and step count; None for a bare weights file (parameters only)."""
+    written = [k for k in arrays if k.startswith("state.")]
+    if "hyper" not in meta and not written:
+        return None
+    slots = meta.get("slots", sorted({k.split(".")[1] for k in written}))
+    hyper = meta.get("hyper", {})
+    if not isinstance(hyper, dict) or not isinstance(slots, list) or set(slots) != set(tr.state) \
+            or set(hyper) != set(tr.hyper):
+        theirs = _describe(meta.get("optimizer"), slots, hyper)
+        ours = _describe(tr._optimizer_name(), tr.state, tr.hyper)
+        raise DataError(f"{path}: written by {theirs}; this trainer's optimiser is {ours}. Resume with the "
+                        "optimiser that wrote it, or take the weights alone: tr.load(path, weights_only=True)")
+    check_hyper(hyper, str(path))
+    t = meta.get("t", 0)
+    if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+        raise DataError(f"{path}: the step count is {t!r}; expected a non-negative int")
+    shapes = tr.kernels.PARAMS
+    lost = [f"state.{s}.{k}" for s in slots for k in shapes if f"state.{s}.{k}" not in arrays]
+    if lost:
+        raise DataError(f"{path}: the optimiser state {', '.join(map(repr, lost))} is missing")
+    return {s: {k: to_numbers(path, f"optimiser state 'state.{s}.{k}'", arrays[f"state.{s}.{k}"], shape)
+                for k, shape in shapes.items()} for s in slots}
 
 
 def read_carries(path, arrays: dict, meta: dict) -> dict | None:
@@ -304,14 +334,10 @@ def _remove_stale(folder: str, base: str) -> None:
     """Delete the temporary files of writes to ``base`` whose process has died (killed
     mid-write): ``<base>.<pid>.<8 random characters>.tmp``, as ``write_npz`` names them."""
     pattern = re.compile(re.escape(base) + r"\.(\d+)\.[a-z0-9_]{8}\.tmp")
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return
-    for name in names:
-        found = pattern.fullmatch(name)
-        if found and not _alive(int(found.group(1))):
-            with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError):  # tidying only: never a reason for the write to fail
+        for name in os.listdir(folder):
+            found = pattern.fullmatch(name)
+            if found and not _alive(int(found.group(1))):
                 os.unlink(os.path.join(folder, name))
 
 
@@ -324,7 +350,7 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except OSError:  # e.g. another user's process
-        return True
+        pass
     return True
 
 
