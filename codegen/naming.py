@@ -7,8 +7,15 @@ import keyword
 
 from symbp.ir import Node, sanitise
 
-RESERVED = set(keyword.kwlist) | set(dir(builtins)) | {
-    "np", "math", "B", "P", "D", "S", "H", "t", "self", "DTYPE", "loss", "grads",
+MODULE_GLOBALS = {
+    "DTYPE", "MODEL", "INPUTS", "PARAMS", "OUTPUTS", "CLASSES", "SLOTS", "HYPER", "NEEDS", "TRUNCATED",
+    "FUNCTIONS", "STATE", "GRAD_NORMS", "gradients", "loss", "predict", "step",
+}
+"""What a generated module defines at its top level: a local of the same name inside one of its
+functions (a nested loop function reads ``STATE``) would hide it."""
+
+RESERVED = set(keyword.kwlist) | set(dir(builtins)) | MODULE_GLOBALS | {
+    "np", "math", "B", "P", "D", "S", "H", "t", "self", "grads",
 }
 
 

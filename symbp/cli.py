@@ -189,7 +189,12 @@ def cmd_cache(args) -> int:
     print(f"cache folder: {info['dir']}")
     for e in info["entries"]:
         print(f"  {e['name']}  {e['bytes'] / 1e6:8.2f} MB{'' if e['valid'] else '  (damaged: rebuilt on next use)'}")
-    print(f"{len(info['entries'])} module(s), {info['bytes'] / 1e6:.2f} MB")
+    for t in info["temporary"]:
+        state = "left by a killed build: removed by the next build or `symbp cache clear`" if t["stale"] \
+            else "a build in progress"
+        print(f"  {t['name']}  {t['bytes'] / 1e6:8.2f} MB  ({state})")
+    print(f"{len(info['entries'])} module(s), {len(info['temporary'])} temporary build folder(s), "
+          f"{info['bytes'] / 1e6:.2f} MB")
     return 0
 
 

@@ -21,7 +21,7 @@ DTYPES = ("float", "int64")
 """Graph-level dtypes. "float" becomes float32 or float64 when the model is compiled."""
 
 _ids = itertools.count()
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # used with fullmatch: "$" would accept a trailing newline
 
 
 class SymbpError(ValueError):
@@ -30,7 +30,7 @@ class SymbpError(ValueError):
 
 def check_identifier(name: str, what: str) -> str:
     """Return ``name`` if it can name a variable in generated code, else raise SymbpError."""
-    if not isinstance(name, str) or not _IDENT.match(name) or keyword.iskeyword(name):
+    if not isinstance(name, str) or not _IDENT.fullmatch(name) or keyword.iskeyword(name):
         raise SymbpError(
             f"{what} name {name!r} is not a valid Python identifier "
             "(letters, digits and underscores, not starting with a digit, not a keyword)"

@@ -38,16 +38,19 @@ class Optimizer:
 
     def __init__(self, clip_norm: float | None = None, clip_value: float | None = None, **hyper):
         for name, v in hyper.items():
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v < math.inf:
-                raise SymbpError(f"{type(self).__name__}: {name} must be a finite non-negative number, got {v!r}")
-            if name in DECAY_RATES and not v < 1:
-                raise SymbpError(f"{type(self).__name__}: {name} must be below 1, got {v!r}")
+            self._check(name, v)
         for name, v in (("clip_norm", clip_norm), ("clip_value", clip_value)):
             if v is not None and (not isinstance(v, (int, float)) or not 0 < v < math.inf):
                 raise SymbpError(f"{type(self).__name__}: {name} must be a finite positive number, got {v!r}")
         self.hyper = {k: float(v) for k, v in hyper.items()}
         self.clip_norm = clip_norm
         self.clip_value = clip_value
+
+    def _check(self, name: str, v) -> None:
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v < math.inf:
+            raise SymbpError(f"{type(self).__name__}: {name} must be a finite non-negative number, got {v!r}")
+        if name in DECAY_RATES and not v < 1:
+            raise SymbpError(f"{type(self).__name__}: {name} must be below 1, got {v!r}")
 
     def __getattr__(self, name):
         hyper = self.__dict__.get("hyper", {})
@@ -57,6 +60,7 @@ class Optimizer:
 
     def __setattr__(self, name, value):
         if "hyper" in self.__dict__ and name in self.hyper:
+            self._check(name, value)  # the step reads it: a bad value would fail inside generated code
             self.hyper[name] = float(value)
         else:
             super().__setattr__(name, value)

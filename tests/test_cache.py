@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import pathlib
+import signal
 import subprocess
 import sys
+import textwrap
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import symbp as sb
 from codegen.cython import build
+from codegen.cython import cache as folder
 from codegen.spec import Spec
+from symbp import cli
 
 pytest.importorskip("Cython")
 SOURCE = "# cython: language_level=3\nVALUE = {value}\n"
@@ -22,6 +30,7 @@ SOURCE = "# cython: language_level=3\nVALUE = {value}\n"
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("SYMBP_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(build, "_loaded", {})  # forget modules imported by other tests
+    monkeypatch.setattr(folder, "_private", None)  # and any fallback folder
     return tmp_path / "cache"
 
 
@@ -131,3 +140,129 @@ def test_warm_start_key_sees_inside_a_recurrence():
 
     assert graph_key(spec(1.0)) == graph_key(spec(1.0))
     assert graph_key(spec(1.0)) != graph_key(spec(-1.0))
+
+
+def tiny(name: str, width: int = 2) -> sb.Derivation:
+    m = sb.Model(name)
+    x = m.input("x", (3,))
+    m.minimize(sb.sum(sb.tanh(x @ m.param("W", (3, width)))))
+    return sb.derive(m)
+
+
+def no_emit(spec):
+    raise AssertionError("a warm start must not generate code")
+
+
+X = {"x": [[0.1, 0.2, 0.3]]}
+
+
+def test_an_entry_that_lost_its_source_is_rebuilt(cache, monkeypatch):
+    """The warm start reads the entry's .pyx; without it every start failed (FileNotFoundError)."""
+    from codegen.cython import emitter
+
+    monkeypatch.setenv("SYMBP_CFLAGS", "-O0")
+    first = sb.compile(tiny("lost"), backend="cython", dtype="float64")
+    (pyx,) = cache.glob("symbp_lost_*/*.pyx")
+    pyx.unlink()
+    build._loaded.clear()
+    second = sb.compile(tiny("lost"), backend="cython", dtype="float64")
+    assert second.source == first.source and pyx.read_text() == first.source
+    monkeypatch.setattr(emitter, "emit", no_emit)  # and the next start is warm again
+    build._loaded.clear()
+    assert sb.compile(tiny("lost"), backend="cython", dtype="float64").loss(**X) == first.loss(**X)
+
+
+def test_an_index_file_that_is_not_text_is_ignored(cache, monkeypatch):
+    monkeypatch.setenv("SYMBP_CFLAGS", "-O0")
+    first = sb.compile(tiny("index"), backend="cython", dtype="float64")
+    for f in (cache / "index").iterdir():
+        f.write_bytes(b"\xff\xfe\x80 not UTF-8")
+    build._loaded.clear()
+    assert sb.compile(tiny("index"), backend="cython", dtype="float64").loss(**X) == first.loss(**X)
+
+
+def _unwritable(how: str, cache: Path, monkeypatch) -> None:
+    """Make the cache folder unwritable in one of the ways users meet (as root, chmod stops nothing)."""
+    if how == "a file":
+        cache.parent.mkdir(exist_ok=True)
+        cache.write_text("not a folder")
+    elif how == "read-only":
+        cache.mkdir()
+
+        def refuse(path, *args, **kw):  # what open() says in a folder without write permission
+            if Path(path).is_relative_to(cache):
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return open(path, *args, **kw)
+
+        monkeypatch.setattr(build, "open", refuse, raising=False)
+    else:
+        write_text = pathlib.Path.write_text
+
+        def full(self, *args, **kw):
+            if self.is_relative_to(cache):
+                raise OSError(errno.ENOSPC, "No space left on device", str(self))
+            return write_text(self, *args, **kw)
+
+        monkeypatch.setattr(pathlib.Path, "write_text", full)
+
+
+@pytest.mark.parametrize("how", ["a file", "read-only", "full"])
+def test_an_unwritable_cache_falls_back_to_a_private_folder_with_one_warning(cache, monkeypatch, how):
+    _unwritable(how, cache, monkeypatch)
+    monkeypatch.setenv("SYMBP_CFLAGS", "-O0")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        first = build.build(SOURCE.format(value=21), "fallback", ("-O0",))
+        second = build.build(SOURCE.format(value=22), "fallback", ("-O0",))
+        tr = sb.compile(tiny("fallback"), backend="cython", dtype="float64")
+    assert (first.VALUE, second.VALUE) == (21, 22) and np.isfinite(tr.loss(**X))
+    (warning,) = [w for w in seen if issubclass(w.category, RuntimeWarning)]
+    assert str(cache) in str(warning.message) and "SYMBP_CACHE_DIR" in str(warning.message)
+    assert Path(first.__file__).is_relative_to(folder._private)
+    assert how != "a file" or cache.read_text() == "not a folder"
+
+
+def test_a_cache_that_cannot_be_written_anywhere_names_the_path(cache, monkeypatch):
+    def full(self, *args, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    monkeypatch.setattr(pathlib.Path, "write_text", full)
+    with pytest.warns(RuntimeWarning), pytest.raises(build.BuildError) as e:
+        build.build(SOURCE.format(value=23), "nowhere", ("-O0",))
+    assert f"cannot write the compiled-module cache {cache} ([Errno 28] No space left" in str(e.value)
+    assert "Set SYMBP_CACHE_DIR to a writable folder" in str(e.value)
+
+
+def test_a_build_killed_midway_is_shown_and_cleaned_up(cache, capsys):
+    """SIGKILL during a build leaves its temporary folder: ``cache info`` shows it, the next
+    build removes it; a build still running keeps its own."""
+    script = textwrap.dedent(f"""
+        import time
+        from codegen.cython import build
+
+        def hang(pyx, c_file):
+            print("building", flush=True)
+            time.sleep(600)
+
+        build._cythonize = hang
+        build.build({SOURCE.format(value=24)!r}, "killed", ("-O0",))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "building"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    running = cache / f".symbp_running_0123456789abcdef.{folder.HOST}-{os.getppid()}.abcd1234"
+    running.mkdir()
+    (killed,) = [t for t in build.cache_info()["temporary"] if t["stale"]]
+    assert killed["name"].startswith(".symbp_killed_") and f"-{proc.pid}." in killed["name"]
+    assert cli.main(["cache", "info"]) == 0
+    out = capsys.readouterr().out
+    assert f"{killed['name']}" in out and "left by a killed build" in out and "1 temporary build folder(s)" not in out
+    assert "2 temporary build folder(s)" in out and "a build in progress" in out
+    assert build.build(SOURCE.format(value=25), "next", ("-O0",)).VALUE == 25
+    assert [t["name"] for t in build.cache_info()["temporary"]] == [running.name]
+    build.cache_clear()
+    assert running.is_dir()  # a build in progress keeps its folder

@@ -9,6 +9,7 @@
   direct loops at small channel counts);
 - ``module``: the Python-facing glue of the generated module (buffers, BLAS, checks);
 - ``build``: compile with Cython and the C compiler into a content-addressed cache;
+- ``cache``: the cache's folder: entries, builds killed midway, a fallback when it is not writable;
 - ``package``: the files of a standalone package.
 
 May import ``codegen.spec``, ``codegen.naming`` and the ``symbp`` core; never the NumPy backend.

@@ -3,10 +3,12 @@
 An entry's key hashes everything the binary depends on: the source, the compiler (its
 ``--version``) and flags, Cython's version, the Python ABI and, for ``-march=native``
 builds, the CPU's feature flags. Entries live in ``$SYMBP_CACHE_DIR``, else
-``$XDG_CACHE_HOME/symbp``, else ``~/.cache/symbp``. A build happens in a temporary directory
-beside the cache and is renamed into place, under a per-key file lock, so two processes
-building the same model both succeed and neither sees half an entry. Every entry carries a
-manifest with the SHA-256 of its binary; an entry that fails that check is rebuilt.
+``$XDG_CACHE_HOME/symbp``, else ``~/.cache/symbp`` (see ``codegen.cython.cache``). A build
+happens in a temporary directory beside the cache and is renamed into place, under a per-key
+file lock, so two processes building the same model both succeed and neither sees half an
+entry. Every entry carries a manifest with the SHA-256 of its binary; an entry that fails
+that check, or has lost its source, is rebuilt. A cache that cannot be written (read-only,
+full, or a file) sends builds to a private temporary folder, with one warning.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import time
 import types
 from pathlib import Path
 
+from codegen.cython import cache
+from codegen.cython.cache import cache_clear, cache_dir, cache_info  # noqa: F401 - build's public names
 from symbp.ir import SymbpError, sanitise
 
 FORMAT = 1  # bump when the layout of an entry changes
@@ -36,20 +40,13 @@ KERNEL_FLAGS = ("-fno-math-errno",)
 """Always on for the kernels: lets gcc vectorise math calls; NaN and Inf behave as without it."""
 GLUE_FLAGS = ("-O0",)
 """Cython's glue around the kernels: only Python-call plumbing, so not worth gcc's time."""
+STEM = 48
+"""Characters of the model's name kept in a cache entry's name."""
 _loaded: dict[str, types.ModuleType] = {}
 
 
 class BuildError(SymbpError):
     """The C compiler or Cython failed, or is missing."""
-
-
-def cache_dir() -> Path:
-    """The cache directory (created on first use)."""
-    env = os.environ.get("SYMBP_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "symbp"
 
 
 def compile_flags() -> tuple[str, ...]:
@@ -129,21 +126,6 @@ def cache_key(source: str, flags: tuple[str, ...]) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _valid(entry: Path) -> dict | None:
-    """The entry's manifest when the binary it names is intact, else None."""
-    try:
-        manifest = json.loads((entry / "manifest.json").read_text())
-        if _sha256(entry / manifest["binary"]) == manifest["sha256"]:
-            return manifest
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    return None
-
-
 @contextlib.contextmanager
 def _lock(path: Path):
     """An exclusive lock on ``path`` (advisory; a no-op where fcntl is missing)."""
@@ -172,26 +154,58 @@ def build(source: str, name: str, flags: tuple[str, ...] | None = None) -> types
     """
     flags = compile_flags() if flags is None else tuple(flags)
     key = cache_key(source, flags)
-    modname = f"symbp_{sanitise(name)}_{key[:16]}"
+    # the key makes it unique; the stem is only for people, and must leave the file name
+    # (stem, key, ABI suffix; a build folder's prefix) well inside the file system's 255 bytes
+    modname = f"symbp_{sanitise(name)[:STEM]}_{key[:16]}"
     if modname in _loaded:
         return _loaded[modname]
-    root = cache_dir()
-    entry = root / modname
-    manifest = _valid(entry)
-    if manifest is None:
-        root.mkdir(parents=True, exist_ok=True)
-        with _lock(root / f"{modname}.lock"):
-            manifest = _valid(entry)  # another process may have built it meanwhile
-            if manifest is None:
-                if entry.exists():
-                    shutil.rmtree(entry, ignore_errors=True)  # corrupt or partial: rebuild
-                _build_entry(source, modname, flags, key, root, entry)
-                manifest = _valid(entry)
-                if manifest is None:
-                    raise BuildError(f"cache entry {entry} is not valid right after building it")
-    module = _import(modname, entry / manifest["binary"])
+    # a read-only cache still serves the entries it has; only a build writes
+    entry = next((r / modname for r in cache.roots() if cache.valid(r / modname)), None)
+    if entry is None:
+        entry = _build_somewhere(source, modname, flags, key) / modname
+    module = _import(modname, entry / json.loads((entry / "manifest.json").read_text())["binary"])
     _loaded[modname] = module
     return module
+
+
+def _build_somewhere(source: str, modname: str, flags, key: str) -> Path:
+    """Build entry ``modname`` in the cache, or in a private temporary one when the cache
+    cannot be written (read-only, full, or not a folder); returns the folder used."""
+    root = cache.write_root()
+    try:
+        _build_locked(source, modname, flags, key, root)
+        return root
+    except OSError as e:
+        if root != cache.cache_dir():  # already the private folder
+            raise _unwritable(e) from None
+        first = e
+    try:
+        root = cache.private_cache(first)
+        _build_locked(source, modname, flags, key, root)
+    except OSError as e:
+        raise _unwritable(first, e) from None
+    return root
+
+
+def _unwritable(err: OSError, again: OSError | None = None) -> BuildError:
+    also = f"; a private temporary folder failed too ({again})" if again is not None else ""
+    return BuildError(f"cannot write the compiled-module cache {cache.cache_dir()} ({err}){also}. Set SYMBP_CACHE_DIR "
+                      "to a writable folder with free space.")
+
+
+def _build_locked(source: str, modname: str, flags, key: str, root: Path) -> None:
+    """Build entry ``modname`` in ``root`` unless another process did meanwhile (per-entry lock)."""
+    root.mkdir(parents=True, exist_ok=True)
+    entry = root / modname
+    with _lock(root / f"{modname}.lock"):
+        if cache.valid(entry) is not None:  # another process built it meanwhile
+            return
+        cache.remove_stale(root)  # what killed builds left behind
+        if entry.exists():
+            shutil.rmtree(entry, ignore_errors=True)  # corrupt or partial: rebuild
+        _build_entry(source, modname, flags, key, root, entry)
+        if cache.valid(entry) is None:
+            raise BuildError(f"cache entry {entry} is not valid right after building it")
 
 
 def lookup(graph_key: str, flags: tuple[str, ...] | None = None) -> tuple[types.ModuleType, str] | None:
@@ -200,29 +214,35 @@ def lookup(graph_key: str, flags: tuple[str, ...] | None = None) -> tuple[types.
     This is the warm path: no code generation, only hashing and an import.
     """
     flags = compile_flags() if flags is None else tuple(flags)
-    index = cache_dir() / "index" / cache_key(graph_key, flags)
-    try:
-        modname = index.read_text().strip()
-    except OSError:
-        return None
-    entry = cache_dir() / modname
-    manifest = _valid(entry) if modname.isidentifier() else None
-    if manifest is None:
-        return None
-    source = (entry / f"{modname}.pyx").read_text()
-    module = _loaded.get(modname) or _import(modname, entry / manifest["binary"])
-    _loaded[modname] = module
-    return module, source
+    name = cache_key(graph_key, flags)
+    for root in cache.roots():
+        try:
+            modname = (root / "index" / name).read_text().strip()
+            entry = root / modname
+            manifest = cache.valid(entry) if modname.isidentifier() else None
+            if manifest is None:
+                continue
+            source = (entry / f"{modname}.pyx").read_text()
+        except (OSError, ValueError):  # unreadable, not UTF-8, or gone meanwhile: the cold path rebuilds
+            continue
+        module = _loaded.get(modname) or _import(modname, entry / manifest["binary"])
+        _loaded[modname] = module
+        return module, source
+    return None
 
 
 def remember(graph_key: str, module: types.ModuleType, flags: tuple[str, ...] | None = None) -> None:
     """Record which entry a graph key built, for :func:`lookup` (written atomically)."""
     flags = compile_flags() if flags is None else tuple(flags)
-    index = cache_dir() / "index"
-    index.mkdir(parents=True, exist_ok=True)
+    root = next((r for r in cache.roots() if cache.valid(r / module.__name__)), cache.write_root())
+    index = root / "index"
     tmp = index / f".{os.getpid()}.tmp"
-    tmp.write_text(module.__name__)
-    os.replace(tmp, index / cache_key(graph_key, flags))
+    try:
+        index.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(module.__name__)
+        os.replace(tmp, index / cache_key(graph_key, flags))
+    except OSError:
+        pass  # a read-only or full cache: the next start takes the cold path, which still works
 
 
 def kernels_of(source: str) -> str | None:
@@ -236,7 +256,7 @@ def kernels_of(source: str) -> str | None:
 
 
 def _build_entry(source: str, modname: str, flags, key: str, root: Path, entry: Path) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix=f".{modname}.", dir=root))
+    tmp = Path(tempfile.mkdtemp(prefix=cache.temp_prefix(modname), dir=root))
     try:
         t0 = time.perf_counter()
         pyx = tmp / f"{modname}.pyx"
@@ -271,7 +291,7 @@ def _build_entry(source: str, modname: str, flags, key: str, root: Path, entry: 
         for f in tmp.iterdir():
             if f.suffix in (".c", ".o"):
                 f.unlink()
-        manifest = {"key": key, "binary": binary, "sha256": _sha256(tmp / binary), "flags": list(flags),
+        manifest = {"key": key, "binary": binary, "sha256": cache.sha256(tmp / binary), "flags": list(flags),
                     "compiler": compiler()[1], "cython": _cython_version(), "python": sys.implementation.cache_tag,
                     "seconds": {"cython": round(t1 - t0, 3), "cc": round(t2 - t1, 3)}, "created": time.time()}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -339,30 +359,3 @@ def _import(modname: str, path: Path) -> types.ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def cache_info() -> dict:
-    """What the cache holds: its directory, entries (name, bytes, valid) and total bytes."""
-    root = cache_dir()
-    entries = []
-    if root.is_dir():
-        for entry in sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("symbp_")):
-            size = sum(f.stat().st_size for f in entry.iterdir() if f.is_file())
-            entries.append({"name": entry.name, "bytes": size, "valid": _valid(entry) is not None})
-    return {"dir": str(root), "entries": entries, "bytes": sum(e["bytes"] for e in entries)}
-
-
-def cache_clear() -> int:
-    """Delete every cache entry (and stale temporary builds); returns how many entries went."""
-    root = cache_dir()
-    if not root.is_dir():
-        return 0
-    count = 0
-    for p in root.iterdir():
-        if p.is_dir():
-            count += p.name.startswith("symbp_")
-            shutil.rmtree(p, ignore_errors=True)
-        elif p.suffix == ".lock":
-            with contextlib.suppress(OSError):
-                p.unlink()
-    return count

@@ -10,15 +10,14 @@ names (``np.load(f)["W1"]``), optimiser slots under ``state.<slot>.<param>`` (a 
 occur in a parameter name), the carries of stateful recurrences under ``carry.<loop>.<k>``,
 and a JSON string under ``_meta`` (step count, hyperparameters, and for checkpoints the
 training loop's position). They are written atomically: a reader
-sees the previous file or the new one, never half of one.
+sees the previous file or the new one, never half of one (``training.write_npz``). Loading
+checks the whole file before it changes anything (``training.read_npz`` and the readers beside it).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 
 import numpy as np
 
@@ -149,16 +148,18 @@ class Trainer:
         self.carries.clear()
         self.carries.update(carries)
 
-    def loss(self, **batch) -> float:
+    # ``self`` is positional-only (``/``) in the methods taking inputs as keywords: a model may
+    # have an input called "self".
+    def loss(self, /, **batch) -> float:
         """The loss on ``batch`` (keyword arrays by input name)."""
         return self._run("loss", self._batch(batch, self._needs("loss"), "loss"))
 
-    def gradients(self, **batch) -> dict:
+    def gradients(self, /, **batch) -> dict:
         """d loss / d parameter on ``batch``, by parameter name (copies); no update."""
         _, grads = self._run("gradients", self._batch(batch, self._needs("gradients"), "gradients"))
         return {k: np.array(v) for k, v in grads.items()}
 
-    def step(self, **batch) -> float:
+    def step(self, /, **batch) -> float:
         """One optimiser update on ``batch``; returns the loss before the update.
 
         Raises:
@@ -168,6 +169,7 @@ class Trainer:
 
     def _step(self, data: dict) -> float:
         """``step`` on data already checked by ``_batch`` (the training loop checks once)."""
+        check_hyper(self.hyper, "step()")  # a live dict: tr.hyper["lr"] = "fast" would fail in generated code
         self.t += 1
         self._bind()
         before = dict(self.carries)
@@ -185,7 +187,7 @@ class Trainer:
                                 "inputs for NaN/Inf.")
         return loss
 
-    def predict(self, **batch) -> dict:
+    def predict(self, /, **batch) -> dict:
         """The model's named outputs (``m.output``) on ``batch``, by name (copies)."""
         if not self.kernels.OUTPUTS:
             raise DataError("predict(): the model names no outputs; declare them with m.output(name, tensor)")
@@ -229,58 +231,71 @@ class Trainer:
         for loop, values in carries.items():
             arrays.update({f"carry.{loop}.{k}": v for k, v in enumerate(values)})
         info = {"format": FORMAT, "model": self.kernels.MODEL, "dtype": str(self.dtype), "t": self.t,
-                "hyper": self.hyper, "carries": {loop: len(v) for loop, v in carries.items()}, **(meta or {})}
+                "hyper": self.hyper, "slots": list(self.kernels.SLOTS), "optimizer": self._optimizer_name(),
+                "carries": {loop: len(v) for loop, v in carries.items()}, **(meta or {})}
         arrays["_meta"] = np.array(json.dumps(info, sort_keys=True))
         arrays.update(extra or {})
+        from .training import write_npz
+
         write_npz(path, arrays)
 
-    def load(self, path) -> dict:
-        """Restore parameters (and optimiser state, step count, hyperparameters where the file
-        has them) from ``path``, as written by ``save`` or a checkpoint.
+    def load(self, path, weights_only: bool = False) -> dict:
+        """Restore parameters (and optimiser state, step count, hyperparameters and carried state
+        where the file has them) from ``path``, as written by ``save`` or a checkpoint.
 
+        Nothing changes unless the whole file fits this trainer: its model, parameter shapes and
+        optimiser (state slots and hyperparameters), so an SGD checkpoint never carries on in an
+        Adam trainer with zero moments, nor the reverse.
+
+        Args:
+            path: the ``.npz`` file.
+            weights_only: take the parameters alone and keep this trainer's optimiser state,
+                step count and hyperparameters (to go on with another optimiser).
         Returns:
             The file's metadata (empty for a bare weights file) and its ``_``-prefixed arrays.
+        Raises:
+            DataError: the file is damaged or does not fit this trainer (the message names it).
         """
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-        meta = json.loads(str(arrays.pop("_meta"))) if "_meta" in arrays else {}
+        from .training import read_carries, read_npz, read_optimiser
+
+        arrays, meta = read_npz(path)
         if meta.get("model", self.kernels.MODEL) != self.kernels.MODEL:
             raise DataError(f"{path}: written for model {meta['model']!r}, not {self.kernels.MODEL!r}")
-        names = [k for k in arrays if "." not in k and not k.startswith("_")]
-        missing = [k for k in self.params if k not in arrays]
-        extra = [k for k in names if k not in self.params]
+        params = {k: to_numbers(path, f"parameter {k!r}", arrays.get(k), shape)
+                  for k, shape in self.kernels.PARAMS.items()}
+        extra = [k for k in arrays if "." not in k and not k.startswith("_") and k not in params]
+        missing = [k for k, v in params.items() if v is None]
         if missing or extra:
             raise DataError(f"{path}: " + "; ".join(
                 ([f"missing parameter(s) {', '.join(map(repr, missing))}"] if missing else [])
                 + ([f"unknown parameter(s) {', '.join(map(repr, extra))}"] if extra else [])))
-        for k in self.params:
-            self.params[k] = arrays[k]
-        if any(k.startswith("state.") for k in arrays):
-            for slot, table in self.state.items():
-                for k in table:
-                    key = f"state.{slot}.{k}"
-                    if key not in arrays:
-                        raise DataError(f"{path}: no optimiser state {key!r}; was it written by another optimiser?")
-                    table[k] = np.array(arrays[key], dtype=self.dtype, order="C")
-        if "carries" in meta:  # written by save: restore exactly (none saved: start from init)
-            lost = [f"carry.{loop}.{k}" for loop, count in meta["carries"].items() for k in range(count)
-                    if f"carry.{loop}.{k}" not in arrays]
-            if lost:
-                raise DataError(f"{path}: the carried state {', '.join(map(repr, lost))} is missing")
-            self._set_carries({loop: tuple(np.array(arrays[f"carry.{loop}.{k}"], dtype=self.dtype, order="C")
-                                           for k in range(count)) for loop, count in meta["carries"].items()})
-        if "t" in meta:
-            self.t = int(meta["t"])
-        self.hyper.update(meta.get("hyper", {}))
+        state = carries = None
+        if not weights_only:
+            state = read_optimiser(self, path, arrays, meta)
+            carries = read_carries(path, arrays, meta)
+        for k, v in params.items():
+            self.params[k] = v
+        if state is not None:
+            for slot, table in state.items():
+                self.state[slot].update({k: np.array(v, dtype=self.dtype, order="C") for k, v in table.items()})
+            self.t = meta.get("t", self.t)
+            self.hyper.update(meta.get("hyper", {}))
+        if carries is not None:  # written by save: restore exactly (none saved: start from init)
+            self._set_carries({loop: tuple(np.array(a, dtype=self.dtype, order="C") for a in values)
+                               for loop, values in carries.items()})
         meta["arrays"] = {k: v for k, v in arrays.items() if k.startswith("_")}
         return meta
+
+    def _optimizer_name(self) -> str | None:
+        opt = getattr(self, "optimizer", None)  # set by sb.compile; a package's trainer has none
+        return None if opt is None else type(opt).__name__
 
     # -- recurrences ------------------------------------------------------------------------
     def reset_state(self) -> None:
         """Forget the carries of stateful recurrences: the next pass starts from their init."""
         self.carries.clear()
 
-    def gradient_norms_through_time(self, **batch) -> dict:
+    def gradient_norms_through_time(self, /, **batch) -> dict:
         """The norm of dL/dh_t (over the batch) for every step t of each recurrence; no update.
 
         Returns:
@@ -340,22 +355,28 @@ class Trainer:
         return f"<Trainer {self.kernels.MODEL!r} dtype={self.dtype} params={list(self.params)} t={self.t}>"
 
 
-def write_npz(path, arrays: dict) -> None:
-    """``np.savez`` to ``path`` atomically: a temporary file beside it, fsync, then rename.
+DECAY_RATES = ("momentum", "rho", "beta1", "beta2")
+"""Hyperparameters that must stay below 1 (as ``symbp.optim`` checks when one is created)."""
 
-    A crash or kill at any point leaves either the previous file or the new one.
-    """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a weights file is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+def check_hyper(hyper: dict, where: str) -> None:
+    """Raise a DataError (starting with ``where``) unless every hyperparameter is a finite
+    non-negative number, and each decay rate below 1: the step would fail or diverge on it."""
+    for k, v in hyper.items():
+        if type(v) is float and 0.0 <= v < 1.0:  # the common case, first: this runs every step
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
+                or not 0 <= v < math.inf or (k in DECAY_RATES and v >= 1):
+            raise DataError(f"{where}: hyperparameter {k} is {v!r}; expected a finite non-negative number"
+                            + (" below 1" if k in DECAY_RATES else ""))
+
+
+def to_numbers(path, what: str, a, shape):
+    """``a`` if it is a numeric array of ``shape`` (None stays None), else a DataError naming ``path``."""
+    if a is None:
+        return None
+    if a.dtype.kind not in "fiu":
+        raise DataError(f"{path}: {what} holds {a.dtype} values, not numbers")
+    if shape is not None and a.shape != tuple(shape):
+        raise DataError(f"{path}: {what} has shape {a.shape}; this model's is {tuple(shape)}")
+    return a

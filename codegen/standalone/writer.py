@@ -27,9 +27,11 @@ when the folder is installed, in an isolated environment holding only ``build_re
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import pathlib
 import re
+import sys
 from collections.abc import Callable
 
 import numpy as np
@@ -72,7 +74,7 @@ def write(spec: Spec, folder, backend: str, values: dict, name: str | None = Non
     Returns:
         The folder, ready for ``pip install FOLDER``.
     """
-    name = check_identifier(name or spec.derivation.name, "package")
+    name = check_package_name(name or spec.derivation.name, given=name is not None)
     if backend not in PACKAGERS:
         raise SymbpError(f"sb.build: no standalone packaging for backend {backend!r} yet; "
                          f"choose from {', '.join(PACKAGERS)}")
@@ -97,6 +99,50 @@ def write(spec: Spec, folder, backend: str, values: dict, name: str | None = Non
     dtype = np.dtype(spec.dtype)
     np.savez(pkg / "weights.npz", **{k: np.asarray(v, dtype=dtype) for k, v in values.items()})
     return out
+
+
+MAX_NAME = 100
+"""Longest package name: it names a folder, and pip's wheel and dist-info names add ~40
+characters to it within the file system's 255."""
+
+RUNTIME_MODULES = ("symbp", "codegen", "numpy", "scipy", "sympy", "networkx", "Cython", "setuptools", "pip",
+                   "tqdm", "matplotlib")
+"""What a package or its build imports: a package of the same name would be imported instead."""
+
+
+def check_package_name(name: str, given: bool = True) -> str:
+    """Return ``name`` if it can name an installed package without hiding another module.
+
+    Args:
+        name: the import name asked for.
+        given: whether the user passed it (``name=``) rather than it being the model's name.
+    Returns:
+        ``name``.
+    Raises:
+        SymbpError: not an identifier, too long, or the name of a standard-library module,
+            of one symbp or the package needs, or of another installed module.
+    """
+    hint = "choose another with name=..." if given else "pass sb.build(..., name=...) to choose another"
+    check_identifier(name, "package")
+    if len(name) > MAX_NAME:
+        raise SymbpError(f"package name {name[:20]!r}... is {len(name)} characters long; "
+                         f"file names allow at most {MAX_NAME}: {hint}")
+    if name in sys.stdlib_module_names or name.lower() in {m.lower() for m in RUNTIME_MODULES}:
+        whose = "the standard library's" if name in sys.stdlib_module_names else "a required"
+        raise SymbpError(f"package name {name!r} is also {whose} module {name!r}, and one would hide the "
+                         f"other: {hint}")
+    try:
+        found = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        found = None
+    # A folder on the path without __init__.py (e.g. the output folder itself) is a namespace
+    # spec with no origin file, and a package symbp built before may be rebuilt: neither hides anything.
+    if found is not None and found.origin and pathlib.Path(found.origin).is_file():
+        folder = pathlib.Path(found.origin).parent
+        if not ((folder / "trainer.py").is_file() and (folder / "training.py").is_file()):
+            raise SymbpError(f"package name {name!r} would hide the installed module {name!r} "
+                             f"({found.origin}): {hint}")
+    return name
 
 
 def _substitutions(spec: Spec, name: str, backend: str, files: BackendFiles) -> dict[str, str]:
