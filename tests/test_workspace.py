@@ -1,6 +1,6 @@
 """Each trainer owns its buffers and state (codegen.runtime.trainer.Workspace): trainers of one
-model are independent in threads, one trainer shared by threads takes turns, and buffers are
-kept for a few batch sizes only."""
+model are independent in threads, one trainer shared by threads takes turns, buffers are kept
+for a few batch sizes only; and the build cache's index is safe to write from threads."""
 
 from __future__ import annotations
 
@@ -158,3 +158,22 @@ def test_buffers_are_kept_for_a_few_batch_sizes(backend, rng):
     assert list(tr.workspace.batches) == sizes[-keep:]
     tr.loss(x=np.zeros((sizes[-keep], 64)), y=np.zeros(sizes[-keep], np.int64))
     assert list(tr.workspace.batches) == [*sizes[-keep + 1:], sizes[-keep]]
+
+
+def test_cache_index_is_written_safely_from_threads(tmp_path, monkeypatch):
+    """Trainers compiled in threads each record their own cache entry: the index was written
+    through one temporary file per process, so two threads could swap (or lose) entries."""
+    from types import SimpleNamespace
+
+    from codegen.cython import build
+
+    monkeypatch.setenv("SYMBP_CACHE_DIR", str(tmp_path))
+    jobs = [[(f"graph{i}-{k}", SimpleNamespace(__name__=f"module{i}_{k}")) for k in range(150)] for i in range(2)]
+
+    def job(entries):
+        return lambda: [build.remember(key, module, ("-O1",)) for key, module in entries]
+
+    in_threads(*map(job, jobs))
+    for entries in jobs:
+        for key, module in entries:
+            assert (tmp_path / "index" / build.cache_key(key, ("-O1",))).read_text() == module.__name__

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import types
 from pathlib import Path
@@ -220,7 +221,7 @@ def remember(graph_key: str, module: types.ModuleType, flags: tuple[str, ...] | 
     flags = compile_flags() if flags is None else tuple(flags)
     index = cache_dir() / "index"
     index.mkdir(parents=True, exist_ok=True)
-    tmp = index / f".{os.getpid()}.tmp"
+    tmp = index / f".{os.getpid()}.{threading.get_ident()}.tmp"  # two threads may remember at once
     tmp.write_text(module.__name__)
     os.replace(tmp, index / cache_key(graph_key, flags))
 
