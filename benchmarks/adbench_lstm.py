@@ -39,7 +39,7 @@ def case(layers: int, c: int, backend: str, repeat: float) -> dict:
     P = dict(tr.params)
 
     def grad():
-        return tr.kernels.gradients(P, checked)  # the generated function itself, as the peers time theirs
+        return tr.kernels.gradients(P, checked, tr.workspace)  # the generated function itself, as the peers time theirs
 
     _, g = grad()
     ours = np.concatenate([np.stack([g[f"{k}{i}"] for i in range(layers) for k in ("w", "u")]).ravel(),

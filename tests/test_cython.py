@@ -220,7 +220,7 @@ def test_generated_module_rejects_wrong_arrays():
     P = dict(tc.params)
     P["W1"] = np.zeros((8, 16), np.float32)  # wrong dtype never reaches C
     with pytest.raises(ValueError, match="expected"):
-        tc.kernels.loss(P, {"x": np.zeros((2, 8)), "y": np.zeros(2, np.int64)})
+        tc.kernels.loss(P, {"x": np.zeros((2, 8)), "y": np.zeros(2, np.int64)}, tc.workspace)
 
 
 def test_printer_knows_every_scalar_function():
@@ -275,7 +275,8 @@ def test_pyx_builds_as_one_file_too():
     tc = sb.compile(sb.derive(m), backend="cython", dtype="float64")
     whole = build.build(tc.source.replace(BEGIN, "/* (one file) */"), "onefile", ("-O1",))
     batch = tc._batch(mlp_batch(12, 8, 3), tc.kernels.NEEDS["loss"], "loss")
-    np.testing.assert_allclose(whole.loss(dict(tc.params), batch), tc.kernels.loss(dict(tc.params), batch), rtol=1e-12)
+    np.testing.assert_allclose(whole.loss(dict(tc.params), batch, tc.workspace),
+                               tc.kernels.loss(dict(tc.params), batch, tc.workspace), rtol=1e-12)
 
 
 def test_standalone_cython_package_builds_and_passes_its_selftest(tmp_path):

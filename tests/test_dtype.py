@@ -79,7 +79,7 @@ def test_the_unrolled_oracle_keeps_the_declared_dtype():
 
 def test_build_and_the_cli_use_the_declared_dtype(tmp_path, capsys):
     def kernels_dtype(pkg):
-        return next(line for line in (pkg / "typed" / "_kernels.py").read_text().splitlines()
+        return next(line for line in (pkg / "src" / "typed" / "_kernels.py").read_text().splitlines()
                     if line.startswith("DTYPE ="))
 
     sb.build(sb.derive(model("float64")), tmp_path / "a")

@@ -172,7 +172,7 @@ def test_runtime_is_self_contained():
     allowed = {"numpy", "tqdm", "matplotlib", "__future__"}
     runtime, files = ROOT / "codegen" / "runtime", ROOT / "codegen" / "standalone" / "files"
     copied = [*runtime.glob("[!_]*.py"), *files.glob("*.py")]
-    assert len(copied) == 4
+    assert len(copied) >= 4  # trainer, training, ... and the two package templates
     for path in copied:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):

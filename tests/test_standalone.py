@@ -86,7 +86,8 @@ def run(py, args, cwd, check=True) -> subprocess.CompletedProcess:
 def test_package_layout(package):
     names = {str(p.relative_to(package)) for p in package.rglob("*") if p.is_file()}
     assert names == {"pyproject.toml", "README.md", "src/tiny_mlp/__init__.py", "src/tiny_mlp/__main__.py",
-                     "src/tiny_mlp/trainer.py", "src/tiny_mlp/training.py", "src/tiny_mlp/_kernels.py",
+                     "src/tiny_mlp/trainer.py", "src/tiny_mlp/training.py", "src/tiny_mlp/workspace.py",
+                     "src/tiny_mlp/_kernels.py",
                      "src/tiny_mlp/_kernels64.py", "src/tiny_mlp/weights.npz"}
     for p in (package / "src" / "tiny_mlp").glob("*.py"):
         assert not re.search(r"^\s*(import|from)\s+(symbp|sympy|networkx|codegen)\b", p.read_text(), re.M), p
@@ -183,8 +184,8 @@ def test_selftest_catches_a_wrong_gradient(package, monkeypatch, capsys, how, ke
     assert selftest()
     real = module.gradients
 
-    def wrong(P, D):
-        loss, grads = real(P, D)
+    def wrong(P, D, *workspace):
+        loss, grads = real(P, D, *workspace)
         return loss, {**grads, "b1": _break(grads["b1"], how)}
 
     monkeypatch.setattr(module, "gradients", wrong)

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import types
 from pathlib import Path
@@ -236,7 +237,7 @@ def remember(graph_key: str, module: types.ModuleType, flags: tuple[str, ...] | 
     flags = compile_flags() if flags is None else tuple(flags)
     root = next((r for r in cache.roots() if cache.valid(r / module.__name__)), cache.write_root())
     index = root / "index"
-    tmp = index / f".{os.getpid()}.tmp"
+    tmp = index / f".{os.getpid()}.{threading.get_ident()}.tmp"  # two threads may remember at once
     try:
         index.mkdir(parents=True, exist_ok=True)
         tmp.write_text(module.__name__)

@@ -13,9 +13,9 @@ The scan's value is a tuple, read by ``scan_out``: the emitter hands the enclosi
 so the final carries are still there when the Python wrapper stores the state).
 
 State and diagnostics stay in Python, as the NumPy module's: the wrapper of each generated
-function copies ``STATE[label]`` into a state-in array (a flag in ``io`` says which carries
-it holds), and afterwards stores copies of the final carries in ``STATE`` and the norms of
-dL/dh_t in ``GRAD_NORMS`` (see ``Loop`` and ``codegen.cython.module``).
+function copies the caller's ``_ws.state[label]`` into a state-in array (a flag in ``io`` says
+which carries it holds), and afterwards stores copies of the final carries in ``_ws.state`` and
+the norms of dL/dh_t in ``_ws.grad_norms`` (see ``Loop`` and ``codegen.cython.module``).
 
 Beyond a literal port, three things the per-step loop does not need to repeat: a weight's
 gradient sum_t a_t^T b_t becomes one product over the stacked steps after the loop; a weight
@@ -51,10 +51,10 @@ class Loop:
     """What the Python wrapper of a generated function does around a loop.
 
     Attributes:
-        label: the loop's label (``STATE`` / ``GRAD_NORMS`` key).
+        label: the loop's label (its key in the workspace's ``state`` / ``grad_norms``).
         state_in: per carry, (array index of the state-in array, io slot of its flag); empty
             for a loop that is not stateful.
-        final: array indices of the final carries (stored in ``STATE`` when stateful).
+        final: array indices of the final carries (stored in ``_ws.state`` when stateful).
         norms: array index of the (T,) norms of dL/dh_t (reverse loops), else None.
     """
 

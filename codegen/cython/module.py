@@ -3,8 +3,10 @@
 The surface matches the NumPy backend's module (constants, ``gradients``, ``loss``,
 ``predict``, ``step``) so ``codegen.runtime.Trainer`` drives both the same way. The
 caller's arrays reach C through the buffer protocol, checked for size, type and contiguity
-on every call (a wrong array is a Python error, never a write out of bounds); the module's
-own buffers, allocated once per batch size, are passed by address. No typed memoryviews,
+on every call (a wrong array is a Python error, never a write out of bounds); the buffers,
+allocated once per batch size in the caller's workspace (``codegen.runtime.trainer.Workspace``,
+the last argument of every function: a module is shared by all trainers of its model and runs
+its kernels with the GIL released, so it keeps no buffers of its own), are passed by address. No typed memoryviews,
 whose utility code would triple the C that gcc has to compile.
 """
 
@@ -27,16 +29,13 @@ import numpy as np
 '''
 
 _RUNTIME = '''
-cdef dict _prepared = {{}}
-
-
-def _prepare(int fn, long B):
-    """Buffers of function ``fn`` for batch size B (allocated once), the expected
+def _prepare(dict mem, int fn, long B):
+    """Buffers of function ``fn`` for batch size B (allocated once, in ``mem``: the caller's
+    workspace table for B, so trainers never share them), the expected
     (bytes, itemsize, kind, writable) of every caller's array it takes, and the buffers'
     addresses packed as C pointers: they are right by construction, so a call checks only
     the caller's arrays (checking all ~30 arrays of a CNN step cost ~6 us a call)."""
-    key = (fn, B)
-    got = _prepared.get(key)
+    got = mem.get(fn)
     if got is None:
         bufs, meta = [], []
         for src, shape, kind in _ARRAYS[fn]:
@@ -47,7 +46,7 @@ def _prepare(int fn, long B):
             else:
                 meta.append((int(np.prod(dims)) * dt.itemsize, dt.itemsize, kind, src != 'D'))
         addrs = np.array([b.ctypes.data for b in bufs], dtype=np.uintp).tobytes()
-        got = _prepared[key] = (bufs, tuple(meta), addrs)
+        got = mem[fn] = (bufs, tuple(meta), addrs)
     return got
 
 
@@ -121,8 +120,6 @@ def render(spec, fns, update: list[str], pnames: list[str], helpers: str, ctype:
               "sb_set_gemm(<void *>_gemm)", ""]
     lines += spec.constants()
     lines.append(f"FUNCTIONS = {tuple(NAMES)!r}")
-    if any(f.loops for f in fns):  # recurrences: carried state and diagnostics, as in the NumPy module
-        lines += ["STATE = {}", "GRAD_NORMS = {}"]
     tables = {f.name: tuple((src, shape, "i" if dt == "int64" else "f") for src, _, shape, dt, _ in f.arrays)
               for f in fns}
     update_arrays = tuple(("P", spec.derivation.params[k].shape, "f") for k in pnames) * (2 + len(spec.optimizer.slots))
@@ -140,11 +137,11 @@ def render(spec, fns, update: list[str], pnames: list[str], helpers: str, ctype:
 
 def _state_in(f, nleaves: int) -> list[str]:
     """Copy each stateful loop's carried state in (per carry whose shape still fits; its io flag
-    says so), as the NumPy module's loop reads ``STATE`` at the start of a forward pass."""
+    says so), as the NumPy module's loop reads ``_ws.state`` at the start of a forward pass."""
     lines = []
     for loop in f.loops:
         if loop.state_in:
-            lines.append(f"    st = STATE.get({loop.label!r})")
+            lines.append(f"    st = _ws.state.get({loop.label!r})")
         for k, (a, slot) in enumerate(loop.state_in):
             buf = f"bufs[{a - nleaves}]"
             lines += [f"    io[{slot}] = 0",
@@ -155,14 +152,14 @@ def _state_in(f, nleaves: int) -> list[str]:
 
 
 def _state_out(f, nleaves: int) -> list[str]:
-    """Replace (never mutate) ``STATE`` entries with the final carries; store the norms of dL/dh_t."""
+    """Replace (never mutate) ``_ws.state`` entries with the final carries; store the norms of dL/dh_t."""
     lines = []
     for loop in f.loops:
         if loop.state_in:
             carries = "".join(f"bufs[{a - nleaves}].copy(), " for a in loop.final)
-            lines.append(f"    STATE[{loop.label!r}] = ({carries})")
+            lines.append(f"    _ws.state[{loop.label!r}] = ({carries})")
         if loop.norms is not None:
-            lines.append(f"    GRAD_NORMS[{loop.label!r}] = bufs[{loop.norms - nleaves}].copy()")
+            lines.append(f"    _ws.grad_norms[{loop.label!r}] = bufs[{loop.norms - nleaves}].copy()")
     return lines
 
 
@@ -177,9 +174,9 @@ def _function(f, spec) -> list[str]:
     d = spec.derivation
     batched = [key for src, key, shape, _, _ in f.arrays if src == "D" and shape[:1] == (None,)]
     nleaves = len(f.sched.leaves)
-    lines = ["", "", f"def {f.name}(P, D):", f'    """{_DOCS[f.name]}"""', f"    cdef double io[{f.io_slots}]"]
+    lines = ["", "", f"def {f.name}(P, D, _ws):", f'    """{_DOCS[f.name]}"""', f"    cdef double io[{f.io_slots}]"]
     lines.append(f"    cdef long B = len(D[{batched[0]!r}])" if batched else "    cdef long B = 1")
-    lines.append(f"    bufs, meta, addrs = _prepare({NAMES[f.name]}, B)")
+    lines.append(f"    bufs, meta, addrs = _prepare(_ws.buffers(B), {NAMES[f.name]}, B)")
     leaves = ", ".join(f"{src}[{key!r}]" for src, key, *_ in f.arrays[:nleaves])
     lines += _state_in(f, nleaves)
     lines.append(f"    _run({NAMES[f.name]}, [{leaves}], meta, addrs, io, B)")
@@ -203,12 +200,12 @@ def _step(spec, pnames: list[str]) -> list[str]:
     hyper = sorted(opt.hyper)
     arrays = [f"P[{k!r}]" for k in pnames] + [f"G[{k!r}]" for k in pnames]
     arrays += [f"S[{s!r}][{k!r}]" for s in opt.slots for k in pnames]
-    lines = ["", "", "_UPDATE_META = _prepare(3, 1)[1]", "", "",
-             "def step(P, S, D, H, t):",
+    lines = ["", "", "_UPDATE_META = _prepare({}, 3, 1)[1]", "", "",
+             "def step(P, S, D, H, t, _ws):",
              '    """One training step: gradients, then the optimiser update in place. Returns the loss;',
              '    when the loss is not finite the parameters are left untouched."""',
              f"    cdef double io[{len(hyper) + 1}]",
-             "    loss, G = gradients(P, D)",
+             "    loss, G = gradients(P, D, _ws)",
              "    if not isfinite(loss):",
              "        return loss"]
     lines += [f"    io[{i}] = H[{k!r}]" for i, k in enumerate(hyper)]

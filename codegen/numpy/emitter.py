@@ -1,7 +1,8 @@
 """NumPy backend: emits a readable Python module computing loss, gradients and the update.
 
 The module holds straight-line code in schedule order. Every array it writes lives in a
-buffer allocated once per batch size and reused as the schedule's liveness allows; views
+buffer allocated once per batch size (in the caller's workspace, see
+``codegen.runtime.trainer.Workspace``) and reused as the schedule's liveness allows; views
 (transposes, reshapes, slices, broadcasts) cost nothing. It imports only NumPy.
 """
 
@@ -67,7 +68,7 @@ def _reduce(fn):
             # Summing leading axes (bias gradients) as ones @ x runs in BLAS: NumPy's
             # multi-axis sum is 5-15x slower at these shapes.
             return [f"_x = {x}.reshape(-1, {out}.size)",
-                    f"np.matmul(_ones(_x.shape[0]), _x, out={out}.reshape(-1))"]
+                    f"np.matmul(_ones(_mem, _x.shape[0]), _x, out={out}.reshape(-1))"]
         return [f"np.{fn}({x}, axis={axes}, keepdims={n.attrs['keepdims']}, out={out})"]
     return emit
 
@@ -159,16 +160,17 @@ def emit(spec: Spec) -> str:
     if any("_bad_label(" in line for f in fns for line in f.body):
         lines += LABEL_ERROR.splitlines()
     lines.append(f"_SCRATCH = {[(s, 'float') for _, s in scratch.specs()]!r}")
-    lines.append("_cache = {}")
-    lines += ["", "", "def _ones(n):",
-              "    if ('ones', n) not in _cache:",
-              "        _cache['ones', n] = np.ones(n, dtype=DTYPE)",
-              "    return _cache['ones', n]"]
-    lines += ["", "", "def _buffers(fn, shapes, B):",
-              "    key = (fn, B)",
-              "    if key not in _cache:",
-              "        _cache[key] = (_alloc(shapes, B), _alloc(_SCRATCH, B))",
-              "    return _cache[key]", ""]
+    # Buffers live in the caller's workspace (the last argument, ``_ws``: the runtime's
+    # Workspace), in its table for the call's batch size (``_mem``), never in this module:
+    # a module is shared by every trainer of its model, and trainers may run in threads.
+    lines += ["", "", "def _ones(_mem, n):",
+              "    if ('ones', n) not in _mem:",
+              "        _mem['ones', n] = np.ones(n, dtype=DTYPE)",
+              "    return _mem['ones', n]"]
+    lines += ["", "", "def _buffers(_mem, fn, shapes, B):",
+              "    if fn not in _mem:",
+              "        _mem[fn] = (_alloc(shapes, B), _alloc(_SCRATCH, B))",
+              "    return _mem[fn]", ""]
     results = {"gradients": (loss, dict(zip(pnames, grads))), "loss": (loss, None),
                "predict": (None, dict(zip(d.outputs, outs)))}
     for f in fns:
@@ -186,14 +188,15 @@ _DOCS = {
 
 
 def _function(f: Function, namer: Namer, scratch: Scratch, d, result, spec: Spec) -> list[str]:
-    lines = [f"def {f.name}(P, D):", f'    """{_DOCS[f.name]}"""']
+    lines = [f"def {f.name}(P, D, _ws):", f'    """{_DOCS[f.name]}"""']
     read_inputs = [n for n in f.sched.leaves if n.op == "input"]
     for n in f.sched.leaves:
         src = "D" if n.op == "input" else "P"
         lines.append(f"    {namer(n)} = {src}[{n.name!r}]")
     batch_src = next((namer(n) for n in read_inputs if n.shape[:1] == (None,)), None)
     lines.append(f"    B = {batch_src}.shape[0]" if batch_src else "    B = 1")
-    lines.append(f"    _b, _s = _buffers({f.name!r}, _{f.name.upper()}, B)")
+    lines.append("    _mem = _ws.buffers(B)")
+    lines.append(f"    _b, _s = _buffers(_mem, {f.name!r}, _{f.name.upper()}, B)")
     names = [n for n, _ in scratch.specs()]
     if names:
         lines.append(f"    {', '.join(names)}, = _s")
@@ -211,10 +214,10 @@ def _function(f: Function, namer: Namer, scratch: Scratch, d, result, spec: Spec
 
 def _step(spec: Spec, namer: Namer, pnames: list[str]) -> list[str]:
     opt = spec.optimizer
-    lines = ["def step(P, S, D, H, t):",
+    lines = ["def step(P, S, D, H, t, _ws):",
              '    """One training step: gradients, then the optimiser update in place. Returns the loss;',
              '    when the loss is not finite the parameters are left untouched."""',
-             "    loss, G = gradients(P, D)",
+             "    loss, G = gradients(P, D, _ws)",
              "    if not math.isfinite(loss):",
              "        return loss"]
     for k in sorted(opt.hyper):
@@ -246,13 +249,12 @@ def _step(spec: Spec, namer: Namer, pnames: list[str]) -> list[str]:
             body += KernelWriter(env, scratch, temps.temp).write(rule.xreplace({g: gexpr}), target)
     specs = scratch.specs()
     if specs:
-        lines.append(f"    {', '.join(n for n, _ in specs)}, = _update_scratch(P)")
+        lines.append(f"    {', '.join(n for n, _ in specs)}, = _update_scratch(_ws.fixed)")
     lines += ["    " + b for b in body]
     lines += ["    return loss", ""]
     if specs:
-        lines += ["", "_update_cache = []", "", "",
-                  "def _update_scratch(P):",
-                  "    if not _update_cache:",
-                  f"        _update_cache.extend(np.empty(s, dtype=DTYPE) for s in {[s for _, s in specs]!r})",
-                  "    return _update_cache", ""]
+        lines += ["", "", "def _update_scratch(_mem):",
+                  "    if 'update' not in _mem:",
+                  f"        _mem['update'] = [np.empty(s, dtype=DTYPE) for s in {[s for _, s in specs]!r}]",
+                  "    return _mem['update']", ""]
     return lines

@@ -12,10 +12,12 @@ Another backend ports this by emitting the same two loops: everything it needs i
 placeholders are bound here to loop variables), plus ``length``, ``truncate``, ``stateful`` and,
 on ``scan_bwd``, ``need`` (which inputs want a cotangent). ``scan_out`` is a view of item k.
 
-State and diagnostics live in the generated module's globals: ``STATE[label]`` holds the final
-carries of a stateful scan, ``GRAD_NORMS[label]`` the norm of dL/dh_t for every t after a
-backward pass (``derive`` makes each loop's label unique in its model). The loops replace
-``STATE`` entries and never write into them, so the runtime can put an old state back.
+State, diagnostics and buffers live in the caller's workspace (``_ws``, the enclosing
+function's last argument, which the loops see as a closure, as they see ``_mem``, its buffer
+table for the batch size): ``_ws.state[label]`` holds the final carries of a stateful scan,
+``_ws.grad_norms[label]`` the norm of dL/dh_t for every t after a backward pass (``derive``
+makes each loop's label unique in its model). The loops replace ``state`` entries and never
+write into them, so the runtime can put an old state back.
 """
 
 from __future__ import annotations
@@ -55,11 +57,11 @@ def _swap(a: str, b: str, n: int) -> str:
 
 
 def _prologue(fn: str, key: str, shapes: list, bufs: list, specs: list, extra: list) -> list[str]:
-    return [f"    _key = ({fn!r}, {key!r}, B)",
-            "    if _key not in _cache:",
-            f"        _cache[_key] = (_alloc({shapes!r}, B), _alloc({bufs!r}, B), _alloc({specs!r}, B), "
+    return [f"    _key = ({fn!r}, {key!r})",
+            "    if _key not in _mem:",
+            f"        _mem[_key] = (_alloc({shapes!r}, B), _alloc({bufs!r}, B), _alloc({specs!r}, B), "
             f"_alloc({extra!r}, B))",
-            "    _o, _b, _s, _e = _cache[_key]"]
+            "    _o, _b, _s, _e = _mem[_key]"]
 
 
 def emit_scan(n, out: str, *ins: str) -> list[str]:
@@ -84,7 +86,7 @@ def emit_scan(n, out: str, *ins: str) -> list[str]:
              *["    " + u for u in unpack],
              f"    {''.join(f'_h{k}, ' for k in range(nc))}{''.join(f'_n{k}, ' for k in range(nc))}= _e"]
     if n.attrs["stateful"]:
-        lines.append(f"    _st = globals().setdefault('STATE', {{}}).get({label!r})")
+        lines.append(f"    _st = _ws.state.get({label!r})")
         for k in range(nc):
             lines.append(f"    np.copyto(_h{k}, _st[{k}] if _st is not None and _st[{k}].shape == _h{k}.shape "
                          f"else _i{k})")
@@ -102,7 +104,7 @@ def emit_scan(n, out: str, *ins: str) -> list[str]:
     lines.append(f"        {_swap('_h', '_n', nc)}")
     lines += [f"    np.copyto(_o[{k}], _h{k})" for k in range(nc)]
     if n.attrs["stateful"]:
-        lines.append(f"    STATE[{label!r}] = ({''.join(f'_h{k}.copy(), ' for k in range(nc))})")
+        lines.append(f"    _ws.state[{label!r}] = ({''.join(f'_h{k}.copy(), ' for k in range(nc))})")
     lines += ["    return _o", f"{out} = {fn}(B, {', '.join(ins)})"]
     return lines
 
@@ -168,7 +170,7 @@ def emit_scan_bwd(n, out: str, *ins: str) -> list[str]:
     lines.append(f"            {_swap('_dc', '_nd', nc)}")
     d_init = [f"            np.add(_o[{nx + k}], _dc{k}, out=_o[{nx + k}])" for k in range(nc) if need[nx + k]]
     lines += ["        if _w == 0:", *d_init] if d_init else []
-    lines += [f"    globals().setdefault('GRAD_NORMS', {{}})[{label!r}] = _norms",
+    lines += [f"    _ws.grad_norms[{label!r}] = _norms",
               "    return _o", f"{out} = {fn}(B, {', '.join(ins)})"]
     return lines
 

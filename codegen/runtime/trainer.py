@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 
 import numpy as np
+
+from .workspace import Workspace
 
 FORMAT = 1
 
@@ -76,6 +79,10 @@ class Trainer:
         self.t = 0
         self.carries: dict = {}  # stateful recurrences' final carries, by loop label
         self.grad_norms: dict = {}  # filled by gradient passes: ||dL/dh_t|| per loop
+        self.workspace = Workspace(self.carries, self.grad_norms)
+        # One call at a time: calls from two threads share this trainer's buffers, state and
+        # step count, so they take turns (separate trainers run in parallel).
+        self._lock = threading.RLock()
         self.reset_optimizer()
 
     def reset_optimizer(self) -> None:
@@ -131,18 +138,17 @@ class Trainer:
     # -- the API --------------------------------------------------------------------------
     def _run(self, fn: str, data: dict):
         """Generated function ``fn`` on checked data, leaving the carried state of stateful
-        recurrences as it was: only ``step`` advances it."""
-        self._bind()
-        before = dict(self.carries)  # the kernels replace entries, never mutate them
-        try:
-            return getattr(self.kernels, fn)(self.params, data)
-        finally:
-            self._set_carries(before)
-
-    def _bind(self) -> None:
-        """Point the kernels' ``STATE`` and ``GRAD_NORMS`` at this trainer's own: a compiled
-        module is shared (one per source, like any import), its trainers' carries are not."""
-        self.kernels.STATE, self.kernels.GRAD_NORMS = self.carries, self.grad_norms
+        recurrences as it was: only ``step`` advances it. Arrays in the result are copies, taken
+        before another thread's call can overwrite the buffers they were computed in."""
+        with self._lock:
+            before = dict(self.carries)  # the kernels replace entries, never mutate them
+            try:
+                out = getattr(self.kernels, fn)(self.params, data, self.workspace)
+                if fn == "gradients":
+                    return out[0], {k: np.array(v) for k, v in out[1].items()}
+                return {k: np.array(v) for k, v in out.items()} if fn == "predict" else out
+            finally:
+                self._set_carries(before)
 
     def _set_carries(self, carries: dict) -> None:
         self.carries.clear()
@@ -156,8 +162,7 @@ class Trainer:
 
     def gradients(self, /, **batch) -> dict:
         """d loss / d parameter on ``batch``, by parameter name (copies); no update."""
-        _, grads = self._run("gradients", self._batch(batch, self._needs("gradients"), "gradients"))
-        return {k: np.array(v) for k, v in grads.items()}
+        return self._run("gradients", self._batch(batch, self._needs("gradients"), "gradients"))[1]
 
     def step(self, /, **batch) -> float:
         """One optimiser update on ``batch``; returns the loss before the update.
@@ -170,29 +175,28 @@ class Trainer:
     def _step(self, data: dict) -> float:
         """``step`` on data already checked by ``_batch`` (the training loop checks once)."""
         check_hyper(self.hyper, "step()")  # a live dict: tr.hyper["lr"] = "fast" would fail in generated code
-        self.t += 1
-        self._bind()
-        before = dict(self.carries)
-        try:
-            loss = self.kernels.step(self.params, self.state, data, self.hyper, self.t)
-        except DataError:  # found by the kernels' own checks (labels), before any update
-            self.t -= 1
-            self._set_carries(before)
-            raise
-        if not math.isfinite(loss):
-            self.t -= 1
-            self._set_carries(before)
-            raise NonFiniteLoss(f"step {self.t + 1}: the loss is {loss}; the parameters were left as they were. "
-                                "Lower the learning rate, clip gradients (clip_norm=...), or check the "
-                                "inputs for NaN/Inf.")
+        with self._lock:
+            self.t += 1
+            before = dict(self.carries)
+            try:
+                loss = self.kernels.step(self.params, self.state, data, self.hyper, self.t, self.workspace)
+            except DataError:  # found by the kernels' own checks (labels), before any update
+                self.t -= 1
+                self._set_carries(before)
+                raise
+            if not math.isfinite(loss):
+                self.t -= 1
+                self._set_carries(before)
+                raise NonFiniteLoss(f"step {self.t + 1}: the loss is {loss}; the parameters were left as they "
+                                    "were. Lower the learning rate, clip gradients (clip_norm=...), or check the "
+                                    "inputs for NaN/Inf.")
         return loss
 
     def predict(self, /, **batch) -> dict:
         """The model's named outputs (``m.output``) on ``batch``, by name (copies)."""
         if not self.kernels.OUTPUTS:
             raise DataError("predict(): the model names no outputs; declare them with m.output(name, tensor)")
-        out = self._run("predict", self._batch(batch, self._needs("predict"), "predict"))
-        return {k: np.array(v) for k, v in out.items()}
+        return self._run("predict", self._batch(batch, self._needs("predict"), "predict"))
 
     def evaluate(self, data: dict, batch_size: int = 256) -> dict:
         """Mean loss over ``data`` (and accuracy, see ``training.accuracy_pair``), in batches.
@@ -301,12 +305,14 @@ class Trainer:
         Returns:
             {loop label: array of shape (T,)}; vanishing gradients show as a decay towards t = 0.
         """
-        self.grad_norms.clear()
-        self._run("gradients", self._batch(batch, self._needs("gradients"), "gradient_norms_through_time"))
-        norms = self.grad_norms
+        data = self._batch(batch, self._needs("gradients"), "gradient_norms_through_time")
+        with self._lock:  # the norms are this call's until it has copied them
+            self.grad_norms.clear()
+            self._run("gradients", data)
+            norms = {k: np.array(v) for k, v in self.grad_norms.items()}
         if not norms:
             raise DataError("gradient_norms_through_time(): the model has no recurrence (sb.scan)")
-        return {k: np.array(v) for k, v in norms.items()}
+        return norms
 
     def finite_difference_errors(self, batch: dict, eps: float = 1e-5, entries: int = 64,
                                  rng=None) -> dict:

@@ -8,8 +8,8 @@
       src/<name>/__init__.py    trainer(): the Trainer with the initial (or given) weights
       src/<name>/__main__.py    python -m <name> --selftest | train data.npz ...
                                 (both copied from files/, where ruff lints them)
-      src/<name>/trainer.py     copies of codegen/runtime/trainer.py and training.py
-      src/<name>/training.py      (they import only NumPy)
+      src/<name>/trainer.py     copies of the modules of codegen/runtime (trainer.py,
+      src/<name>/training.py      training.py, workspace.py): they import only NumPy
       src/<name>/weights.npz    the initial weights
       ...                       the backend's own files (see PACKAGERS)
 
@@ -43,6 +43,11 @@ from symbp.ir import SymbpError, check_identifier
 FILES = pathlib.Path(__file__).parent / "files"
 RUNTIME = pathlib.Path(__file__).parent.parent / "runtime"
 SRC = "src"
+
+
+def runtime_modules() -> list[pathlib.Path]:
+    """The runtime's modules that every package carries (all of codegen/runtime but __init__)."""
+    return sorted(p for p in RUNTIME.glob("*.py") if p.name != "__init__.py")
 """The folder holding the package inside the project (the "src layout"; see the module docstring)."""
 
 
@@ -88,8 +93,7 @@ def write(spec: Spec, folder, backend: str, values: dict, name: str | None = Non
         "README.md": _template("README.md.in", subs),
         f"{SRC}/{name}/__init__.py": (FILES / "package_init.py").read_text(),
         f"{SRC}/{name}/__main__.py": (FILES / "package_main.py").read_text(),
-        f"{SRC}/{name}/trainer.py": (RUNTIME / "trainer.py").read_text(),
-        f"{SRC}/{name}/training.py": (RUNTIME / "training.py").read_text(),
+        **{f"{SRC}/{name}/{p.name}": p.read_text() for p in runtime_modules()},
         **{f"{SRC}/{name}/{k}": v for k, v in files.files.items()},
     }
     if files.setup_py is not None:

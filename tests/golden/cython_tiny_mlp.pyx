@@ -858,16 +858,13 @@ def _bad_label(labels, depth, label):
     raise DataError(f"{labels}: label {label} is outside 0..{depth - 1}, the classes of the one-hot that reads it")
 
 
-cdef dict _prepared = {}
-
-
-def _prepare(int fn, long B):
-    """Buffers of function ``fn`` for batch size B (allocated once), the expected
+def _prepare(dict mem, int fn, long B):
+    """Buffers of function ``fn`` for batch size B (allocated once, in ``mem``: the caller's
+    workspace table for B, so trainers never share them), the expected
     (bytes, itemsize, kind, writable) of every caller's array it takes, and the buffers'
     addresses packed as C pointers: they are right by construction, so a call checks only
     the caller's arrays (checking all ~30 arrays of a CNN step cost ~6 us a call)."""
-    key = (fn, B)
-    got = _prepared.get(key)
+    got = mem.get(fn)
     if got is None:
         bufs, meta = [], []
         for src, shape, kind in _ARRAYS[fn]:
@@ -878,7 +875,7 @@ def _prepare(int fn, long B):
             else:
                 meta.append((int(np.prod(dims)) * dt.itemsize, dt.itemsize, kind, src != 'D'))
         addrs = np.array([b.ctypes.data for b in bufs], dtype=np.uintp).tobytes()
-        got = _prepared[key] = (bufs, tuple(meta), addrs)
+        got = mem[fn] = (bufs, tuple(meta), addrs)
     return got
 
 
@@ -913,36 +910,36 @@ cdef int _run(int fn, list arrays, tuple meta, bytes addrs, double *io, long B) 
 
 
 
-def gradients(P, D):
+def gradients(P, D, _ws):
     """Forward and backward pass: returns (loss, {parameter: gradient})."""
     cdef double io[1]
     cdef long B = len(D['x'])
-    bufs, meta, addrs = _prepare(0, B)
+    bufs, meta, addrs = _prepare(_ws.buffers(B), 0, B)
     _run(0, [D['x'], D['y'], P['W1'], P['b1'], P['W2']], meta, addrs, io, B)
     if bufs[19][0]:
         _bad_label(*(("input 'y'", 3),)[bufs[19][0] - 1], bufs[19][1])
     return io[0], {'W1': bufs[18], 'b1': bufs[17], 'W2': bufs[15]}
 
 
-def loss(P, D):
+def loss(P, D, _ws):
     """Forward pass only: returns the loss."""
     cdef double io[1]
     cdef long B = len(D['x'])
-    bufs, meta, addrs = _prepare(1, B)
+    bufs, meta, addrs = _prepare(_ws.buffers(B), 1, B)
     _run(1, [D['x'], D['y'], P['W1'], P['b1'], P['W2']], meta, addrs, io, B)
     if bufs[13][0]:
         _bad_label(*(("input 'y'", 3),)[bufs[13][0] - 1], bufs[13][1])
     return io[0]
 
 
-_UPDATE_META = _prepare(3, 1)[1]
+_UPDATE_META = _prepare({}, 3, 1)[1]
 
 
-def step(P, S, D, H, t):
+def step(P, S, D, H, t, _ws):
     """One training step: gradients, then the optimiser update in place. Returns the loss;
     when the loss is not finite the parameters are left untouched."""
     cdef double io[3]
-    loss, G = gradients(P, D)
+    loss, G = gradients(P, D, _ws)
     if not isfinite(loss):
         return loss
     io[0] = H['lr']
