@@ -60,7 +60,7 @@ def test_latex_compiles_with_amsmath_alone(name, tmp_path):
 
 def test_a_slice_in_a_recurrence_is_one_subscript():
     tex = sb.derive(rnn("LSTM")).equations().latex()
-    assert re.search(r"\{a_\{1\}\}_\{\[16:32\]\}", tex)  # LSTM gates: slices of the pre-activations
+    assert re.search(r"\{a_\{1\}\}_\{\[:, 16:32\]\}", tex)  # LSTM gates: slices of the pre-activations
     assert not re.search(r"_\{[^{}]*\}_\{", tex)  # a_{1}_{[16:32]}: "Double subscript"
 
 
