@@ -168,8 +168,8 @@ def test_selftest_catches_a_wrong_gradient(package, monkeypatch, capsys):
     assert selftest()
     real = k64.gradients
 
-    def wrong(P, D):
-        loss, grads = real(P, D)
+    def wrong(P, D, ws):
+        loss, grads = real(P, D, ws)
         return loss, {**grads, "b1": grads["b1"] * 1.01}
 
     monkeypatch.setattr(k64, "gradients", wrong)
