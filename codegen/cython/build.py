@@ -30,7 +30,7 @@ import time
 import types
 from pathlib import Path
 
-from codegen.cython import cache
+from codegen.cython import cache, sanitize
 from codegen.cython.cache import cache_clear, cache_dir, cache_info  # noqa: F401 - build's public names
 from symbp.ir import SymbpError, sanitise
 
@@ -57,6 +57,12 @@ def compile_flags() -> tuple[str, ...]:
     if env is not None:
         return tuple(env.split())
     return PORTABLE_FLAGS if os.environ.get("SYMBP_PORTABLE") else DEFAULT_FLAGS
+
+
+def _flags(flags) -> tuple[str, ...]:
+    """The optimisation flags a build uses: ``flags`` (default :func:`compile_flags`) and the
+    sanitizers' when on (so they are part of every cache key)."""
+    return (*(compile_flags() if flags is None else tuple(flags)), *sanitize.flags())
 
 
 @functools.cache
@@ -149,11 +155,12 @@ def build(source: str, name: str, flags: tuple[str, ...] | None = None) -> types
     Args:
         source: the ``.pyx`` text.
         name: a readable stem for the module name (the key is appended).
-        flags: optimisation flags (default: :func:`compile_flags`).
+        flags: optimisation flags (default: :func:`compile_flags`); the sanitizers' are added
+            when ``$SYMBP_SANITIZE`` is set.
     Returns:
         The imported module.
     """
-    flags = compile_flags() if flags is None else tuple(flags)
+    flags = _flags(flags)
     key = cache_key(source, flags)
     # the key makes it unique; the stem is only for people, and must leave the file name
     # (stem, key, ABI suffix; a build folder's prefix) well inside the file system's 255 bytes
@@ -214,7 +221,7 @@ def lookup(graph_key: str, flags: tuple[str, ...] | None = None) -> tuple[types.
 
     This is the warm path: no code generation, only hashing and an import.
     """
-    flags = compile_flags() if flags is None else tuple(flags)
+    flags = _flags(flags)
     name = cache_key(graph_key, flags)
     for root in cache.roots():
         try:
@@ -234,7 +241,7 @@ def lookup(graph_key: str, flags: tuple[str, ...] | None = None) -> tuple[types.
 
 def remember(graph_key: str, module: types.ModuleType, flags: tuple[str, ...] | None = None) -> None:
     """Record which entry a graph key built, for :func:`lookup` (written atomically)."""
-    flags = compile_flags() if flags is None else tuple(flags)
+    flags = _flags(flags)
     root = next((r for r in cache.roots() if cache.valid(r / module.__name__)), cache.write_root())
     index = root / "index"
     tmp = index / f".{os.getpid()}.{threading.get_ident()}.tmp"  # two threads may remember at once
@@ -275,19 +282,20 @@ def _build_entry(source: str, modname: str, flags, key: str, root: Path, entry: 
         _cythonize(pyx, c_file)
         t1 = time.perf_counter()
         glue_flags = (*GLUE_FLAGS, "-DSB_GLUE_ONLY") if kernels is not None else tuple(flags)
+        sanitizers = tuple(f for f in flags if f in sanitize.FLAGS)  # the link needs them too
         jobs.append(_cc_start(c_file, tmp / f"{modname}.o", glue_flags))
         objects.append(tmp / f"{modname}.o")
         for job in jobs:
             _cc_wait(job)
         binary = f"{modname}{sysconfig.get_config_var('EXT_SUFFIX') or '.so'}"
         try:
-            _link(objects, tmp / binary, mvec=mvec, extra=openmp())
+            _link(objects, tmp / binary, mvec=mvec, extra=(*openmp(), *sanitizers))
         except BuildError:
             if not mvec:
                 raise
             # no libmvec to link: recompile the kernels with scalar math calls
             _cc_wait(_cc_start(tmp / "kernels.c", tmp / "kernels.o", (*flags, *KERNEL_FLAGS, *openmp())))
-            _link(objects, tmp / binary, mvec=False, extra=openmp())
+            _link(objects, tmp / binary, mvec=False, extra=(*openmp(), *sanitizers))
         t2 = time.perf_counter()
         for f in tmp.iterdir():
             if f.suffix in (".c", ".o"):
@@ -307,7 +315,7 @@ def _cythonize(pyx: Path, c_file: Path) -> None:
     except ImportError:
         raise BuildError("the Cython backend needs Cython (`pip install cython`); or use backend=\"numpy\"") from None
     cmd = [sys.executable, "-m", "cython", "-3", "--fast-fail", str(pyx), "-o", str(c_file)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    res = subprocess.run(cmd, capture_output=True, text=True, env=sanitize.tool_env())
     if res.returncode:
         raise BuildError(f"Cython failed on the generated module {pyx.name}:\n{res.stderr[-4000:]}")
 
@@ -316,7 +324,8 @@ def _cc_start(c_file: Path, obj: Path, flags) -> tuple:
     include = sysconfig.get_paths()["include"]
     cmd = [compiler()[0], *flags, "-fPIC", "-fwrapv", "-fno-strict-aliasing", "-w", f"-I{include}",
            "-c", str(c_file), "-o", str(obj)]
-    return cmd, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return cmd, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 env=sanitize.tool_env())
 
 
 def _cc_wait(job) -> None:
@@ -329,7 +338,7 @@ def _cc_wait(job) -> None:
 def _link(objects, out: Path, mvec: bool, extra=()) -> None:
     link = ["-bundle", "-undefined", "dynamic_lookup"] if sys.platform == "darwin" else ["-shared"]
     cmd = [compiler()[0], *map(str, objects), "-o", str(out), *link, *(["-lmvec"] if mvec else []), *extra, "-lm"]
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    res = subprocess.run(cmd, capture_output=True, text=True, env=sanitize.tool_env())
     if res.returncode:
         raise BuildError(f"linking failed ({' '.join(cmd[:2])} ...):\n{res.stderr[-4000:]}")
 

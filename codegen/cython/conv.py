@@ -2,7 +2,9 @@
 weights (kh, kw, C_in, C_out)) for the Cython backend.
 
 Direct loops: the innermost loop always runs over the contiguous channel axis, so gcc
-vectorises it, and padding is a bounds test instead of a padded copy. Pooling follows the
+vectorises it. The forward pass and the weight gradient read a zero-padded copy of the input
+(``conv_direct.padded``, written as straight runs: gcc 12 miscompiles a per-pixel "zeros or
+copy" branch at -O3 with AVX); the input gradient skips out-of-bounds taps. Pooling follows the
 NumPy backend exactly: NaN wins a max, and a max-pool gradient goes to the *first* maximum
 of its window in row-major order.
 """
@@ -45,26 +47,24 @@ def _windows(t: str, kh: int, kw: int, h, w, sh, sw, top, left, ho, wo) -> list[
 
 def _im2col(ctx, n, x: K.View, lines: list[str], pooled: tuple) -> K.View:
     """Scratch (B, Ho, Wo, kh*kw*C) holding each output pixel's receptive field (zeros in the
-    padding), so that the convolution and its weight gradient are single matrix products."""
+    padding), so that the convolution and its weight gradient are single matrix products.
+    Gathered from the zero-padded copy of x (codegen.cython.conv_direct.padded): straight
+    copies of kw*C values, no bounds test per pixel (gcc 12 miscompiles that form at -O3 with
+    AVX/AVX2/AVX-512, as it does the padded copy's old per-pixel branch)."""
     kh, kw = n.attrs["kernel"] if "kernel" in n.attrs else n.inputs[1].shape[:2]
-    xp = _dense(ctx, x, n.inputs[0].shape, lines)
-    h, w, c, ho, wo, sh, sw, top, left = _geometry(n, n.inputs[0].shape, (None, *pooled, 0))
+    xp, hp, wp = D.padded(ctx, n, x, lines)
+    _, _, c, ho, wo, sh, sw, _, _ = _geometry(n, n.inputs[0].shape, (None, *pooled, 0))
     cols = ctx.scratch((None, ho, wo, kh * kw * c), "float")
     t = ctx.tag()
-    lines += ["{", f"const long C_ = {c};",
-              f"for (long {t}b = 0; {t}b < B; {t}b++)",
+    lines += [f"for (long {t}b = 0; {t}b < B; {t}b++)",
               f"for (long {t}i = 0; {t}i < {ho}; {t}i++)",
-              f"for (long {t}j = 0; {t}j < {wo}; {t}j++) {{",
-              f"    sb_real *restrict col = {cols.base()} + (({t}b * {ho} + {t}i) * {wo} + {t}j) * {kh * kw} * C_;",
-              f"    for (long p = 0; p < {kh}; p++)",
-              f"        for (long q = 0; q < {kw}; q++) {{",
-              f"            const long y = {t}i * {sh} + p - {top}, x = {t}j * {sw} + q - {left};",
-              f"            sb_real *restrict dst = col + (p * {kw} + q) * C_;",
-              f"            if (y < 0 || y >= {h} || x < 0 || x >= {w}) {{",
-              "                for (long c = 0; c < C_; c++) dst[c] = 0; }",
-              f"            else {{ const sb_real *restrict src = {xp} + (({t}b * {h} + y) * {w} + x) * C_;",
-              "                   for (long c = 0; c < C_; c++) dst[c] = src[c]; }",
-              "        }", "}", "}"]
+              f"for (long {t}j = 0; {t}j < {wo}; {t}j++)",
+              f"for (long p = 0; p < {kh}; p++) {{",
+              f"    sb_real *restrict dst = {cols.base()} + "
+              f"((({t}b * {ho} + {t}i) * {wo} + {t}j) * {kh} + p) * {kw * c};",
+              f"    const sb_real *restrict src = {xp} + (({t}b * {hp} + {t}i * {sh} + p) * {wp} + {t}j * {sw}) * {c};",
+              f"    for (long k = 0; k < {kw * c}; k++) dst[k] = src[k];",
+              "}"]
     return cols
 
 

@@ -56,16 +56,22 @@ def padded(ctx, n, x: K.View, lines: list[str]) -> tuple[str, int, int]:
         tmp = ctx.scratch(n.inputs[0].shape, "float")
         lines += K.copy(tmp, x, ctx.tag())
         x = tmp
+    # Straight runs of zeros and of copied rows, no per-pixel branch: gcc 12 at -O3 with AVX,
+    # AVX2 or AVX-512 turns a per-pixel "zero or copy" into masked vector loads with the wrong
+    # masks (a compiler bug: wrong padded input, so wrong results, at the default flags).
     t = ctx.tag()
-    lines += [f"for (long {t}b = 0; {t}b < B; {t}b++)",
-              f"for (long {t}y = 0; {t}y < {hp}; {t}y++)",
-              f"for (long {t}x = 0; {t}x < {wp}; {t}x++) {{",
-              f"    sb_real *restrict d_ = {dst.base()} + (({t}b * {hp} + {t}y) * {wp} + {t}x) * {c};",
-              f"    const long sy_ = {t}y - {top}, sx_ = {t}x - {left};",
-              f"    if (sy_ < 0 || sy_ >= {h} || sx_ < 0 || sx_ >= {w})",
-              f"        {{ for (long c = 0; c < {c}; c++) d_[c] = 0; }}",
-              f"    else {{ const sb_real *restrict s_ = {x.base()} + (({t}b * {h} + sy_) * {w} + sx_) * {c};",
-              f"           for (long c = 0; c < {c}; c++) d_[c] = s_[c]; }}",
+    row, pad_row = w * c, wp * c
+    lines += [f"for (long {t}b = 0; {t}b < B; {t}b++) {{",
+              f"    sb_real *restrict d_ = {dst.base()} + {t}b * {hp * pad_row};",
+              f"    const sb_real *restrict s_ = {x.base()} + {t}b * {h * row};",
+              f"    for (long k = 0; k < {top * pad_row}; k++) d_[k] = 0;",
+              f"    for (long {t}y = 0; {t}y < {h}; {t}y++) {{",
+              f"        sb_real *r_ = d_ + ({t}y + {top}) * {pad_row};",
+              f"        for (long k = 0; k < {left * c}; k++) r_[k] = 0;",
+              f"        for (long k = 0; k < {row}; k++) r_[{left * c} + k] = s_[{t}y * {row} + k];",
+              f"        for (long k = 0; k < {right * c}; k++) r_[{(left + w) * c} + k] = 0;",
+              "    }",
+              f"    for (long k = 0; k < {bottom * pad_row}; k++) d_[{(top + h) * pad_row} + k] = 0;",
               "}"]
     return dst.base(), hp, wp
 
