@@ -145,7 +145,7 @@ def cmd_build(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from codegen.runtime.training import need_matplotlib, plot_history
+    from codegen.runtime.plots import need_matplotlib, plot_history
 
     if args.plot:
         need_matplotlib()

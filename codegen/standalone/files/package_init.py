@@ -17,8 +17,8 @@ import os
 import numpy as np
 
 from . import _kernels
+from .plots import plot_history
 from .trainer import DataError, NonFiniteLoss, Trainer
-from .training import plot_history
 
 WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights.npz")
 MODEL = _kernels.MODEL

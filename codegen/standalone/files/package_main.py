@@ -12,8 +12,8 @@ import sys
 import numpy as np
 
 from . import DTYPE, INPUTS, MODEL, plot_history, trainer
+from .plots import need_matplotlib
 from .trainer import DataError, NonFiniteLoss
-from .training import need_matplotlib
 
 # Relative error tolerated between the compiled-dtype kernels and the float64 ones. float32
 # rounds each operation to ~6e-8; through a few dozen operations and sums over a batch that
