@@ -152,7 +152,7 @@ def test_schedule_needs_a_rate_and_monitor_needs_its_metric(ramp_model):
     tr = ramp_trainer(ramp_model)
     with pytest.raises(DataError, match="lr_schedule must be a schedule"):
         tr.fit(ramp_data(4), lr_schedule=0.1, progress=False)
-    with pytest.raises(DataError, match=r"monitors 'val_loss', which this run does not report \(pass validation="):
+    with pytest.raises(DataError, match=r"monitors 'val_loss', which this run does not report \(it needs validation"):
         tr.fit(ramp_data(4), early_stopping=EarlyStopping(), progress=False)
     with pytest.raises(DataError, match="monitors 'val_accuracy'.*it reports loss, val_loss"):
         tr.fit(ramp_data(4), validation=ramp_data(4, val=True), early_stopping=EarlyStopping("val_accuracy"),

@@ -159,6 +159,29 @@ def test_train_entry_point_in_the_venv(venv, tmp_path):
     assert bad.returncode != 0 and "missing.npz" in bad.stderr
 
 
+def test_train_with_a_schedule_and_early_stopping_in_the_venv(venv, tmp_path):
+    """The package's ``train`` takes the schedule and early-stopping flags, and its run equals the
+    same fit in symbp (the schedules module travels with the package)."""
+    data, val = batch(40, seed=4), batch(16, seed=5)
+    np.savez(tmp_path / "data.npz", **data)
+    np.savez(tmp_path / "val.npz", **val)
+    done = run(venv, ["-m", "tiny_mlp", "train", "data.npz", "--epochs", "12", "--batch-size", "8", "--quiet",
+                      "--validation", "val.npz", "--lr-schedule", "cosine:eta_min=0.001", "--warmup", "2",
+                      "--patience", "2", "--out", "w.npz"], tmp_path)
+    assert "trained" in done.stdout and "lr 0." in done.stdout
+    tr = sb.compile(mlp(), optimizer=sb.optim.Adam(lr=0.01), dtype="float64", seed=3)
+    hist = tr.fit(data, epochs=12, batch_size=8, validation=val, progress=False,
+                  lr_schedule=sb.schedules.Warmup(2, sb.schedules.Cosine(10, eta_min=0.001)),
+                  early_stopping=sb.EarlyStopping("val_loss", patience=2))
+    assert f"trained {hist['epoch'][-1]} epochs ({tr.t} steps)" in done.stdout
+    with np.load(tmp_path / "w.npz") as f:
+        for k, v in tr.params.items():
+            np.testing.assert_allclose(f[k], v, rtol=1e-11, atol=1e-14)
+    bad = run(venv, ["-m", "tiny_mlp", "train", "data.npz", "--lr-schedule", "cosine:T_max=__import__('os')"],
+              tmp_path, check=False)
+    assert bad.returncode == 1 and "--lr-schedule: cosine: T_max must be a number" in bad.stderr
+
+
 def _break(g: np.ndarray, how: str) -> np.ndarray:
     """``g`` made wrong: scaled by 1.01, or one entry NaN or Inf."""
     if how == "scaled":

@@ -21,7 +21,9 @@ the uninterrupted one did and restores the same weights.
 
 from __future__ import annotations
 
+import inspect
 import math
+import re
 
 import numpy as np
 
@@ -242,7 +244,7 @@ class Controls:
             raise DataError(f"fit(): lr_schedule needs an optimiser with a learning rate 'lr'; this one has "
                             f"{', '.join(tr.hyper) or 'no hyperparameters'}")
         if stopping is not None and stopping.monitor not in metrics:
-            hint = " (pass validation= data)" if stopping.monitor.startswith("val_") else ""
+            hint = " (it needs validation data)" if stopping.monitor.startswith("val_") else ""
             raise DataError(f"fit(): early_stopping monitors {stopping.monitor!r}, which this run does not report"
                             f"{hint}; it reports {', '.join(metrics)}")
         self.tr, self.schedule, self.stopping = tr, schedule, stopping
@@ -305,3 +307,57 @@ class Controls:
         if completed and es is not None and es.restore_best and es.best_params is not None:
             for k, v in es.best_params.items():
                 self.tr.params[k] = v
+
+
+NAMES = {"step": Step, "exponential": Exponential, "cosine": Cosine, "linear": Linear}
+"""The schedules the command lines know (``--lr-schedule NAME[:key=value,...]``)."""
+
+
+def from_command_line(schedule: str | None, warmup: int | None, patience: int | None, monitor: str | None,
+                      epochs: int, validation: bool) -> tuple:
+    """The ``fit`` arguments ``(lr_schedule, early_stopping)`` of the training commands' options.
+
+    Args:
+        schedule: ``NAME[:key=value,...]``, e.g. ``cosine`` (T_max: the epochs after any warm-up),
+            ``step:step_size=10,gamma=0.5``, ``cosine:T_max=2000,per=step``; None: none.
+        warmup: epochs (or steps, with ``per=step``) of linear warm-up before it; None: none.
+        patience: early stopping's patience; None: no early stopping.
+        monitor: its metric (default ``val_loss`` with validation data, else ``loss``).
+        epochs: the run's length, for ``cosine`` without T_max.
+        validation: whether validation data was given.
+    Returns:
+        The two objects (either may be None).
+    """
+    then, per = None, "epoch"
+    if schedule:
+        name, _, rest = schedule.partition(":")
+        if name not in NAMES:
+            raise DataError(f"--lr-schedule: unknown schedule {name!r}; choose from {', '.join(NAMES)}")
+        kinds = inspect.signature(NAMES[name]).parameters
+        settings = {}
+        for item in filter(None, rest.split(",")):
+            key, eq, text = item.partition("=")
+            if not eq or key not in kinds:
+                raise DataError(f"--lr-schedule: {name} takes {', '.join(f'{k}=...' for k in kinds)}; got {item!r}")
+            # numbers are read as numbers, never evaluated
+            settings[key] = text if key == "per" else int(text) if re.fullmatch(r"[+-]?\d+", text) else \
+                _float(name, key, text)
+        if name == "cosine" and "T_max" not in settings:
+            settings["T_max"] = max(epochs - (warmup or 0), 1)
+        try:
+            then = NAMES[name](**settings)
+        except TypeError:  # a required setting missing
+            needed = [f"{k}=..." for k, v in kinds.items() if v.default is v.empty]
+            raise DataError(f"--lr-schedule: {name} needs {', '.join(needed)}") from None
+        per = then.per
+    lr_schedule = then if warmup is None else Warmup(warmup, then, per=per)
+    stopping = None if patience is None else EarlyStopping(monitor or ("val_loss" if validation else "loss"),
+                                                           patience)
+    return lr_schedule, stopping
+
+
+def _float(name: str, key: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise DataError(f"--lr-schedule: {name}: {key} must be a number, got {text!r}") from None
