@@ -169,6 +169,8 @@ def test_train_with_a_schedule_and_early_stopping_in_the_venv(venv, tmp_path):
                       "--validation", "val.npz", "--lr-schedule", "cosine:eta_min=0.001", "--warmup", "2",
                       "--patience", "2", "--out", "w.npz"], tmp_path)
     assert "trained" in done.stdout and "lr 0." in done.stdout
+    script = ("import tiny_mlp; s = tiny_mlp.schedules; print(s.Warmup(2, s.Cosine(10)), s.EarlyStopping())")
+    assert "Warmup(steps=2, then=Cosine(T_max=10" in run(venv, ["-c", script], tmp_path).stdout
     tr = sb.compile(mlp(), optimizer=sb.optim.Adam(lr=0.01), dtype="float64", seed=3)
     hist = tr.fit(data, epochs=12, batch_size=8, validation=val, progress=False,
                   lr_schedule=sb.schedules.Warmup(2, sb.schedules.Cosine(10, eta_min=0.001)),
