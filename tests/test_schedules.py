@@ -269,3 +269,16 @@ def test_resume_refuses_another_schedule(tmp_path):
     with pytest.raises(DataError, match="early_stopping=None, this run has early_stopping=.EarlyStopping"):
         tr.fit(xy, epochs=2, batch_size=5, lr_schedule=Cosine(10), early_stopping=EarlyStopping("loss"),
                resume=ck, progress=False)
+
+
+def test_damaged_best_weights_are_named(ramp_model, tmp_path):
+    from codegen.runtime.training import write_npz
+
+    ck = tmp_path / "ck.npz"
+    kw = dict(epochs=2, batch_size=4, validation=ramp_data(4, val=True, target=-3.4), progress=False)
+    ramp_trainer(ramp_model).fit(ramp_data(4), checkpoint=ck, early_stopping=EarlyStopping(), **kw)
+    with np.load(ck) as f:
+        arrays = dict(f)
+    write_npz(ck, {**arrays, "_best.W": np.zeros(2)})
+    with pytest.raises(DataError, match=r"ck.npz: best weights '_best.W' has shape \(2,\)"):
+        ramp_trainer(ramp_model).fit(ramp_data(4), resume=ck, early_stopping=EarlyStopping(), **kw)

@@ -27,7 +27,7 @@ import re
 
 import numpy as np
 
-from .trainer import DataError
+from .trainer import DataError, to_numbers
 
 PERIODS = ("epoch", "step")
 
@@ -296,7 +296,9 @@ class Controls:
             if es.restore_best and es.best is not None:
                 if set(best) != set(self.tr.params):
                     raise DataError(f"resume: {path} lacks the best weights early stopping kept")
-                es.best_params = {k: np.array(v, dtype=self.tr.dtype) for k, v in best.items()}
+                shapes = self.tr.kernels.PARAMS
+                es.best_params = {k: np.array(to_numbers(path, f"best weights '_best.{k}'", v, shapes[k]),
+                                              dtype=self.tr.dtype) for k, v in best.items()}
 
     def finish(self, completed: bool) -> None:
         """At the end of ``fit``: the base rate back in ``tr.hyper``, and (when the run completed)
