@@ -96,6 +96,19 @@ def build(derivation: Derivation, out: str, backend: str = "numpy", optimizer=No
     return standalone.write(codegen.Spec(derivation, optimizer, dtype), out, backend, values, name)
 
 
+def __getattr__(name: str):
+    """``sb.schedules`` (learning-rate schedules for ``fit``) and ``sb.EarlyStopping``.
+
+    They live in the runtime, which standalone packages carry too; importing them when first
+    used keeps ``import symbp`` free of ``codegen``.
+    """
+    if name in ("schedules", "EarlyStopping"):
+        from codegen.runtime import schedules
+
+        return schedules if name == "schedules" else schedules.EarlyStopping
+    raise AttributeError(f"module 'symbp' has no attribute {name!r}")
+
+
 def _dtype(derivation: Derivation, dtype: str | None, choices: tuple) -> str:
     """The dtype to compile at: the one given, else the one the model declares, else float32."""
     if dtype is None:

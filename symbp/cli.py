@@ -145,17 +145,21 @@ def cmd_build(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from codegen.runtime.training import need_matplotlib, plot_history
+    from codegen.runtime.plots import need_matplotlib, plot_history
+    from codegen.runtime.schedules import from_command_line
 
     if args.plot:
         need_matplotlib()
     d = load_model(args.model)
     data = load_npz(args.data)
     val = load_npz(args.validation) if args.validation else None
+    schedule, stopping = from_command_line(args.lr_schedule, args.warmup, args.patience, args.monitor, args.epochs,
+                                           val is not None)
     tr = sb.compile(d, backend=args.backend, optimizer=_optimizer(args), dtype=args.dtype, seed=args.seed)
     hist = tr.fit(data, epochs=args.epochs, batch_size=args.batch_size, validation=val, seed=args.seed,
                   checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
-                  resume=args.checkpoint if args.resume else None, progress=not args.quiet)
+                  resume=args.checkpoint if args.resume else None, progress=not args.quiet,
+                  lr_schedule=schedule, early_stopping=stopping)
     last = {k: v[-1] for k, v in hist.items() if k not in ("epoch", "step", "step_loss") and v}
     print(f"trained {d.name!r}: {hist['epoch'][-1] if hist['epoch'] else 0} epochs, {tr.t} steps; "
           + "  ".join(f"{k} {v:.4f}" for k, v in last.items()))
@@ -237,6 +241,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--validation", help=".npz evaluated after each epoch")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr-schedule", metavar="NAME[:k=v,...]", help="step, exponential, cosine or linear, with "
+                   "PyTorch's settings: cosine (T_max: the epochs), step:step_size=10,gamma=0.5, ...")
+    p.add_argument("--warmup", type=int, help="epochs of linear warm-up (steps with per=step)")
+    p.add_argument("--patience", type=int, help="stop early after this many epochs without improvement")
+    p.add_argument("--monitor", help="early stopping's metric (default val_loss with --validation, else loss)")
     p.add_argument("--checkpoint", help="checkpoint file (written atomically)")
     p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --checkpoint")

@@ -135,6 +135,33 @@ def test_train(capsys, tmp_path, data, monkeypatch):
     assert code == 0 and "3 epochs, 9 steps" in out and (tmp_path / "mlp_trained.npz").exists()
 
 
+def test_train_with_schedule_and_early_stopping(capsys, tmp_path, data):
+    """The flags make the fit that sb.schedules and sb.EarlyStopping make in Python."""
+    code, out, _ = run(capsys, "train", MODEL, "--data", data, "--epochs", "30", "--batch-size", "16", "--quiet",
+                       "--validation", data, "--lr-schedule", "step:step_size=5,gamma=0.5", "--warmup", "2",
+                       "--patience", "2", "--monitor", "val_accuracy", "--optimizer", "sgd", "--lr", "0.3",
+                       "--out", tmp_path / "w.npz")
+    assert code == 0
+    tr = sb.compile(cli.load_model(MODEL), optimizer=sb.optim.SGD(lr=0.3), seed=0)
+    with np.load(data) as f:
+        d = dict(f)
+    hist = tr.fit(d, epochs=30, batch_size=16, validation=d, progress=False,
+                  lr_schedule=sb.schedules.Warmup(2, sb.schedules.Step(5, gamma=0.5)),
+                  early_stopping=sb.EarlyStopping("val_accuracy", patience=2))
+    assert len(hist["epoch"]) < 30 and f"trained 'mlp': {len(hist['epoch'])} epochs, {tr.t} steps" in out
+    with np.load(tmp_path / "w.npz") as f:
+        for k, v in tr.params.items():
+            np.testing.assert_array_equal(f[k], v)
+    code, _, err = run(capsys, "train", MODEL, "--data", data, "--lr-schedule", "cosine:T=3")
+    assert code == 1 and "--lr-schedule: cosine takes T_max=..., eta_min=..., per=...; got 'T=3'" in err
+    code, _, err = run(capsys, "train", MODEL, "--data", data, "--lr-schedule", "step")
+    assert code == 1 and "--lr-schedule: step needs step_size=..." in err
+    code, _, err = run(capsys, "train", MODEL, "--data", data, "--lr-schedule", "onecycle")
+    assert code == 1 and "unknown schedule 'onecycle'; choose from step, exponential, cosine, linear" in err
+    code, _, err = run(capsys, "train", MODEL, "--data", data, "--patience", "2", "--monitor", "val_loss")
+    assert code == 1 and "monitors 'val_loss', which this run does not report (it needs validation data)" in err
+
+
 def test_train_plot(capsys, tmp_path, data):
     pytest.importorskip("matplotlib")
     code, out, _ = run(capsys, "train", MODEL, "--data", data, "--quiet", "--plot", tmp_path / "loss.png",

@@ -232,5 +232,5 @@ def test_checkpoint_killed_mid_write_leaves_a_loadable_file(tmp_path):
 def test_plot_history(clf, tmp_path):
     pytest.importorskip("matplotlib")
     hist = trainer(clf).fit(data(), epochs=2, batch_size=8, validation=data(10, 2), progress=False)
-    training.plot_history(hist, tmp_path / "loss.png")
+    runtime.plot_history(hist, tmp_path / "loss.png")
     assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -87,6 +87,7 @@ def test_package_layout(package):
     names = {str(p.relative_to(package)) for p in package.rglob("*") if p.is_file()}
     assert names == {"pyproject.toml", "README.md", "src/tiny_mlp/__init__.py", "src/tiny_mlp/__main__.py",
                      "src/tiny_mlp/trainer.py", "src/tiny_mlp/training.py", "src/tiny_mlp/workspace.py",
+                     "src/tiny_mlp/plots.py", "src/tiny_mlp/schedules.py",
                      "src/tiny_mlp/_kernels.py",
                      "src/tiny_mlp/_kernels64.py", "src/tiny_mlp/weights.npz"}
     for p in (package / "src" / "tiny_mlp").glob("*.py"):
@@ -156,6 +157,31 @@ def test_train_entry_point_in_the_venv(venv, tmp_path):
     assert meta["t"] == 15 and meta["model"] == "tiny_mlp"
     bad = run(venv, ["-m", "tiny_mlp", "train", "missing.npz"], tmp_path, check=False)
     assert bad.returncode != 0 and "missing.npz" in bad.stderr
+
+
+def test_train_with_a_schedule_and_early_stopping_in_the_venv(venv, tmp_path):
+    """The package's ``train`` takes the schedule and early-stopping flags, and its run equals the
+    same fit in symbp (the schedules module travels with the package)."""
+    data, val = batch(40, seed=4), batch(16, seed=5)
+    np.savez(tmp_path / "data.npz", **data)
+    np.savez(tmp_path / "val.npz", **val)
+    done = run(venv, ["-m", "tiny_mlp", "train", "data.npz", "--epochs", "12", "--batch-size", "8", "--quiet",
+                      "--validation", "val.npz", "--lr-schedule", "cosine:eta_min=0.001", "--warmup", "2",
+                      "--patience", "2", "--out", "w.npz"], tmp_path)
+    assert "trained" in done.stdout and "lr 0." in done.stdout
+    script = ("import tiny_mlp; s = tiny_mlp.schedules; print(s.Warmup(2, s.Cosine(10)), s.EarlyStopping())")
+    assert "Warmup(steps=2, then=Cosine(T_max=10" in run(venv, ["-c", script], tmp_path).stdout
+    tr = sb.compile(mlp(), optimizer=sb.optim.Adam(lr=0.01), dtype="float64", seed=3)
+    hist = tr.fit(data, epochs=12, batch_size=8, validation=val, progress=False,
+                  lr_schedule=sb.schedules.Warmup(2, sb.schedules.Cosine(10, eta_min=0.001)),
+                  early_stopping=sb.EarlyStopping("val_loss", patience=2))
+    assert f"trained {hist['epoch'][-1]} epochs ({tr.t} steps)" in done.stdout
+    with np.load(tmp_path / "w.npz") as f:
+        for k, v in tr.params.items():
+            np.testing.assert_allclose(f[k], v, rtol=1e-11, atol=1e-14)
+    bad = run(venv, ["-m", "tiny_mlp", "train", "data.npz", "--lr-schedule", "cosine:T_max=__import__('os')"],
+              tmp_path, check=False)
+    assert bad.returncode == 1 and "--lr-schedule: cosine: T_max must be a number" in bad.stderr
 
 
 def _break(g: np.ndarray, how: str) -> np.ndarray:

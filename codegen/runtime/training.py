@@ -9,7 +9,8 @@ carried state of stateful recurrences (which only training steps advance), the s
 RNG's state *at the start of the current epoch*, how many batches of that epoch are done,
 and the losses seen so far. Resuming restores the RNG, draws the same permutation
 again and skips the batches already done, so an interrupted and resumed run computes the
-same numbers as an uninterrupted one (bit for bit in float64 on the NumPy backend).
+same numbers as an uninterrupted one (bit for bit in float64 on the NumPy backend). A learning-
+rate schedule and early stopping (``schedules.py``) keep their state in the checkpoint too.
 
 Accuracy is reported when the model has a class output: exactly one int64 input of shape
 (batch,) used as class labels (C classes, through the loss's one-hot), and a named output
@@ -31,6 +32,7 @@ import zlib
 
 import numpy as np
 
+from .schedules import Controls
 from .trainer import DataError, NonFiniteLoss, check_hyper, to_numbers
 
 
@@ -116,7 +118,7 @@ class _Progress:
 
 def fit(tr, data: dict, epochs: int = 1, batch_size: int = 32, validation: dict | None = None,
         shuffle: bool = True, seed: int = 0, checkpoint=None, checkpoint_every: int | None = None,
-        resume=None, progress: bool = True) -> dict:
+        resume=None, progress: bool = True, lr_schedule=None, early_stopping=None) -> dict:
     """Train ``tr`` on ``data`` for ``epochs`` passes in minibatches.
 
     Args:
@@ -131,10 +133,16 @@ def fit(tr, data: dict, epochs: int = 1, batch_size: int = 32, validation: dict 
         checkpoint_every: steps between checkpoints (None: only at the end).
         resume: a checkpoint path to continue from (same data, batch size, shuffle and seed).
         progress: show a progress bar (tqdm) or per-epoch lines.
+        lr_schedule: a ``schedules.Schedule`` (``sb.schedules.Cosine(T_max)``, ...) setting
+            ``tr.hyper["lr"]`` before each step from the rate the run started with, which
+            ``tr.hyper["lr"]`` holds again when fit returns.
+        early_stopping: an ``EarlyStopping`` (``sb.EarlyStopping(patience=3)``): stop when its
+            metric stops improving; with ``restore_best``, end with the best epoch's weights.
     Returns:
         History: per-epoch lists ``epoch``, ``step``, ``loss`` (mean over the epoch's steps),
         ``accuracy`` (when the model has a class output), ``val_loss``/``val_accuracy``
-        (with ``validation``), and ``step_loss`` (every step's loss).
+        (with ``validation``), ``lr`` (with a schedule: the rate of the epoch's last step),
+        and ``step_loss`` (every step's loss).
     Raises:
         NonFiniteLoss: the loss became NaN/Inf; the message gives the step, epoch and batch.
     """
@@ -158,14 +166,16 @@ def fit(tr, data: dict, epochs: int = 1, batch_size: int = 32, validation: dict 
         hist["val_loss"] = []
         if pair:
             hist["val_accuracy"] = []
+    ctl = Controls(tr, lr_schedule, early_stopping, [k for k in hist if k not in ("epoch", "step")])
+    config.update(ctl.config())
     step_loss: list[float] = []
     epoch, done, correct = 0, 0, 0
     if resume is not None:
-        epoch, done, correct, hist, step_loss = _resume(tr, resume, config, rng)
+        epoch, done, correct, hist, step_loss = _resume(tr, resume, config, rng, ctl)
     saved = tr.t if resume is not None else None  # the step of the last checkpoint written or read
-    bar = _Progress(progress)
+    bar, completed = _Progress(progress), False
     try:
-        while epoch < epochs:
+        while epoch < epochs and not ctl.stopped:
             start_state = rng.bit_generator.state
             order = rng.permutation(n) if shuffle else np.arange(n)
             first = len(step_loss) - done  # index of this epoch's first step in step_loss
@@ -175,6 +185,7 @@ def fit(tr, data: dict, epochs: int = 1, batch_size: int = 32, validation: dict 
                 batch = {k: v[idx] for k, v in data.items()}
                 if pair:
                     correct += _correct(tr, batch, pair)
+                ctl.before_step(epoch, len(step_loss))
                 try:
                     loss = tr._step({k: batch[k] for k in tr._needs("gradients")})
                 except NonFiniteLoss as e:
@@ -189,7 +200,7 @@ def fit(tr, data: dict, epochs: int = 1, batch_size: int = 32, validation: dict 
                     metrics["accuracy"] = correct / seen
                 bar.update(metrics)
                 if checkpoint is not None and checkpoint_every and len(step_loss) % checkpoint_every == 0:
-                    _save(tr, checkpoint, config, start_state, epoch, b + 1, correct, hist, step_loss)
+                    _save(tr, checkpoint, config, start_state, epoch, b + 1, correct, hist, step_loss, ctl)
                     saved = tr.t
             metrics = {"loss": float(np.mean(step_loss[first:]))}
             if pair:
@@ -200,23 +211,27 @@ def fit(tr, data: dict, epochs: int = 1, batch_size: int = 32, validation: dict 
                 hist[k].append(v)
             hist["epoch"].append(epoch + 1)
             hist["step"].append(tr.t)
+            ctl.end_epoch(epoch + 1, metrics, hist)
             bar.end(epoch + 1, epochs, metrics)
             epoch, done, correct = epoch + 1, 0, 0
-        if checkpoint is not None:
-            _save(tr, checkpoint, config, rng.bit_generator.state, epoch, 0, 0, hist, step_loss)
+        if checkpoint is not None:  # the last weights, not the best: resuming it continues exactly
+            _save(tr, checkpoint, config, rng.bit_generator.state, epoch, 0, 0, hist, step_loss, ctl)
+        completed = True
     finally:
         bar.close()
+        ctl.finish(completed)
     hist["step_loss"] = step_loss
     return hist
 
 
-def _save(tr, path, config, rng_state, epoch, done, correct, hist, step_loss) -> None:
+def _save(tr, path, config, rng_state, epoch, done, correct, hist, step_loss, ctl) -> None:
+    controls, arrays = ctl.state()
     fit_meta = {"config": config, "rng": rng_state, "epoch": epoch, "done": done, "correct": correct,
-                "history": hist}
-    tr.save(path, extra={"_step_loss": np.array(step_loss, dtype=np.float64)}, meta={"fit": fit_meta})
+                "history": hist, "controls": controls}
+    tr.save(path, extra={"_step_loss": np.array(step_loss, dtype=np.float64), **arrays}, meta={"fit": fit_meta})
 
 
-def _resume(tr, path, config: dict, rng):
+def _resume(tr, path, config: dict, rng, ctl):
     if not os.path.exists(path):
         raise DataError(f"resume: there is no checkpoint {path}")
     meta = tr.load(path)
@@ -224,10 +239,11 @@ def _resume(tr, path, config: dict, rng):
     if state is None:
         raise DataError(f"resume: {path} holds weights but no training-loop state; pass it to tr.load() instead")
     for k, v in config.items():
-        if state["config"][k] != v:
-            raise DataError(f"resume: {path} was written with {k}={state['config'][k]!r}, "
+        if state["config"].get(k) != v:  # files from before schedules have neither: None, as when not given
+            raise DataError(f"resume: {path} was written with {k}={state['config'].get(k)!r}, "
                             f"this run has {k}={v!r}; resuming needs the same data and settings")
     rng.bit_generator.state = state["rng"]
+    ctl.restore(path, state.get("controls", {}), meta["arrays"])
     step_loss = [float(x) for x in meta["arrays"]["_step_loss"]]
     return state["epoch"], state["done"], state["correct"], state["history"], step_loss
 
@@ -352,49 +368,3 @@ def _alive(pid: int) -> bool:
     except OSError:  # e.g. another user's process
         pass
     return True
-
-
-def need_matplotlib() -> None:
-    """Raise an ImportError that says what to install when matplotlib is missing (check before
-    a long run, not after it)."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise ImportError("plotting loss curves needs matplotlib: pip install matplotlib") from None
-
-
-def plot_history(history: dict, path) -> None:
-    """Save loss curves (and accuracy, where present) from ``fit``'s history to a PNG.
-
-    Needs matplotlib (``pip install matplotlib``).
-    """
-    need_matplotlib()
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    acc = "accuracy" in history or "val_accuracy" in history
-    fig, axes = plt.subplots(1, 2 if acc else 1, figsize=(10 if acc else 6, 4), squeeze=False)
-    ax = axes[0][0]
-    steps = np.arange(1, len(history.get("step_loss", [])) + 1)
-    per_epoch = len(steps) / max(len(history["epoch"]), 1)
-    if len(steps):
-        ax.plot(steps / per_epoch, history["step_loss"], lw=0.6, alpha=0.4, label="loss (step)")
-    ax.plot(history["epoch"], history["loss"], "o-", label="loss (epoch mean)")
-    if "val_loss" in history:
-        ax.plot(history["epoch"], history["val_loss"], "s-", label="validation loss")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.legend()
-    if acc:
-        ax = axes[0][1]
-        for k in ("accuracy", "val_accuracy"):
-            if k in history:
-                ax.plot(history["epoch"], history[k], "o-", label=k.replace("_", " "))
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("accuracy")
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -9,7 +9,7 @@
       src/<name>/__main__.py    python -m <name> --selftest | train data.npz ...
                                 (both copied from files/, where ruff lints them)
       src/<name>/trainer.py     copies of the modules of codegen/runtime (trainer.py,
-      src/<name>/training.py      training.py, workspace.py): they import only NumPy
+      src/<name>/training.py      training.py, plots.py, workspace.py, ...): they import only NumPy
       src/<name>/weights.npz    the initial weights
       ...                       the backend's own files (see PACKAGERS)
 

@@ -4,6 +4,7 @@
     tr = mymodel.trainer()                 # the initial weights; trainer("trained.npz") to continue
     loss = tr.step(x=X, y=Y)               # one optimiser update
     history = tr.fit({"x": X, "y": Y}, epochs=5, batch_size=32)
+    tr.fit(..., lr_schedule=mymodel.schedules.Cosine(5), early_stopping=mymodel.schedules.EarlyStopping())
     tr.save("trained.npz")                 # weights and optimiser state
 
 (This file is copied verbatim into every package symbp builds.)
@@ -16,9 +17,9 @@ import os
 
 import numpy as np
 
-from . import _kernels
+from . import _kernels, schedules
+from .plots import plot_history
 from .trainer import DataError, NonFiniteLoss, Trainer
-from .training import plot_history
 
 WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights.npz")
 MODEL = _kernels.MODEL
@@ -49,4 +50,4 @@ def trainer(weights=None, float64: bool = False) -> Trainer:
 
 
 __all__ = ["DTYPE", "DataError", "INPUTS", "MODEL", "NonFiniteLoss", "OUTPUTS", "PARAMS", "Trainer",
-           "initial_weights", "plot_history", "trainer"]
+           "initial_weights", "plot_history", "schedules", "trainer"]

@@ -12,8 +12,9 @@ import sys
 import numpy as np
 
 from . import DTYPE, INPUTS, MODEL, plot_history, trainer
+from .plots import need_matplotlib
+from .schedules import from_command_line
 from .trainer import DataError, NonFiniteLoss
-from .training import need_matplotlib
 
 # Relative error tolerated between the compiled-dtype kernels and the float64 ones. float32
 # rounds each operation to ~6e-8; through a few dozen operations and sums over a batch that
@@ -92,9 +93,12 @@ def train(args) -> int:
     data = _load(args.data, "train")
     val = _load(args.validation, "validation") if args.validation else None
     try:
+        schedule, stopping = from_command_line(args.lr_schedule, args.warmup, args.patience, args.monitor,
+                                               args.epochs, val is not None)
         hist = tr.fit(data, epochs=args.epochs, batch_size=args.batch_size, validation=val, seed=args.seed,
                       checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
-                      resume=args.checkpoint if args.resume else None, progress=not args.quiet)
+                      resume=args.checkpoint if args.resume else None, progress=not args.quiet,
+                      lr_schedule=schedule, early_stopping=stopping)
     except (DataError, NonFiniteLoss) as e:
         print(f"train: {e}", file=sys.stderr)
         return 1
@@ -120,6 +124,11 @@ def main(argv=None) -> int:
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--lr", type=float, default=None, help="learning rate (default: as built)")
     t.add_argument("--seed", type=int, default=0, help="seeds the shuffling")
+    t.add_argument("--lr-schedule", metavar="NAME[:k=v,...]", help="step, exponential, cosine or linear, "
+                   "with PyTorch's settings: cosine (T_max: the epochs), step:step_size=10,gamma=0.5, ...")
+    t.add_argument("--warmup", type=int, help="epochs of linear warm-up (steps with per=step)")
+    t.add_argument("--patience", type=int, help="stop early after this many epochs without improvement")
+    t.add_argument("--monitor", help="early stopping's metric (default val_loss with --validation, else loss)")
     t.add_argument("--validation", help=".npz evaluated after each epoch")
     t.add_argument("--weights", help="start from these weights (.npz from a previous run)")
     t.add_argument("--out", default=f"{__package__}_trained.npz", help="where to save the trained weights")
