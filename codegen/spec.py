@@ -137,7 +137,8 @@ def range_check(reader: Node) -> tuple:
     one-hot or an embedding lookup) reads: (labels, depth) or (labels, depth, kind, reader)."""
     if reader.op == "gather":
         table = reader.inputs[1]
-        return labels_of(reader), table.shape[0], "id", f"the rows of the embedding table ({table.describe()})"
+        who = table.name or table.label  # inside a loop, a captured table is a placeholder labelled after it
+        return labels_of(reader), table.shape[0], "id", "the rows of the embedding table" + (f" {who!r}" if who else "")
     return labels_of(reader), reader.attrs["depth"]
 
 
