@@ -99,15 +99,15 @@ def matmul(a, b) -> Node:
     """``a @ b``; a transpose of a matrix on either side is folded into the product."""
     if not isinstance(a, Node) or not isinstance(b, Node):
         raise SymbpError("matmul (@) needs two symbolic tensors; wrap arrays with sb.constant")
-    if a.batched and b.batched:  # per-example matrices on both sides: a batched contraction
-        from symbp.ops.sequence import batched_matmul  # same stage; sequence builds on this module
-
-        return batched_matmul(a, b)
     # only a real swap folds: the identity permutation (0, 1) is no transpose at all
     if b.op == "transpose" and b.ndim == 2 and b.attrs["perm"] == (1, 0):
         return dot(a, b.inputs[0], tb=True)
     if a.op == "transpose" and a.ndim == 2 and b.ndim == 2 and a.attrs["perm"] == (1, 0):
         return dot(a.inputs[0], b, ta=True)
+    if a.shape[:1] == b.shape[:1] == (None,):  # per-example matrices on both sides: a batched contraction
+        from symbp.ops.sequence import batched_matmul  # same stage; sequence builds on this module
+
+        return batched_matmul(a, b)
     return dot(a, b)
 
 
