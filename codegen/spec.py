@@ -115,21 +115,31 @@ LABEL_ERROR = '''
 DataError = ValueError  # the Trainer puts the runtime's own DataError (a ValueError) here
 
 
-def _bad_label(labels, depth, label):
-    """Raise the error for a label outside 0..depth-1, naming the input the labels come from."""
-    raise DataError(f"{labels}: label {label} is outside 0..{depth - 1}, the classes of the one-hot that reads it")
+def _bad_label(labels, depth, label, kind="label", reader="the classes of the one-hot that reads it"):
+    """Raise the error for a label (or id) outside 0..depth-1, naming the input it comes from."""
+    raise DataError(f"{labels}: {kind} {label} is outside 0..{depth - 1}, {reader}")
 
 '''
 """Python (valid Cython too) of a generated module whose one-hots check their labels."""
 
 
-def labels_of(onehot: Node) -> str:
-    """How a range error names the labels a one-hot reads: the user's input(s), found through
-    slices, concatenations and loops (``symbp.ops.scan.sources``)."""
-    names = sources(onehot.inputs[0])
+def labels_of(reader: Node) -> str:
+    """How a range error names the labels (or ids) a one-hot or an embedding reads: the user's
+    input(s), found through slices, concatenations and loops (``symbp.ops.scan.sources``)."""
+    names = sources(next(i for i in reader.inputs if i.dtype == "int64"))
     if not names:
         return "labels"
     return ("input " if len(names) == 1 else "inputs ") + ", ".join(map(repr, names))
+
+
+def range_check(reader: Node) -> tuple:
+    """The arguments (after the value) of ``_bad_label`` for an int input that ``reader`` (a
+    one-hot or an embedding lookup) reads: (labels, depth) or (labels, depth, kind, reader)."""
+    if reader.op == "gather":
+        table = reader.inputs[1]
+        who = table.name or table.label  # inside a loop, a captured table is a placeholder labelled after it
+        return labels_of(reader), table.shape[0], "id", "the rows of the embedding table" + (f" {who!r}" if who else "")
+    return labels_of(reader), reader.attrs["depth"]
 
 
 def _shape(p: Node) -> str:

@@ -43,7 +43,7 @@ def op_model(name: str, rng):
     for i, (shape, dtype) in enumerate(zip(shapes, dtypes)):
         if dtype == "int64":
             x = m.input(f"i{i}", shape[1:], dtype="int64")
-            batch[f"i{i}"] = rng.integers(0, attrs.get("depth", 2), (BATCH, *shape[1:]))
+            batch[f"i{i}"] = rng.integers(0, sample.get("int_high", attrs.get("depth", 2)), (BATCH, *shape[1:]))
             args.append(x)
             continue
         if shape[:1] == (None,):
@@ -63,6 +63,8 @@ def op_model(name: str, rng):
         out = apply(name, *args, **attrs)
     else:
         out = structural_node(name, args, **attrs)
+    if out.dtype == "int64":  # an int result (argmax) reaches the loss through a one-hot
+        out = sb.one_hot(out, sample["int_result"])
     if None in out.shape[1:]:
         k = out.shape.index(None)
         out = sb.transpose(out, (k, *[i for i in range(out.ndim) if i != k]))

@@ -115,7 +115,8 @@ ELEMENTWISE = {"tanh": np.tanh, "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "
 REDUCTIONS = {"Σ": np.sum, "max": np.max, "logsumexp": lambda a, axis, keepdims: np.log(
     np.sum(np.exp(a - a.max(axis, keepdims=True)), axis, keepdims=True)) + a.max(axis, keepdims=True),
     "softmax": lambda a, axis, keepdims: _softmax(a, axis),
-    "log_softmax": lambda a, axis, keepdims: np.log(_softmax(a, axis))}
+    "log_softmax": lambda a, axis, keepdims: np.log(_softmax(a, axis)),
+    "argmax": lambda a, axis, keepdims: np.argmax(a, axis=axis[0], keepdims=keepdims)}
 
 
 def evaluate(e, env: dict):

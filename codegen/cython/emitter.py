@@ -19,16 +19,16 @@ from pathlib import Path
 import sympy as sp
 
 import symbp
-from codegen.cython import conv, loops
+from codegen.cython import conv, loops, sequence
 from codegen.cython import kernels as K
 from codegen.cython.printer import CTYPES, KernelPrinter, helpers, kernel_body
 from codegen.naming import Namer, equation_comment, model_namer
-from codegen.spec import Spec, labels_of
+from codegen.spec import Spec, range_check
 from symbp.autodiff.schedule import schedule
 from symbp.ir import Node, SymbpError, topo_order
 from symbp.ops import scalar as S
 
-EMIT = {**K.EMIT, **conv.EMIT, **loops.EMIT}
+EMIT = {**K.EMIT, **conv.EMIT, **loops.EMIT, **sequence.EMIT}
 """How each structural op that computes into a buffer is emitted (views: VIEWS)."""
 VIEWS = {**K.VIEWS, **loops.VIEWS}
 """Ops that only re-describe an input's storage."""
@@ -131,7 +131,7 @@ class Function:
                              for k, (shape, dtype) in enumerate(self.sched.buffers)]
         self.results: list[int] = []  # array index of each root
         self.check: int | None = None  # array index of the label checks' record (which check, label)
-        self.checks: list[tuple[str, int]] = []  # per label check: (labels as the error names them, depth)
+        self.checks: list[tuple] = []  # per range check: _bad_label's arguments after the value
         self._compile()
 
     # -- the ctx interface used by codegen.cython.kernels ---------------------------------
@@ -148,12 +148,13 @@ class Function:
         return f"k{self.ntags}"
 
     def label_check(self, n: Node) -> tuple[str, int]:
-        """The C name of the int64 pair where one-hot ``n`` records its first out-of-range label,
-        and the number (from 1) it records with it; the function zeroes the pair on entry."""
+        """The C name of the int64 pair where one-hot or embedding ``n`` records its first
+        out-of-range label or id, and the number (from 1) it records with it; the function zeroes
+        the pair on entry."""
         if self.check is None:
             self.check = len(self.arrays)
             self.scratch((2,), "int64")
-        self.checks.append((labels_of(n), n.attrs["depth"]))
+        self.checks.append(range_check(n))
         return self.arrays[self.check][4], len(self.checks)
 
     # -- body -----------------------------------------------------------------------------

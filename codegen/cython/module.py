@@ -182,8 +182,8 @@ def _function(f, spec) -> list[str]:
     lines.append(f"    _run({NAMES[f.name]}, [{leaves}], meta, addrs, io, B)")
     if f.check is not None:  # a one-hot met a label out of range: (which check, the label)
         lines += [f"    if bufs[{f.check - nleaves}][0]:",
-                  f"        _bad_label(*{tuple(f.checks)!r}[bufs[{f.check - nleaves}][0] - 1], "
-                  f"bufs[{f.check - nleaves}][1])"]
+                  f"        _c = {tuple(f.checks)!r}[bufs[{f.check - nleaves}][0] - 1]",
+                  f"        _bad_label(_c[0], _c[1], bufs[{f.check - nleaves}][1], *_c[2:])"]
     lines += _state_out(f, nleaves)
     res = [f"bufs[{k - nleaves}]" for k in f.results]
     if f.name == "gradients":

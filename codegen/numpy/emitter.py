@@ -14,6 +14,7 @@ from codegen.naming import Namer, equation_comment, model_namer
 from codegen.numpy import (
     conv,
     loops,  # recurrences: their loops are emitted by their own module
+    sequence,
 )
 from codegen.numpy.printer import KernelWriter, Scratch, literal, scalar_code
 from codegen.spec import LABEL_ERROR, Spec, labels_of
@@ -109,6 +110,7 @@ EMIT = {
     **loops.EMIT,
 }
 EMIT.update(conv.EMIT)
+EMIT.update(sequence.EMIT)
 
 
 class Function:

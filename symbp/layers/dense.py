@@ -1,10 +1,11 @@
-"""The fully connected layer."""
+"""The fully connected layer, and the embedding lookup (a dense layer over one-hot ids)."""
 
 from __future__ import annotations
 
 from symbp.ir import Node, SymbpError, fmt_shape
 from symbp.layers.base import Layer
 from symbp.layers.base import activation as activation_fn
+from symbp.ops.sequence import embedding
 
 
 class Dense(Layer):
@@ -41,3 +42,35 @@ class Dense(Layer):
         if b is not None:
             z = z + b
         return self.activate(z)
+
+
+class Embedding(Layer):
+    """y = W[ids]: one learned row of W, shape (vocabulary, width), per int64 id.
+
+    A lookup, not a product with a one-hot: its cost follows the number of ids, not the
+    vocabulary, and its gradient adds into the rows the ids picked.
+
+    Args:
+        vocabulary: the number of ids (each id in 0..vocabulary-1, checked when data arrives).
+        width: the length of each row.
+        init: initialiser of W (Keras's default: uniform in ±0.05).
+        name: prefix of the parameter name (``<name>_W``).
+    """
+
+    def __init__(self, vocabulary: int, width: int, init: str = "uniform", name: str | None = None):
+        super().__init__(name)
+        for what, v in (("vocabulary", vocabulary), ("width", width)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise SymbpError(f"layer {self.name!r}: {what} must be a positive int, got {v!r}")
+        self.vocabulary, self.width, self.init = vocabulary, width, init
+        self.params: dict = {}  # per model: calling the layer again shares its table
+
+    def apply(self, m, ids: Node) -> Node:
+        if ids.dtype != "int64":
+            raise SymbpError(f"layer {self.name!r}: expects int64 ids, got {ids.describe()} of dtype {ids.dtype}; "
+                             "declare it with m.input(..., dtype='int64')")
+        if id(m) not in self.params:
+            self.params[id(m)] = m.param(f"{self.name}_W", (self.vocabulary, self.width), init=self.init)
+        out = embedding(ids, self.params[id(m)])
+        out.label = self.name
+        return out

@@ -104,6 +104,10 @@ def matmul(a, b) -> Node:
         return dot(a, b.inputs[0], tb=True)
     if a.op == "transpose" and a.ndim == 2 and b.ndim == 2 and a.attrs["perm"] == (1, 0):
         return dot(a.inputs[0], b, ta=True)
+    if a.shape[:1] == b.shape[:1] == (None,):  # per-example matrices on both sides: a batched contraction
+        from symbp.ops.sequence import batched_matmul  # same stage; sequence builds on this module
+
+        return batched_matmul(a, b)
     return dot(a, b)
 
 

@@ -217,4 +217,5 @@ class TexPrinter(_Common, LatexPrinter):
 
 
 def _tex_escape(s: str) -> str:
-    return re.sub(r"([_&%#$])", r"\\\1", s)
+    # → joins an einsum's operand and result subscripts; LaTeX source stays ASCII
+    return re.sub(r"([_&%#$])", r"\\\1", s).replace("→", r"$\to$")

@@ -853,9 +853,9 @@ _ARRAYS = ((('D', (None, 4), 'f'), ('D', (None,), 'i'), ('P', (4, 32), 'f'), ('P
 DataError = ValueError  # the Trainer puts the runtime's own DataError (a ValueError) here
 
 
-def _bad_label(labels, depth, label):
-    """Raise the error for a label outside 0..depth-1, naming the input the labels come from."""
-    raise DataError(f"{labels}: label {label} is outside 0..{depth - 1}, the classes of the one-hot that reads it")
+def _bad_label(labels, depth, label, kind="label", reader="the classes of the one-hot that reads it"):
+    """Raise the error for a label (or id) outside 0..depth-1, naming the input it comes from."""
+    raise DataError(f"{labels}: {kind} {label} is outside 0..{depth - 1}, {reader}")
 
 
 def _prepare(dict mem, int fn, long B):
@@ -917,7 +917,8 @@ def gradients(P, D, _ws):
     bufs, meta, addrs = _prepare(_ws.buffers(B), 0, B)
     _run(0, [D['x'], D['y'], P['W1'], P['b1'], P['W2']], meta, addrs, io, B)
     if bufs[19][0]:
-        _bad_label(*(("input 'y'", 3),)[bufs[19][0] - 1], bufs[19][1])
+        _c = (("input 'y'", 3),)[bufs[19][0] - 1]
+        _bad_label(_c[0], _c[1], bufs[19][1], *_c[2:])
     return io[0], {'W1': bufs[18], 'b1': bufs[17], 'W2': bufs[15]}
 
 
@@ -928,7 +929,8 @@ def loss(P, D, _ws):
     bufs, meta, addrs = _prepare(_ws.buffers(B), 1, B)
     _run(1, [D['x'], D['y'], P['W1'], P['b1'], P['W2']], meta, addrs, io, B)
     if bufs[13][0]:
-        _bad_label(*(("input 'y'", 3),)[bufs[13][0] - 1], bufs[13][1])
+        _c = (("input 'y'", 3),)[bufs[13][0] - 1]
+        _bad_label(_c[0], _c[1], bufs[13][1], *_c[2:])
     return io[0]
 
 
