@@ -329,8 +329,10 @@ def scan(step, xs, init, truncate: tuple | None = None, stateful: bool = False, 
         xs: a sequence tensor (batch, T, ...) or a tuple of them (same T); x_t drops axis 1.
         init: the initial carry: a tensor with the batch axis first (e.g. ``sb.zeros((H,))``)
             or a tuple of them (LSTM: (h, c)).
-        truncate: (k1, k2) for truncated backpropagation through time: every k1 steps,
-            backpropagate k2 steps. None: full BPTT.
+        truncate: (k1, k2) for truncated backpropagation through time, None: full BPTT. Chunks
+            of k1 steps [k1 j, e_j), e_j = min(k1 (j+1), T); a chunk's errors reach steps
+            t >= max(k1 j - max(k2 - k1, 0), e_j - k2, 0): (k, k) is detach-every-k for any T
+            (``symbp.autodiff.bptt.window_start``).
         stateful: start each forward pass from the previous pass's final carry (same batch
             size), ``tr.reset_state()`` to start over from ``init``. No gradient crosses batches.
         label: names the loop in generated code, diagnostics and errors.
