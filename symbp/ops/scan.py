@@ -185,7 +185,7 @@ def trace(step, xs: tuple, init: tuple, xs_tuple: bool, init_tuple: bool, where:
             continue
         stack.extend(n.inputs)
     if any(n.op == "scan" for n in _topo_until([*carry_out, *ys], phs | set(outer)) if n.id >= start):
-        raise SymbpError(f"{where}: the step function {getattr(step, '__qualname__', repr(step))!r} runs a scan "
+        raise SymbpError(f"{where}: the step function {getattr(step, '__name__', repr(step))!r} runs a scan "
                          "(or a recurrent layer) inside it; a loop inside a loop's step is not supported: "
                          "stack the loops instead (scan over the outputs of another scan)")
     outer_t = tuple(outer[k] for k in sorted(outer))
