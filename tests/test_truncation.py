@@ -70,26 +70,30 @@ def test_truncate_k_k_is_detach_every_k(how, truncation_case):
             np.testing.assert_allclose(got[name], ref[name], rtol=0, atol=1e-12, err_msg=f"T={T} k={k} {name}")
 
 
-def linear(T, truncate, backend):
-    """h_t = x_t + w h_{t-1} with x = 1 and w = 0.5, loss = sum_t h_t: numbers by hand."""
-    m = sb.Model("lin")
-    s = m.input("s", (T, 1))
-    w = m.param("w", (1, 1), init=0.5)
-    _, hs = sb.scan(lambda h, x: (x + h @ w,) * 2, s, sb.zeros((1,)), truncate=truncate, label="lin")
-    m.minimize(sb.sum(hs))
-    tr = sb.compile(sb.derive(m), backend=backend, dtype="float64")
-    return tr.gradients(s=np.ones((1, T, 1)))["w"][0, 0]
-
-
 # h = 1, 1.5, 1.75, 1.875; within a window starting at step a, dh_t/dw = h_{t-1} + w dh_{t-1}/dw,
 # starting from 0 at a (the carry entering the window is a constant).
-@pytest.mark.parametrize("truncate,expected", [
-    ((2, 2), 0 + 1 + 1.5 + 2.5 + 1.875),      # chunks {0,1} {2,3} {4}: step 4 sees itself only
-    ((2, 3), 0 + 1 + 2 + 2.75 + 2.75),        # windows 0.., 1.., 3..: one step before each chunk
-    ((3, 2), 1 + 2 + 1.75 + 2.75),            # chunks {0,1,2} {3,4}, windows 1.., 3..: step 0 dropped
-    ((1, 2), 0 + 1 + 2 + 2.5 + 2.75),         # every step, back two
-    ((4, 2), 1.5 + 2.5 + 1.875),              # chunks {0..3} {4}: windows 2.., 4..
-])
+BY_HAND = {
+    (2, 2): 0 + 1 + 1.5 + 2.5 + 1.875,      # chunks {0,1} {2,3} {4}: step 4 sees itself only
+    (2, 3): 0 + 1 + 2 + 2.75 + 2.75,        # windows 0.., 1.., 3..: one step before each chunk
+    (3, 2): 1 + 2 + 1.75 + 2.75,            # chunks {0,1,2} {3,4}, windows 1.., 3..: step 0 dropped
+    (1, 2): 0 + 1 + 2 + 2.5 + 2.75,         # every step, back two
+    (4, 2): 1.5 + 2.5 + 1.875,              # chunks {0..3} {4}: windows 2.., 4..
+}
+
+
 @pytest.mark.parametrize("backend", ["numpy", "cython"])
-def test_k1_k2_by_hand_when_T_is_not_a_multiple(truncate, expected, backend):
-    assert linear(5, truncate, backend) == pytest.approx(expected, abs=1e-12)
+def test_k1_k2_by_hand_when_T_is_not_a_multiple(backend, monkeypatch):
+    """h_t = x_t + w h_{t-1} with x = 1 and w = 0.5, loss = sum_t h_t, T = 5: one loop (and
+    its own w) per truncation. Cython at the flags users get (-O3 -march=native)."""
+    monkeypatch.delenv("SYMBP_CFLAGS", raising=False)
+    m = sb.Model("lin")
+    s = m.input("s", (5, 1))
+    loss = None
+    for k, truncate in enumerate(BY_HAND):
+        w = m.param(f"w{k}", (1, 1), init=0.5)
+        _, hs = sb.scan(lambda h, x, w=w: (x + h @ w,) * 2, s, sb.zeros((1,)), truncate=truncate, label=f"l{k}")
+        loss = sb.sum(hs) if loss is None else loss + sb.sum(hs)
+    m.minimize(loss)
+    g = sb.compile(sb.derive(m), backend=backend, dtype="float64").gradients(s=np.ones((1, 5, 1)))
+    for k, (truncate, expected) in enumerate(BY_HAND.items()):
+        assert g[f"w{k}"][0, 0] == pytest.approx(expected, abs=1e-12), truncate
