@@ -200,7 +200,7 @@ def test_bad_input_is_explained():
         sb.scan(lambda h, x: (h, x), s[:, 0:0], sb.zeros((H,)))
     with pytest.raises(sb.SymbpError, match="shorter than the truncation window"):
         sb.scan(lambda h, x: (h + x, x), s, sb.zeros((F,)), truncate=(2, 5))
-    with pytest.raises(sb.SymbpError, match="not supported yet"):
+    with pytest.raises(sb.SymbpError, match="a loop inside a loop.s step is not supported"):
         sb.scan(lambda h, x: (sb.scan(lambda g, z: (g, z), s, sb.zeros((F,)))[0], x), s, sb.zeros((F,)))
     with pytest.raises(sb.SymbpError, match="batch, T"):
         sb.scan(lambda h, x: (h, x), W, sb.zeros((H,)))

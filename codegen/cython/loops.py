@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 from codegen.cython import kernels as K
 from codegen.naming import Namer
+from symbp.autodiff.bptt import window_start
 from symbp.autodiff.optimise import optimise
 from symbp.autodiff.schedule import schedule
 from symbp.ir import Node, topo_order
@@ -258,7 +259,7 @@ def emit_scan_bwd(ctx, n: Node, out: K.View, *ins: K.View) -> list[str]:
     # product over the stacked steps after the loop (K = T*B instead of T products with K = B).
     # Only where every step is visited at most once: overlapping windows add a step twice.
     nch = -(-T // k1)
-    windows = [(max(min(j * k1 + k1, T) - k2, 0), min(j * k1 + k1, T)) for j in range(nch)]
+    windows = [(window_start(j * k1, min(j * k1 + k1, T) - 1, k1, k2), min(j * k1 + k1, T)) for j in range(nch)]
     disjoint = all(w >= j * k1 for j, (w, _) in enumerate(windows))
     hoist = {j: r for j, r in enumerate(wanted[nx + nc:])
              if disjoint and r is not None and r.op == "dot" and r.attrs["ta"] and not r.attrs["tb"]
@@ -290,7 +291,10 @@ def emit_scan_bwd(ctx, n: Node, out: K.View, *ins: K.View) -> list[str]:
     lines += [f"    for (long {j} = {nch - 1}; {j} >= 0; {j}--) {{",
               f"        long {lo} = {j} * {k1};",
               f"        long {hi} = ({lo} + {k1} < {T} ? {lo} + {k1} : {T}) - 1;",
-              f"        long {w} = {hi} - {k2 - 1} > 0 ? {hi} - {k2 - 1} : 0;"]
+              # bptt.window_start: the chunk's last k2 steps, never more than k2 - k1 before it
+              f"        long {w} = {lo} - {max(k2 - k1, 0)};",
+              f"        if ({hi} - {k2 - 1} > {w}) {w} = {hi} - {k2 - 1};",
+              f"        if ({w} < 0) {w} = 0;"]
     for k in range(nc):
         lines += [f"        if ({j} == {nch - 1})"] + ["        " + x for x in K.copy(vdc[k], g[k], ctx.tag())]
         lines += ["        else"] + ["        " + x for x in K.fill(vdc[k], "0", ctx.tag())]

@@ -150,7 +150,8 @@ def emit_scan_bwd(n, out: str, *ins: str) -> list[str]:
              f"    for _j in range({nch - 1}, -1, -1):",
              f"        _lo = _j * {k1}",
              f"        _hi = min(_lo + {k1}, {T}) - 1",
-             f"        _w = max(_hi - {k2 - 1}, 0)"]
+             # bptt.window_start: the chunk's last k2 steps, never more than k2 - k1 before it
+             f"        _w = max(0, _lo - {max(k2 - k1, 0)}, _hi - {k2 - 1})"]
     for k in range(nc):
         lines.append(f"        np.copyto(_dc{k}, _g{k}) if _j == {nch - 1} else _dc{k}.fill(0.0)")
     lines.append("        for t in range(_hi, _w - 1, -1):")

@@ -5,10 +5,10 @@ shared weights, so the chain rule sums each weight's gradient over t. Compiled c
 uses it (it grows with T); the tests use it as the oracle for the rolled loops, and it shows
 the BPTT equations step by step.
 
-Truncation (k1, k2) unrolls one chain per chunk of k1 steps: the chain starts k2 steps
-before the chunk's end from a stop-gradient copy of the carry, and only that chunk's per-step
-outputs (and, for the last chunk, the final carry) read from it. Values are unchanged; the
-gradient of each output flows back at most k2 steps.
+Truncation (k1, k2) unrolls one chain per chunk of k1 steps (the last chunk may be shorter):
+the chain starts at the chunk's window (``window_start``) from a stop-gradient copy of the
+carry, and only that chunk's per-step outputs (and, for the last chunk, the final carry) read
+from it. Values are unchanged; only gradients are cut.
 """
 
 from __future__ import annotations
@@ -17,6 +17,24 @@ from symbp.ir import Node, topo_order
 from symbp.ops import structural as St
 from symbp.ops.indexing import getitem
 from symbp.ops.scan import Cell, substitute
+
+
+def window_start(lo: int, hi: int, k1: int, k2: int) -> int:
+    """The first step the backward of the truncation chunk [lo, hi] reaches.
+
+    The window is the chunk's last k2 steps, but never more than k2 - k1 steps before the
+    chunk's start: with k2 >= k1 it starts at lo - (k2 - k1) whatever the chunk's length, so
+    (k, k) is PyTorch's detach-every-k for every T (a short last chunk does not reach into
+    the chunk before it); with k2 < k1 it is the chunk's last k2 steps (all of a shorter last
+    chunk), and errors of the chunk's earlier steps are dropped.
+
+    Args:
+        lo, hi: the chunk's first and last step (hi - lo + 1 <= k1).
+        k1, k2: the truncation (every k1 steps, back k2 steps).
+    Returns:
+        The window's first step, in [0, hi].
+    """
+    return max(0, lo - max(k2 - k1, 0), hi + 1 - k2)
 
 
 def apply_cell(cell: Cell, carries: list, xs: list, captured: tuple) -> tuple[list, list]:
@@ -48,7 +66,7 @@ def unroll_scan(scan: Node) -> list[Node]:
         ys = [[St.stop_gradient(v) for v in base_y[t]] for t in range(T)]
         for lo in range(0, T, k1):
             hi = min(lo + k1, T) - 1
-            w = max(hi - k2 + 1, 0)
+            w = window_start(lo, hi, k1, k2)
             c = init if w == 0 else [St.stop_gradient(v) for v in base_c[w - 1]]
             for t in range(w, hi + 1):
                 c, y = apply_cell(cell, c, x_at[t], captured)

@@ -16,8 +16,8 @@ from symbp.layers.base import ACTIVATIONS, Layer, Residual, Sequential, activati
 from symbp.layers.conv import AvgPool2D, Conv2D, Flatten, GlobalAvgPool2D, MaxPool2D
 from symbp.layers.dense import Dense, Embedding
 from symbp.layers.norm import LayerNorm
-from symbp.layers.recurrent import GRU, LSTM, Recurrent, SimpleRNN, masked_softmax_cross_entropy
+from symbp.layers.recurrent import GRU, LSTM, Bidirectional, Recurrent, SimpleRNN, masked_softmax_cross_entropy
 
-__all__ = ["ACTIVATIONS", "GRU", "LSTM", "AvgPool2D", "Conv2D", "Dense", "Embedding", "Flatten", "GlobalAvgPool2D",
-           "Layer", "LayerNorm", "MaxPool2D", "Recurrent", "Residual", "Sequential", "SimpleRNN", "activation",
-           "masked_softmax_cross_entropy"]
+__all__ = ["ACTIVATIONS", "Bidirectional", "GRU", "LSTM", "AvgPool2D", "Conv2D", "Dense", "Embedding", "Flatten",
+           "GlobalAvgPool2D", "Layer", "LayerNorm", "MaxPool2D", "Recurrent", "Residual", "Sequential", "SimpleRNN",
+           "activation", "masked_softmax_cross_entropy"]

@@ -1,7 +1,11 @@
-"""Recurrent layers over ``sb.scan``: SimpleRNN, LSTM and GRU.
+"""Recurrent layers over ``sb.scan``: SimpleRNN, LSTM and GRU, and the Bidirectional wrapper.
 
     h = sb.layers.LSTM(64, name="lstm")(x)                       # x: (batch, T, F) -> (batch, T, 64)
     last = sb.layers.GRU(32, return_sequences=False)(x, mask=mk)  # mk: (batch, T), 1 = real step
+    hs, (hT, cT) = sb.layers.LSTM(64, return_state=True)(x, initial_state=(h0, c0))
+    hs, hT = sb.layers.GRU(64, return_state=True)(x, initial_state=h0)   # h0: (batch, 64)
+    both = sb.layers.Bidirectional(sb.layers.LSTM(64))(x)        # (batch, T, 128)
+    deep = sb.layers.Sequential([sb.layers.LSTM(64), sb.layers.LSTM(64)])(x)   # stacked
 
 Each layer's cell is traced once; its weights are shared across time. With a padding mask,
 a padded step keeps the previous state, so the last state is the state at the last real step.
@@ -22,34 +26,46 @@ class Recurrent(Layer):
     Args:
         units: state width H.
         return_sequences: return every step's output (batch, T, H), else the last (batch, H).
+        return_state: also return the final state: ``(output, state)``, where the state is hT
+            ((hT, cT) for an LSTM), the state after the last real step when masked.
+        go_backwards: run over the sequence from its last step to its first; the output is in
+            that order too (Keras's meaning): the same as the layer applied to ``x[:, ::-1]``.
         truncate: (k1, k2) truncated BPTT (see ``sb.scan``).
         stateful: carry the final state into the next batch (``tr.reset_state()`` to start over).
         init: initialiser of the weight matrices.
         name: prefix of the parameter names and the loop's label.
+
+    Calling it: ``layer(x, mask=None, initial_state=None)``; ``initial_state`` is a tensor of
+    shape (batch, H) (an LSTM's a pair (h0, c0)), zeros when None. Gradients flow into it.
     """
 
     n_gates = 1
+    n_state = 1
 
-    def __init__(self, units: int, return_sequences: bool = True, truncate: tuple | None = None,
-                 stateful: bool = False, init: str = "glorot_uniform", name: str | None = None):
+    def __init__(self, units: int, return_sequences: bool = True, return_state: bool = False,
+                 go_backwards: bool = False, truncate: tuple | None = None, stateful: bool = False,
+                 init: str = "glorot_uniform", name: str | None = None):
         super().__init__(name)
         if not isinstance(units, int) or units < 1:
             raise SymbpError(f"layer {self.name!r}: units must be a positive int, got {units!r}")
         self.units, self.return_sequences = units, return_sequences
+        self.return_state, self.go_backwards = bool(return_state), bool(go_backwards)
         self.truncate, self.stateful, self.init = truncate, stateful, init
 
-    def apply(self, m, x: Node, mask: Node | None = None) -> Node:
+    def apply(self, m, x: Node, mask: Node | None = None, initial_state=None):
         if x.ndim != 3 or x.shape[0] is not None:
             raise SymbpError(f"layer {self.name!r}: expects a sequence of shape (batch, T, features), "
                              f"got {fmt_shape(x.shape)}")
         if mask is not None and (not isinstance(mask, Node) or mask.shape != x.shape[:2]):
             raise SymbpError(f"layer {self.name!r}: the mask must have shape {fmt_shape(x.shape[:2])} "
                              f"(1 for real steps, 0 for padding)")
+        init = self.initial_state() if initial_state is None else self.check_state(initial_state)
+        if self.go_backwards:  # reversed in time, and the outputs stay in the order they were computed
+            x, mask = x[:, ::-1], None if mask is None else mask[:, ::-1]
         H, F, k = self.units, x.shape[2], self.n_gates
         Wx = m.param(f"{self.name}_Wx", (F, k * H), init=self.init)
         Wh = m.param(f"{self.name}_Wh", (H, k * H), init=self.init)
         b = m.param(f"{self.name}_b", (k * H,), init="zeros")
-        init = self.initial_state()
 
         def step(carry, inp):
             x_t, m_t = inp if mask is not None else (inp, None)
@@ -65,12 +81,26 @@ class Recurrent(Layer):
                          stateful=self.stateful, label=self.name)
         out = seq if self.return_sequences else (last[0] if isinstance(last, tuple) else last)
         out.label = self.name
-        return out
+        return (out, last) if self.return_state else out
 
     def initial_state(self):
         from symbp.ops.structural import const
 
         return const(0.0, (None, self.units))
+
+    def check_state(self, state):
+        """The user's ``initial_state``, checked: one (batch, H) float tensor per carry."""
+        parts = state if isinstance(state, (tuple, list)) else (state,)
+        want = "a pair (h0, c0) of tensors" if self.n_state == 2 else "a tensor"
+        if len(parts) != self.n_state or (self.n_state == 1 and isinstance(state, (tuple, list))):
+            raise SymbpError(f"layer {self.name!r}: initial_state must be {want} of shape "
+                             f"{fmt_shape((None, self.units))}, got {type(state).__name__} of {len(parts)}")
+        for k, p in enumerate(parts):
+            if not isinstance(p, Node) or p.shape != (None, self.units) or p.dtype != "float":
+                got = f"{fmt_shape(p.shape)} ({p.dtype})" if isinstance(p, Node) else type(p).__name__
+                raise SymbpError(f"layer {self.name!r}: initial_state{f' {k}' if self.n_state > 1 else ''} "
+                                 f"must be a float tensor of shape {fmt_shape((None, self.units))}, got {got}")
+        return tuple(parts) if self.n_state > 1 else parts[0]
 
     def cell(self, carry, x_t, Wx, Wh, b):
         raise NotImplementedError
@@ -91,6 +121,7 @@ class LSTM(Recurrent):
     """Gates [i, f, g, o] = x_t Wx + h Wh + b; c' = σ(f + forget_bias) c + σ(i) tanh(g); h' = σ(o) tanh(c')."""
 
     n_gates = 4
+    n_state = 2
 
     def __init__(self, units: int, forget_bias: float = 1.0, **kw):
         super().__init__(units, **kw)
@@ -125,6 +156,48 @@ class GRU(Recurrent):
         return (1.0 - z) * n + z * h
 
 
+class Bidirectional(Layer):
+    """A recurrent layer run both ways, outputs concatenated on the feature axis.
+
+    ``Bidirectional(LSTM(H, name="enc"))(x)`` runs ``enc`` forwards and a copy of it named
+    ``enc_backward`` (its own weights) with ``go_backwards`` flipped; the backward outputs are
+    put back in time order, so step t holds [forward h_t, backward h_t]: (batch, T, 2H), or
+    (batch, 2H) with ``return_sequences=False`` (each direction's last step). With the layer's
+    ``return_state=True`` it returns ``(output, forward state, backward state)``.
+
+    Args:
+        layer: a SimpleRNN, LSTM or GRU (not yet applied).
+        name: the wrapper's name (the two directions keep the layer's).
+    Calling it: ``wrapper(x, mask=None, initial_state=None)``, ``initial_state`` a pair
+    (forward state, backward state).
+    """
+
+    def __init__(self, layer: Recurrent, name: str | None = None):
+        super().__init__(name)
+        if not isinstance(layer, Recurrent):
+            raise SymbpError(f"layer {self.name!r}: Bidirectional wraps a recurrent layer (SimpleRNN, LSTM, GRU), "
+                             f"got {type(layer).__name__}")
+        self.layer = layer
+
+    def apply(self, m, x: Node, mask: Node | None = None, initial_state=None):
+        import copy
+
+        if initial_state is not None and (not isinstance(initial_state, (tuple, list)) or len(initial_state) != 2):
+            raise SymbpError(f"layer {self.name!r}: initial_state must be a pair (forward state, backward state)")
+        init = (None, None) if initial_state is None else initial_state
+        fwd = self.layer(m, x, mask=mask, initial_state=init[0])
+        back = copy.copy(self.layer)
+        back.name, back.auto_named = f"{self.layer.name}_backward", False
+        back.go_backwards = not self.layer.go_backwards
+        bwd = back(m, x, mask=mask, initial_state=init[1])
+        (f_out, f_state), (b_out, b_state) = (fwd, bwd) if self.layer.return_state else ((fwd, None), (bwd, None))
+        if self.layer.return_sequences:
+            b_out = b_out[:, ::-1]  # back in time order: step t of both directions side by side
+        out = ops.concat([f_out, b_out], axis=-1)
+        out.label = self.name
+        return (out, f_state, b_state) if self.layer.return_state else out
+
+
 def masked_softmax_cross_entropy(logits: Node, labels: Node, mask: Node) -> Node:
     """Cross-entropy averaged over the real steps only (mask 1) of padded sequences.
 
@@ -146,4 +219,4 @@ def masked_softmax_cross_entropy(logits: Node, labels: Node, mask: Node) -> Node
     return nn.sum(ce * mask) / nn.sum(mask)
 
 
-__all__ = ["GRU", "LSTM", "Recurrent", "SimpleRNN", "activation", "masked_softmax_cross_entropy"]
+__all__ = ["Bidirectional", "GRU", "LSTM", "Recurrent", "SimpleRNN", "activation", "masked_softmax_cross_entropy"]

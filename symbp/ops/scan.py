@@ -151,7 +151,7 @@ def trace(step, xs: tuple, init: tuple, xs_tuple: bool, init_tuple: bool, where:
     carry_in = tuple(placeholder(c.shape, c.dtype, ("carry", k), f"h{k}") for k, c in enumerate(init))
     xs_in = tuple(placeholder((None, *x.shape[2:]), x.dtype, ("x", k), f"x{k}", x) for k, x in enumerate(xs))
     _TRACED_FROM.update({p.id: o for p, o in zip((*carry_in, *xs_in), (*init, *xs))})
-    out = step(carry_in if init_tuple else carry_in[0], xs_in if xs_tuple else xs_in[0])
+    out = step(carry_in if init_tuple else carry_in[0], None if not xs else xs_in if xs_tuple else xs_in[0])
     if not isinstance(out, tuple) or len(out) != 2:
         raise SymbpError(f"{where}: the step function must return a pair (carry, y_t), "
                          f"got {type(out).__name__}")
@@ -185,7 +185,8 @@ def trace(step, xs: tuple, init: tuple, xs_tuple: bool, init_tuple: bool, where:
             continue
         stack.extend(n.inputs)
     if any(n.op == "scan" for n in _topo_until([*carry_out, *ys], phs | set(outer)) if n.id >= start):
-        raise SymbpError(f"{where}: a scan inside a step function is not supported yet; "
+        raise SymbpError(f"{where}: the step function {getattr(step, '__name__', repr(step))!r} runs a scan "
+                         "(or a recurrent layer) inside it; a loop inside a loop's step is not supported: "
                          "stack the loops instead (scan over the outputs of another scan)")
     outer_t = tuple(outer[k] for k in sorted(outer))
     captured = tuple(placeholder(n.shape, n.dtype, ("captured", k), n.name or n.label, n)
@@ -321,19 +322,24 @@ def name_loops(roots: list[Node]) -> None:
                 n.label = new + n.label[len(old):]
 
 
-def scan(step, xs, init, truncate: tuple | None = None, stateful: bool = False, label: str | None = None):
+def scan(step, xs, init, truncate: tuple | None = None, stateful: bool = False, label: str | None = None,
+         length: int | None = None):
     """Run ``step(carry, x_t) -> (carry, y_t)`` over the time axis (axis 1) of ``xs``.
 
     Args:
         step: called once, on placeholders, to trace the cell.
         xs: a sequence tensor (batch, T, ...) or a tuple of them (same T); x_t drops axis 1.
+            None: a loop of ``length`` steps with no input sequence; the step gets None as x_t.
         init: the initial carry: a tensor with the batch axis first (e.g. ``sb.zeros((H,))``)
             or a tuple of them (LSTM: (h, c)).
-        truncate: (k1, k2) for truncated backpropagation through time: every k1 steps,
-            backpropagate k2 steps. None: full BPTT.
+        truncate: (k1, k2) for truncated backpropagation through time, None: full BPTT. Chunks
+            of k1 steps [k1 j, e_j), e_j = min(k1 (j+1), T); a chunk's errors reach steps
+            t >= max(k1 j - max(k2 - k1, 0), e_j - k2, 0): (k, k) is detach-every-k for any T
+            (``symbp.autodiff.bptt.window_start``).
         stateful: start each forward pass from the previous pass's final carry (same batch
             size), ``tr.reset_state()`` to start over from ``init``. No gradient crosses batches.
         label: names the loop in generated code, diagnostics and errors.
+        length: the number of steps T: required when ``xs`` is None, else it must equal T.
     Returns:
         (final carry, stacked outputs): same structures as ``init`` and the step's y_t; each
         stacked output has shape (batch, T, ...).
@@ -341,12 +347,18 @@ def scan(step, xs, init, truncate: tuple | None = None, stateful: bool = False, 
     if label is not None:  # it names generated code, state and diagnostics: never arbitrary text
         check_identifier(label, "scan")
     where = f"scan {label!r}" if label else "scan"
-    xs_t, xs_tuple = _as_tuple(xs, f"{where}: xs")
+    if length is not None and (not isinstance(length, int) or isinstance(length, bool) or length < 1):
+        raise SymbpError(f"{where}: length must be a positive int, got {length!r}")
+    if xs is None and length is None:
+        raise SymbpError(f"{where}: with no input sequence (xs=None), say how many steps: length=T")
+    xs_t, xs_tuple = ((), False) if xs is None else _as_tuple(xs, f"{where}: xs")
     init_t, init_tuple = _as_tuple(init, f"{where}: init")
     for x in xs_t:
         if x.ndim < 2 or x.shape[0] is not None or x.shape[1] is None:
             raise SymbpError(f"{where}: {x.describe()} must have shape (batch, T, ...), got {fmt_shape(x.shape)}")
-    T = xs_t[0].shape[1]
+    T = xs_t[0].shape[1] if xs_t else length
+    if length is not None and length != T:
+        raise SymbpError(f"{where}: length={length} but the sequence has {T} steps")
     if any(x.shape[1] != T for x in xs_t):
         raise SymbpError(f"{where}: sequences of different lengths: " +
                          ", ".join(f"{x.describe()} {fmt_shape(x.shape)}" for x in xs_t))

@@ -166,10 +166,13 @@ def scan_equations(scan: Node) -> list[tuple[str, str, str]]:
                     f"\\frac{{\\partial L}}{{\\partial {ln}}} = \\sum_{{t=0}}^{{{T - 1}}} {bnamed[r.id][1]}"))
     if scan.attrs["truncate"] is not None:
         k1, k2 = scan.attrs["truncate"]
+        back = max(k2 - k1, 0)  # symbp.autodiff.bptt.window_start
         out.append(("truncation", f"every {k1} steps, back {k2} steps: the error of step s in chunk "
-                    f"[{k1}j, {k1}(j+1)) reaches steps t ≥ max({k1}(j+1) - {k2}, 0) only; "
+                    f"[{k1}j, e_j) with e_j = min({k1}(j+1), {T}) reaches steps "
+                    f"t ≥ max({k1}j - {back}, e_j - {k2}, 0) only; "
                     f"δ{hs[0]} restarts from 0 at each window's end, so each sum over t is cut there",
-                    f"\\text{{truncated BPTT}}({k1}, {k2}): \\; t \\ge \\max({k1}(j+1) - {k2}, 0)"))
+                    f"\\text{{truncated BPTT}}({k1}, {k2}): \\; t \\ge \\max({k1}j - {back}, e_j - {k2}, 0), "
+                    f"\\; e_j = \\min({k1}(j+1), {T})"))
     return out
 
 
