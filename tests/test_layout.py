@@ -188,10 +188,11 @@ def test_runtime_is_self_contained():
 
 
 def test_folders_stay_small():
-    """No folder with more than 12 modules directly in it; no module over 400 lines."""
+    """No folder with more than 12 modules (besides its __init__) directly in it; no module over 400 lines."""
     for top in ("symbp", "codegen"):
         for folder in [ROOT / top, *(p for p in (ROOT / top).rglob("*") if p.is_dir() and p.name != "__pycache__")]:
-            assert len(list(folder.glob("*.py"))) <= 12, f"{folder.relative_to(ROOT)} holds more than 12 modules"
+            modules = [p for p in folder.glob("*.py") if p.name != "__init__.py"]
+            assert len(modules) <= 12, f"{folder.relative_to(ROOT)} holds more than 12 modules"
     for path in MODULES.values():
         assert len(path.read_text().splitlines()) <= 400, f"{path.relative_to(ROOT)} is over 400 lines"
 
