@@ -70,6 +70,7 @@ class Attention(Layer):
         scores = self._scores(m, q, k)                      # (batch, Tq, S)
         if mask is not None:
             scores = E.where(self._mask(mask, k.shape[1]), scores, MASKED)
+        scores.label = f"{self.name}_scores"
         weights = softmax(scores, -1)
         context = einsum("bts,bsd->btd", weights, v)
         if one_step:
