@@ -175,3 +175,34 @@ def test_inputs_that_do_not_fit_are_errors_naming_the_layer(case, says):
 def test_bad_settings_are_errors_naming_the_layer(kwargs, says):
     with pytest.raises(sb.SymbpError, match=f"layer 'att'.*{says}"):
         sb.layers.Attention(name="att", **kwargs)
+
+
+def decoder(kind):
+    """A decoder whose scan step attends (one-step query) over encoder outputs from outside the loop."""
+    m = sb.Model(f"dec_{kind}")
+    enc = m.input("enc", (S, DQ)) * m.param("pe", (DQ,), init="ones")
+    mk, ys = m.input("mask", (S,)), m.input("ys", (TQ + 1, DV))
+    att, W = sb.layers.Attention(kind, name="att"), m.param("W", (DQ + DV, DQ))
+
+    def step(h, y_t):
+        context, _ = att(h, enc, mask=mk)          # the model found from the graph, inside the loop
+        h = sb.tanh(sb.concat([context, y_t], axis=-1) @ W)
+        return h, h
+
+    _, hs = sb.scan(step, ys, sb.zeros((DQ,)))
+    m.minimize(sb.sum(hs * m.input("c", (TQ + 1, DQ))))
+    return m
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", ["dot", "additive"])
+def test_attention_inside_a_decoder_loop_ignores_padding_and_its_gradients_are_right(kind, backend, rng):
+    m = decoder(kind)
+    data = {"enc": rng.normal(size=(B, S, DQ)), "mask": MASK.astype(float), "ys": rng.normal(size=(B, TQ + 1, DV)),
+            "c": rng.normal(size=(B, TQ + 1, DQ))}
+    result = sb.gradcheck(m, data, backend=backend, tolerance=1e-6)
+    assert result.ok and set(result.errors) >= {"pe", "W"}, str(result)
+    tr = sb.compile(sb.derive(m), backend=backend, dtype="float64", seed=5)
+    changed = dict(data, enc=np.where(MASK[:, :, None] == 0, 1e3, data["enc"]))  # only padded positions
+    assert tr.loss(**changed) == pytest.approx(tr.loss(**data), rel=1e-13)
+    assert tr.loss(**dict(data, mask=np.ones((B, S)))) != pytest.approx(tr.loss(**data), rel=1e-6)

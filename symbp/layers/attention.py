@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from symbp.ir import Node, SymbpError, fmt_shape
 from symbp.layers.base import Layer
+from symbp.model import model_of
 from symbp.ops import elementwise as E
 from symbp.ops.nn import softmax, sum
 from symbp.ops.sequence import einsum, one_hot
@@ -56,6 +57,24 @@ class Attention(Layer):
             raise SymbpError(f"layer {self.name!r}: units is the width of the additive score; {kind!r} has none")
         self.kind, self.units, self.init = kind, units, init
         self.params: dict = {}  # per model: calling the layer again shares its weights
+
+    def __call__(self, *args, **kwargs):
+        """Apply the layer: ``att(query, keys, ...)`` or ``att(m, query, keys, ...)``.
+
+        Args:
+            args: optionally the Model, then query, keys, values and mask (see the class).
+            kwargs: ``values=``, ``mask=``.
+        Returns:
+            ``(context, weights)``.
+        """
+        if len(args) >= 2 and all(isinstance(a, Node) for a in args[:2]):
+            try:
+                model_of(args[0], f"layer {self.name!r}")
+            except SymbpError:
+                # A decoder's query is often its loop's carry, which starts from sb.zeros and so
+                # reads no model's tensor; the keys (encoder outputs) do.
+                return super().__call__(model_of(args[1], f"layer {self.name!r}"), *args, **kwargs)
+        return super().__call__(*args, **kwargs)
 
     def apply(self, m, query: Node, keys: Node, values: Node | None = None, mask: Node | None = None):
         one_step = isinstance(query, Node) and query.ndim == 2
