@@ -206,3 +206,48 @@ def test_attention_inside_a_decoder_loop_ignores_padding_and_its_gradients_are_r
     changed = dict(data, enc=np.where(MASK[:, :, None] == 0, 1e3, data["enc"]))  # only padded positions
     assert tr.loss(**changed) == pytest.approx(tr.loss(**data), rel=1e-13)
     assert tr.loss(**dict(data, mask=np.ones((B, S)))) != pytest.approx(tr.loss(**data), rel=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float32_masked_weights_are_exactly_0_and_a_fully_masked_row_is_uniform(backend, rng):
+    mask = MASK.copy()
+    mask[0] = 0  # nothing to attend to: uniform weights, finite values, not NaN
+    tr = sb.compile(sb.derive(model("additive")), backend=backend, dtype="float32", seed=6)
+    data = batch("additive", rng, mask=mask)
+    out = tr.predict(**data)
+    w = out["weights"]
+    assert w.dtype == np.float32 and np.isfinite(out["context"]).all()
+    np.testing.assert_allclose(w[0], 1.0 / S, rtol=1e-6)
+    assert np.all(w[1:][np.broadcast_to(mask[1:, None, :] == 0, w[1:].shape)] == 0.0)
+    np.testing.assert_allclose(w.sum(-1), 1.0, rtol=1e-6)
+    assert all(np.isfinite(g).all() for g in tr.gradients(**data).values())
+
+
+def test_cython_at_the_default_flags_equals_numpy(monkeypatch, rng):
+    """What users run: -O3 -march=native (the suite's conftest builds at -O1), every kind in one model."""
+    monkeypatch.delenv("SYMBP_CFLAGS", raising=False)
+    m = sb.Model("att_all")
+    q = m.input("q", (TQ, DQ)) * m.param("pq", (DQ,), init="ones")
+    k = m.input("k", (S, DQ)) * m.param("pk", (DQ,), init="ones")
+    mk = m.input("mask", (S,))
+    loss = None
+    for kind in KINDS:
+        context, weights = sb.layers.Attention(kind, name=f"att_{kind}")(q, k, mask=mk)
+        term = sb.sum(context * m.input(f"c_{kind}", (TQ, DQ))) + sb.sum(weights * m.input(f"w_{kind}", (TQ, S)))
+        m.output(f"weights_{kind}", weights)
+        loss = term if loss is None else loss + term
+    m.minimize(loss)
+    data = {"q": rng.normal(size=(B, TQ, DQ)), "k": rng.normal(size=(B, S, DQ)), "mask": MASK.astype(float),
+            **{f"c_{kind}": rng.normal(size=(B, TQ, DQ)) for kind in KINDS},
+            **{f"w_{kind}": rng.normal(size=(B, TQ, S)) for kind in KINDS}}
+    d = sb.derive(m)
+    ref = sb.compile(d, backend="numpy", dtype="float64", seed=7)
+    cy = sb.compile(d, backend="cython", dtype="float64", params=dict(ref.params))
+    np.testing.assert_allclose(cy.loss(**data), ref.loss(**data), rtol=1e-12)
+    g_ref, g_cy = ref.gradients(**data), cy.gradients(**data)
+    for name in g_ref:
+        np.testing.assert_allclose(g_cy[name], g_ref[name], rtol=1e-10, atol=1e-13, err_msg=name)
+    p_ref, p_cy = ref.predict(**data), cy.predict(**data)
+    for name in p_ref:
+        np.testing.assert_array_equal(p_cy[name] == 0, p_ref[name] == 0, err_msg=name)
+        np.testing.assert_allclose(p_cy[name], p_ref[name], rtol=1e-12, atol=1e-15, err_msg=name)
