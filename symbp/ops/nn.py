@@ -185,10 +185,13 @@ def ctc_loss(logits: Node, labels: Node, logit_lengths: Node, label_lengths: Nod
 
     # Before step 0 only state 0 is "reached" (log 1 = 0): step 0 then starts at blank or l1.
     start = St.concat([St.const(0.0, (None, 1)), St.const(_NEG, (None, 2 * S))], -1)
+    # Names that make the equations read as the algorithm does.
+    emit.label, skip.label, start.label = "ctc_emit", "ctc_skip", "ctc_start"
     alpha, _ = scan(step, (emit, _before(logit_lengths, T, "ctc_time")), start, label="ctc_alpha")
     # The paths end in the last label or the blank after it: states 2L-1 and 2L.
     ends = St.onehot(label_lengths, S + 1)
     final = St.concat([_interleave(ends[:, :S], ends[:, 1:]), ends[:, S:]], -1)
+    final.label = "ctc_final"
     nll = E.neg(logsumexp(E.where(final, alpha, _NEG), -1))
     n_labels = sum(_before(label_lengths, S, "ctc_labels"), (1, 2))
     return mean(E.div(nll, E.maximum(n_labels, 1.0)))
