@@ -201,3 +201,18 @@ def test_bad_values_are_named_at_run_time(rng):
                               ("xl", [6, 4], "xl"), ("yl", [3, 1], "yl")]:
         with pytest.raises(DataError, match=text):
             tr.loss(**{**good, name: np.array(value)})
+
+
+def test_the_speech_example_learns_from_label_sequences_alone(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "ctc_speech.py"
+    spec = importlib.util.spec_from_file_location("ctc_speech", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    assert example.edit_distance([1, 2, 2, 3], [1, 2, 3]) == 1 and example.greedy(
+        np.array([[0, 1], [0, 1], [1, 0], [0, 1]]), 4) == [1, 1]
+    rate = example.main(steps=80, T=16, S=3, phonemes=4, hidden=16, batch=16)
+    assert rate < 0.3              # chance would be far above 50 %
+    assert "decoded" in capsys.readouterr().out
