@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import symbp as sb
-from symbp.ir import SymbpError
+from symbp.ir import SymbpError, topo_order
 
 BACKENDS = ["numpy", pytest.param("cython", marks=pytest.mark.skipif(
     not __import__("importlib").util.find_spec("Cython"), reason="needs Cython"))]
@@ -216,3 +216,12 @@ def test_the_speech_example_learns_from_label_sequences_alone(capsys):
     rate = example.main(steps=80, T=16, S=3, phonemes=4, hidden=16, batch=16)
     assert rate < 0.3              # chance would be far above 50 %
     assert "decoded" in capsys.readouterr().out
+
+
+def test_the_graph_does_not_grow_with_the_lengths():
+    # One scan over T and whole-tensor ops over the 2S+1 states: nothing is per step or per label.
+    def size(T, S):
+        d = sb.derive(ctc_model(T, 4, S))
+        return len(topo_order([d.loss, *d.grads.values()])), len(str(d.equations()).splitlines())
+
+    assert size(5, 2) == size(60, 25)

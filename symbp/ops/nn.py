@@ -149,7 +149,8 @@ def ctc_loss(logits: Node, labels: Node, logit_lengths: Node, label_lengths: Nod
     Args:
         logits: (batch, T, classes) unnormalised scores; log-softmax is applied inside.
         labels: int64 (batch, S) label sequences in 1..classes-1, padded past each length with
-            any class index (0 works); values out of 0..classes-1 are errors naming the input.
+            any class index (0 works); values out of 0..classes-1 are errors naming the input
+            (a 0 within an example's length cannot be told from padding and is not caught).
         logit_lengths: int64 (batch,) steps used per example, 0..T.
         label_lengths: int64 (batch,) labels used per example, 0..S.
     Returns:
