@@ -51,6 +51,7 @@ from symbp.ops.elementwise import (  # noqa: F401
 from symbp.ops.indexing import getitem  # noqa: F401
 from symbp.ops.nn import (  # noqa: F401
     binary_cross_entropy_with_logits,
+    ctc_loss,
     log_softmax,
     logsumexp,
     max,
