@@ -174,8 +174,8 @@ class Trainer:
 
     def _step(self, data: dict) -> float:
         """``step`` on data already checked by ``_batch`` (the training loop checks once)."""
-        check_hyper(self.hyper, "step()")  # a live dict: tr.hyper["lr"] = "fast" would fail in generated code
-        with self._lock:
+        with self._lock:  # the check too: another thread may set tr.hyper between it and the step
+            check_hyper(self.hyper, "step()")  # a live dict: tr.hyper["lr"] = "fast" would fail in generated code
             self.t += 1
             before = dict(self.carries)
             try:
