@@ -266,3 +266,15 @@ def test_a_build_killed_midway_is_shown_and_cleaned_up(cache, capsys):
     assert [t["name"] for t in build.cache_info()["temporary"]] == [running.name]
     build.cache_clear()
     assert running.is_dir()  # a build in progress keeps its folder
+
+
+def test_a_sanitized_start_never_takes_a_plain_entry(cache, monkeypatch):
+    """The sanitizer's flags are part of every key: build, remember and lookup alike, so a
+    plain module recorded for a graph is not what a sanitized start finds (nor the reverse)."""
+    plain = build.build(SOURCE.format(value=3), "keyed", ("-O0",))
+    build.remember("graph-key", plain, ("-O0",))
+    assert build.lookup("graph-key", ("-O0",))[0] is plain
+    monkeypatch.setenv("SYMBP_SANITIZE", "1")
+    monkeypatch.setenv("LD_PRELOAD", "/fake/libasan.so")  # only read to decide; nothing is built here
+    assert build.lookup("graph-key", ("-O0",)) is None
+    assert build.cache_key("x", build._flags(("-O0",))) != build.cache_key("x", ("-O0",))
