@@ -206,6 +206,8 @@ def cmd_cache(args) -> int:
 
 def parser() -> argparse.ArgumentParser:
     """The ``symbp`` argument parser (one subcommand per task)."""
+    from codegen.runtime.schedules import add_command_line  # the runtime's: packages declare the same options
+
     ap = argparse.ArgumentParser(prog="symbp", description="symbp: derive, inspect, build and train neural-network "
                                  "training code from a model file (a .py defining `model` or `build()`).")
     ap.add_argument("--version", action="version", version=f"symbp {sb.__version__}")
@@ -241,11 +243,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--validation", help=".npz evaluated after each epoch")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr-schedule", metavar="NAME[:k=v,...]", help="step, exponential, cosine or linear, with "
-                   "PyTorch's settings: cosine (T_max: the epochs), step:step_size=10,gamma=0.5, ...")
-    p.add_argument("--warmup", type=int, help="epochs of linear warm-up (steps with per=step)")
-    p.add_argument("--patience", type=int, help="stop early after this many epochs without improvement")
-    p.add_argument("--monitor", help="early stopping's metric (default val_loss with --validation, else loss)")
+    add_command_line(p)  # --lr-schedule, --warmup, --patience, --monitor
     p.add_argument("--checkpoint", help="checkpoint file (written atomically)")
     p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --checkpoint")

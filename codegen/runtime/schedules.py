@@ -315,6 +315,16 @@ NAMES = {"step": Step, "exponential": Exponential, "cosine": Cosine, "linear": L
 """The schedules the command lines know (``--lr-schedule NAME[:key=value,...]``)."""
 
 
+def add_command_line(parser) -> None:
+    """Declare the schedule and early-stopping options (read by :func:`from_command_line`) on an
+    argparse parser: ``symbp train`` and a package's ``train`` take the same ones."""
+    parser.add_argument("--lr-schedule", metavar="NAME[:k=v,...]", help="step, exponential, cosine or linear, "
+                        "with PyTorch's settings: cosine (T_max: the epochs), step:step_size=10,gamma=0.5, ...")
+    parser.add_argument("--warmup", type=int, help="epochs of linear warm-up (steps with per=step)")
+    parser.add_argument("--patience", type=int, help="stop early after this many epochs without improvement")
+    parser.add_argument("--monitor", help="early stopping's metric (default val_loss with --validation, else loss)")
+
+
 def from_command_line(schedule: str | None, warmup: int | None, patience: int | None, monitor: str | None,
                       epochs: int, validation: bool) -> tuple:
     """The ``fit`` arguments ``(lr_schedule, early_stopping)`` of the training commands' options.

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import DTYPE, INPUTS, MODEL, plot_history, trainer
 from .plots import need_matplotlib
-from .schedules import from_command_line
+from .schedules import add_command_line, from_command_line
 from .trainer import DataError, NonFiniteLoss
 
 # Relative error tolerated between the compiled-dtype kernels and the float64 ones. float32
@@ -124,11 +124,7 @@ def main(argv=None) -> int:
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--lr", type=float, default=None, help="learning rate (default: as built)")
     t.add_argument("--seed", type=int, default=0, help="seeds the shuffling")
-    t.add_argument("--lr-schedule", metavar="NAME[:k=v,...]", help="step, exponential, cosine or linear, "
-                   "with PyTorch's settings: cosine (T_max: the epochs), step:step_size=10,gamma=0.5, ...")
-    t.add_argument("--warmup", type=int, help="epochs of linear warm-up (steps with per=step)")
-    t.add_argument("--patience", type=int, help="stop early after this many epochs without improvement")
-    t.add_argument("--monitor", help="early stopping's metric (default val_loss with --validation, else loss)")
+    add_command_line(t)  # --lr-schedule, --warmup, --patience, --monitor
     t.add_argument("--validation", help=".npz evaluated after each epoch")
     t.add_argument("--weights", help="start from these weights (.npz from a previous run)")
     t.add_argument("--out", default=f"{__package__}_trained.npz", help="where to save the trained weights")
