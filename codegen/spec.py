@@ -50,12 +50,27 @@ class Spec:
     dtype: str = "float32"
 
     def roots(self) -> tuple:
-        """The optimised graph every backend emits: (loss, gradients in parameter order, outputs)."""
+        """The optimised graph every backend emits: (loss, gradients in parameter order, outputs).
+
+        The loss and gradients are in training mode, the outputs (``predict``) in inference mode
+        (``symbp.autodiff.modes``)."""
+        from symbp.autodiff.modes import inference_form
         from symbp.autodiff.optimise import optimise
 
         d, n = self.derivation, len(self.derivation.params)
-        roots = optimise([d.loss, *d.grads.values(), *d.outputs.values()])
+        roots = optimise([d.loss, *d.grads.values(), *inference_form(list(d.outputs.values()))])
         return roots[0], roots[1:1 + n], roots[1 + n:]
+
+    def evaluate_root(self) -> Node | None:
+        """The loss in inference mode, optimised, for ``evaluate``; None when it is the training
+        loss itself (no op in the model computes differently in inference mode): the module's
+        ``loss`` then serves ``evaluate`` too, and no copy of it is emitted."""
+        from symbp.autodiff.modes import inference_form
+        from symbp.autodiff.optimise import optimise
+
+        loss = self.derivation.loss
+        inference = inference_form([loss])[0]
+        return None if inference is loss else optimise([inference])[0]
 
     def classes(self) -> dict[str, int]:
         """For each int64 input used as class labels, the number of classes (to range-check)."""
