@@ -52,13 +52,13 @@ class Spec:
     def roots(self) -> tuple:
         """The optimised graph every backend emits: (loss, gradients in parameter order, outputs).
 
-        The loss and gradients are in training mode, the outputs (``predict``) in inference mode
-        (``symbp.autodiff.modes``)."""
-        from symbp.autodiff.modes import inference_form
+        The loss and gradients are in training mode (dropout masks numbered), the outputs
+        (``predict``) in inference mode (``symbp.autodiff.modes``)."""
+        from symbp.autodiff.modes import inference_form, training_form
         from symbp.autodiff.optimise import optimise
 
         d, n = self.derivation, len(self.derivation.params)
-        roots = optimise([d.loss, *d.grads.values(), *inference_form(list(d.outputs.values()))])
+        roots = optimise([*training_form([d.loss, *d.grads.values()]), *inference_form(list(d.outputs.values()))])
         return roots[0], roots[1:1 + n], roots[1 + n:]
 
     def evaluate_root(self) -> Node | None:
