@@ -67,15 +67,21 @@ def probe(n: int, rates: tuple, name: str):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_masks_are_the_specified_bits_on_every_backend(backend):
-    d = probe(37, (0.3, 0.5), f"dropout_bits_{backend}")  # 37: a last block only partly used
+def test_masks_are_the_specified_bits_on_every_backend_and_inference_is_the_identity(backend):
+    n = 1001  # past one chunk of C's (512), and a last block of 8 only partly used
+    d = probe(n, (0.3, 0.5), f"dropout_bits_{backend}")
     seed = 2**40 + 7
     tr = sb.compile(d, backend=backend, dtype="float64", seed=seed, optimizer=sb.optim.SGD(lr=0.0))
-    X = np.ones((1, 37))
+    X = np.ones((1, n))
     for step in (1, 2):  # gradients draw the next step's numbers: step t uses (seed, t)
-        want = reference_mask(seed, step, 0, 37, 0.3) + 2 * reference_mask(seed, step, 1, 37, 0.5)
+        want = reference_mask(seed, step, 0, n, 0.3) + 2 * reference_mask(seed, step, 1, n, 0.5)
         np.testing.assert_array_equal(tr.gradients(x=X)["W"], want)
         tr.step(x=X)
+    # inference mode (predict, evaluate): the identity
+    tr.params["W"] = np.random.default_rng(0).normal(size=n)
+    X = np.random.default_rng(1).normal(size=(4, n))
+    np.testing.assert_array_equal(tr.predict(x=X)["h"], X * tr.params["W"])
+    assert tr.evaluate({"x": X})["loss"] == pytest.approx(3 * float((X * tr.params["W"]).sum()), rel=1e-12)
 
 
 def test_both_backends_draw_the_same_masks_in_float32():
@@ -116,15 +122,6 @@ def test_masks_differ_by_seed():
     X = np.ones((1, 256))
     a, b = (sb.compile(d, seed=s).gradients(x=X)["W"] for s in (0, 1))
     assert not np.array_equal(a, b)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_inference_mode_is_the_identity(backend, rng):
-    tr = sb.compile(probe(16, (0.5,), f"dropout_inference_{backend}"), backend=backend, dtype="float64")
-    tr.params["W"] = rng.normal(size=16)
-    X = rng.normal(size=(4, 16))
-    np.testing.assert_array_equal(tr.predict(x=X)["h"], X * tr.params["W"])
-    assert tr.evaluate({"x": X})["loss"] == pytest.approx(float((X * tr.params["W"]).sum()), rel=1e-12)
 
 
 def _rnn_probe(name: str, T: int = 4, H: int = 64):
@@ -169,7 +166,7 @@ def _lstm(name: str, rate: float, rnn=sb.layers.LSTM):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gradcheck_with_dropout_on(backend, rng):
     batch = {"s": rng.normal(size=(3, 5, 3)), "y": rng.integers(0, 4, 3)}
-    for rnn in (sb.layers.LSTM, sb.layers.GRU):
+    for rnn in (sb.layers.LSTM, sb.layers.GRU) if backend == "numpy" else (sb.layers.LSTM,):  # CI time
         result = sb.gradcheck(_lstm(f"dropout_gc_{rnn.__name__}_{backend}", 0.4, rnn), batch, backend=backend)
         assert result.ok, str(result)
 
