@@ -58,6 +58,7 @@ def ordinal(n: int) -> str:
 
 
 def suffix(n: int) -> str:
+    """The ordinal suffix of a number written in digits: "st", "nd", "rd" or "th"."""
     return "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
 
 
@@ -150,7 +151,15 @@ def main(epochs: int = 2, batch: int = 64, embed: int = 32, hidden: int = 64, tr
     rng = np.random.default_rng(seed)
     pairs = sentences(rng, train)
     seen = {iso for _, iso in pairs}  # held out: dates that no training sentence has, in any format
-    held_out = [p for p in sentences(rng, 2 * test) if p[1] not in seen][:test]
+    held_out: list = []
+    for _ in range(20):
+        held_out += [p for p in sentences(rng, 2 * test) if p[1] not in seen]
+        if len(held_out) >= test:
+            break
+    else:
+        raise SystemExit(f"translate: {train} training sentences leave too few dates from {FIRST.year} to "
+                         f"{FIRST.year + YEARS - 1} unseen to hold {test} out; train on fewer")
+    held_out = held_out[:test]
     vocab = vocabulary(pairs)
     S = max(len(s) for s, _ in pairs + held_out)
     data, test_data = encode(pairs, vocab, S), encode(held_out, vocab, S)
@@ -158,7 +167,7 @@ def main(epochs: int = 2, batch: int = 64, embed: int = 32, hidden: int = 64, tr
                     optimizer=sb.optim.Adam(lr=lr, clip_norm=1.0), seed=seed)
     steps = epochs * -(-train // batch)
     start = time.perf_counter()
-    # Adam at 1e-2 learns fast, then cosine decay to 0 settles it (a constant rate leaves a few % wrong).
+    # Adam at 1e-2 learns fast; the cosine decay to 0 over the run lets it settle at the end.
     history = tr.fit(data, epochs=epochs, batch_size=batch, seed=seed, progress=False,
                      lr_schedule=sb.schedules.Cosine(T_max=steps, per="step"))
     trained = time.perf_counter() - start
@@ -169,7 +178,7 @@ def main(epochs: int = 2, batch: int = 64, embed: int = 32, hidden: int = 64, tr
     decoding = time.perf_counter() - start
     right = (decoded == test_data["y"]).all(axis=1)
     wrong = np.flatnonzero(~right)[:2].tolist()
-    for k in sorted(set(range(show)) | set(wrong)):  # the first few, and a mistake or two
+    for k in sorted(set(range(min(show, len(held_out)))) | set(wrong)):  # the first few, and a mistake or two
         got = "".join(TARGET[c] for c in decoded[k])
         print(f"  {held_out[k][0]:<48} -> {got}  {'✓' if right[k] else '✗ (' + held_out[k][1] + ')'}")
     accuracy = float(right.mean())
