@@ -201,7 +201,7 @@ if __name__ == "__main__":
     ap.add_argument("--train", type=positive, default=20000, help="training sentences")
     ap.add_argument("--batch", type=positive, default=64)
     ap.add_argument("--hidden", type=positive, default=64)
-    # Cython by default: a training step of this model runs about 2.5x faster than NumPy's (many
+    # Cython by default: a training step of this model ran 2-2.5x faster than on NumPy (many
     # small per-step products, where NumPy's per-call overhead dominates); its first build is cached.
     ap.add_argument("--backend", default="cython", choices=["numpy", "cython"])
     ap.add_argument("--seed", type=int, default=0)
