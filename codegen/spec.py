@@ -50,12 +50,13 @@ class Spec:
     dtype: str = "float32"
 
     def roots(self) -> tuple:
-        """The optimised graph every backend emits: (loss, gradients in parameter order, outputs)."""
+        """The optimised graph every backend emits: (loss, gradients in parameter order, outputs,
+        the buffers' new values in buffer order), optimised together so they share their work."""
         from symbp.autodiff.optimise import optimise
 
-        d, n = self.derivation, len(self.derivation.params)
-        roots = optimise([d.loss, *d.grads.values(), *d.outputs.values()])
-        return roots[0], roots[1:1 + n], roots[1 + n:]
+        d, n, k = self.derivation, len(self.derivation.params), len(self.derivation.outputs)
+        roots = optimise([d.loss, *d.grads.values(), *d.outputs.values(), *d.updates.values()])
+        return roots[0], roots[1:1 + n], roots[1 + n:1 + n + k], roots[1 + n + k:]
 
     def classes(self) -> dict[str, int]:
         """For each int64 input used as class labels, the number of classes (to range-check)."""
@@ -92,6 +93,7 @@ class Spec:
             f"INPUTS = {inputs!r}",
             f"PARAMS = {({k: p.shape for k, p in d.params.items()})!r}",
             f"OUTPUTS = {({k: o.shape for k, o in d.outputs.items()})!r}",
+            f"BUFFERS = {({k: (b.shape, b.attrs['fill']) for k, b in d.buffers.items()})!r}",
             f"CLASSES = {self.classes()!r}",
             f"SLOTS = {tuple(self.optimizer.slots)!r}",
             f"HYPER = {self.optimizer.hyper!r}",
@@ -107,7 +109,7 @@ class Spec:
             ids = {n.id for n in topo_order(roots)}
             return [k for k, n in d.inputs.items() if n.id in ids]
 
-        return {"gradients": reads([d.loss]), "loss": reads([d.loss]),
+        return {"gradients": reads([d.loss, *d.updates.values()]), "loss": reads([d.loss]),
                 "predict": reads(list(d.outputs.values()))}
 
 

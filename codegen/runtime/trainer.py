@@ -40,22 +40,23 @@ def _fmt(shape) -> str:
 
 
 class Params(dict):
-    """Parameters by name. Assigning checks the shape and copies into the trainer's dtype."""
+    """Parameters (or buffers) by name. Assigning checks the shape and copies into the trainer's dtype."""
 
-    def __init__(self, shapes: dict, dtype, values: dict):
+    def __init__(self, shapes: dict, dtype, values: dict, kind: str = "parameter"):
         super().__init__()
-        self._shapes, self._dtype = shapes, dtype
+        self._shapes, self._dtype, self._kind = shapes, dtype, kind
         for k, v in values.items():
             self[k] = v
 
     def __setitem__(self, name, value):
+        kind = self._kind
         if name not in self._shapes:
-            raise KeyError(f"no parameter {name!r}; the parameters are {', '.join(self._shapes)}")
+            raise KeyError(f"no {kind} {name!r}; the {kind}s are {', '.join(self._shapes) or 'none'}")
         a = np.asarray(value)
         if a.shape != tuple(self._shapes[name]):
-            raise DataError(f"parameter {name!r} has shape {_fmt(self._shapes[name])}, got an array of shape {a.shape}")
+            raise DataError(f"{kind} {name!r} has shape {_fmt(self._shapes[name])}, got an array of shape {a.shape}")
         if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
-            raise DataError(f"parameter {name!r}: expected numbers, got dtype {a.dtype}")
+            raise DataError(f"{kind} {name!r}: expected numbers, got dtype {a.dtype}")
         super().__setitem__(name, np.array(a, dtype=self._dtype, order="C", copy=True))
 
 
@@ -80,6 +81,12 @@ class Trainer:
         self.carries: dict = {}  # stateful recurrences' final carries, by loop label
         self.grad_norms: dict = {}  # filled by gradient passes: ||dL/dh_t|| per loop
         self.workspace = Workspace(self.carries, self.grad_norms)
+        # Non-trainable state (running statistics), by name; assignable like params. Only step
+        # changes it: the kernels replace entries, and the runtime puts them back after other calls.
+        buffers = getattr(kernels, "BUFFERS", {})
+        self.buffers = Params({k: shape for k, (shape, _) in buffers.items()}, self.dtype,
+                              {k: np.full(shape, fill) for k, (shape, fill) in buffers.items()}, "buffer")
+        self.workspace.running = self.buffers
         # One call at a time: calls from two threads share this trainer's buffers, state and
         # step count, so they take turns (separate trainers run in parallel).
         self._lock = threading.RLock()
@@ -142,6 +149,7 @@ class Trainer:
         before another thread's call can overwrite the buffers they were computed in."""
         with self._lock:
             before = dict(self.carries)  # the kernels replace entries, never mutate them
+            buffers = dict(self.buffers)
             try:
                 out = getattr(self.kernels, fn)(self.params, data, self.workspace)
                 if fn == "gradients":
@@ -149,6 +157,7 @@ class Trainer:
                 return {k: np.array(v) for k, v in out.items()} if fn == "predict" else out
             finally:
                 self._set_carries(before)
+                dict.update(self.buffers, buffers)  # the same arrays: no copy, no check
 
     def _set_carries(self, carries: dict) -> None:
         self.carries.clear()
@@ -177,16 +186,18 @@ class Trainer:
         with self._lock:  # the check too: another thread may set tr.hyper between it and the step
             check_hyper(self.hyper, "step()")  # a live dict: tr.hyper["lr"] = "fast" would fail in generated code
             self.t += 1
-            before = dict(self.carries)
+            before, buffers = dict(self.carries), dict(self.buffers)
             try:
                 loss = self.kernels.step(self.params, self.state, data, self.hyper, self.t, self.workspace)
             except DataError:  # found by the kernels' own checks (labels), before any update
                 self.t -= 1
                 self._set_carries(before)
+                dict.update(self.buffers, buffers)
                 raise
             if not math.isfinite(loss):
                 self.t -= 1
                 self._set_carries(before)
+                dict.update(self.buffers, buffers)
                 raise NonFiniteLoss(f"step {self.t + 1}: the loss is {loss}; the parameters were left as they "
                                     "were. Lower the learning rate, clip gradients (clip_norm=...), or check the "
                                     "inputs for NaN/Inf.")
