@@ -151,7 +151,8 @@ def emit(spec: Spec) -> str:
     loss, grads, outs, updates = spec.roots()
     namer, eqs = model_namer(d)
     scratch = Scratch()
-    fns = [Function("gradients", [loss, *grads, *updates], namer, scratch, eqs), Function("loss", [loss], namer, scratch, eqs)]
+    fns = [Function("gradients", [loss, *grads, *updates], namer, scratch, eqs),
+           Function("loss", [loss], namer, scratch, eqs)]
     if outs:
         fns.append(Function("predict", outs, namer, scratch, eqs))
     for f in fns:
@@ -174,8 +175,8 @@ def emit(spec: Spec) -> str:
               "    if fn not in _mem:",
               "        _mem[fn] = (_alloc(shapes, B), _alloc(_SCRATCH, B))",
               "    return _mem[fn]", ""]
-    results = {"gradients": (loss, dict(zip(pnames, grads)), dict(zip(d.updates, updates))), "loss": (loss, None, {}),
-               "predict": (None, dict(zip(d.outputs, outs)), {})}
+    results = {"gradients": (loss, dict(zip(pnames, grads)), dict(zip(d.updates, updates))),
+               "loss": (loss, None, {}), "predict": (None, dict(zip(d.outputs, outs)), {})}
     for f in fns:
         lines += ["", f"_{f.name.upper()} = {f.sched.buffers!r}", "", ""]
         lines += _function(f, namer, scratch, d, results[f.name], spec)

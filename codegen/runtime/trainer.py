@@ -8,8 +8,9 @@ labels are reported in the model's terms before any generated code runs.
 Weights files (``save``/``load``, checkpoints) are plain ``.npz``: parameters under their own
 names (``np.load(f)["W1"]``), optimiser slots under ``state.<slot>.<param>`` (a dot cannot
 occur in a parameter name), the carries of stateful recurrences under ``carry.<loop>.<k>``,
-and a JSON string under ``_meta`` (step count, hyperparameters, and for checkpoints the
-training loop's position). They are written atomically: a reader
+buffers (running statistics, which are weights too) under ``buffer.<name>``, and a JSON
+string under ``_meta`` (step count, hyperparameters, and for checkpoints the training loop's
+position). They are written atomically: a reader
 sees the previous file or the new one, never half of one (``training.write_npz``). Loading
 checks the whole file before it changes anything (``training.read_npz`` and the readers beside it).
 """
@@ -22,42 +23,10 @@ import threading
 
 import numpy as np
 
+from .values import DataError, NonFiniteLoss, Params, _fmt, check_hyper, to_numbers  # noqa: F401 - re-exported
 from .workspace import Workspace
 
 FORMAT = 1
-
-
-class DataError(ValueError):
-    """Data passed to a trainer does not fit the model's declared inputs."""
-
-
-class NonFiniteLoss(FloatingPointError):
-    """The loss became NaN or Inf; the parameters were not updated."""
-
-
-def _fmt(shape) -> str:
-    return "(" + ", ".join("batch" if d is None else str(d) for d in shape) + (",)" if len(shape) == 1 else ")")
-
-
-class Params(dict):
-    """Parameters (or buffers) by name. Assigning checks the shape and copies into the trainer's dtype."""
-
-    def __init__(self, shapes: dict, dtype, values: dict, kind: str = "parameter"):
-        super().__init__()
-        self._shapes, self._dtype, self._kind = shapes, dtype, kind
-        for k, v in values.items():
-            self[k] = v
-
-    def __setitem__(self, name, value):
-        kind = self._kind
-        if name not in self._shapes:
-            raise KeyError(f"no {kind} {name!r}; the {kind}s are {', '.join(self._shapes) or 'none'}")
-        a = np.asarray(value)
-        if a.shape != tuple(self._shapes[name]):
-            raise DataError(f"{kind} {name!r} has shape {_fmt(self._shapes[name])}, got an array of shape {a.shape}")
-        if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
-            raise DataError(f"{kind} {name!r}: expected numbers, got dtype {a.dtype}")
-        super().__setitem__(name, np.array(a, dtype=self._dtype, order="C", copy=True))
 
 
 class Trainer:
@@ -231,8 +200,8 @@ class Trainer:
 
     # -- weights files --------------------------------------------------------------------
     def save(self, path, extra: dict | None = None, meta: dict | None = None) -> None:
-        """Write weights, optimiser state, step count, hyperparameters and the carried state of
-        stateful recurrences (``carry.<loop>.<k>``) to ``path`` (.npz).
+        """Write weights, buffers, optimiser state, step count, hyperparameters and the carried state
+        of stateful recurrences (``carry.<loop>.<k>``) to ``path`` (.npz).
 
         Args:
             path: the file; replaced atomically (temporary file in the same folder, then rename).
@@ -245,9 +214,11 @@ class Trainer:
         carries = self.carries
         for loop, values in carries.items():
             arrays.update({f"carry.{loop}.{k}": v for k, v in enumerate(values)})
+        arrays.update({f"buffer.{k}": v for k, v in self.buffers.items()})
         info = {"format": FORMAT, "model": self.kernels.MODEL, "dtype": str(self.dtype), "t": self.t,
                 "hyper": self.hyper, "slots": list(self.kernels.SLOTS), "optimizer": self._optimizer_name(),
-                "carries": {loop: len(v) for loop, v in carries.items()}, **(meta or {})}
+                "carries": {loop: len(v) for loop, v in carries.items()}, "buffers": list(self.buffers),
+                **(meta or {})}
         arrays["_meta"] = np.array(json.dumps(info, sort_keys=True))
         arrays.update(extra or {})
         from .training import write_npz
@@ -271,7 +242,7 @@ class Trainer:
         Raises:
             DataError: the file is damaged or does not fit this trainer (the message names it).
         """
-        from .training import read_carries, read_npz, read_optimiser
+        from .training import read_buffers, read_carries, read_npz, read_optimiser
 
         arrays, meta = read_npz(path)
         if meta.get("model", self.kernels.MODEL) != self.kernels.MODEL:
@@ -285,11 +256,14 @@ class Trainer:
                 ([f"missing parameter(s) {', '.join(map(repr, missing))}"] if missing else [])
                 + ([f"unknown parameter(s) {', '.join(map(repr, extra))}"] if extra else [])))
         state = carries = None
+        buffers = read_buffers(self, path, arrays, meta)  # running statistics belong to the weights
         if not weights_only:
             state = read_optimiser(self, path, arrays, meta)
             carries = read_carries(path, arrays, meta)
         for k, v in params.items():
             self.params[k] = v
+        for k, v in (buffers or {}).items():
+            self.buffers[k] = v
         if state is not None:
             for slot, table in state.items():
                 self.state[slot].update({k: np.array(v, dtype=self.dtype, order="C") for k, v in table.items()})
@@ -370,30 +344,3 @@ class Trainer:
 
     def __repr__(self) -> str:
         return f"<Trainer {self.kernels.MODEL!r} dtype={self.dtype} params={list(self.params)} t={self.t}>"
-
-
-DECAY_RATES = ("momentum", "rho", "beta1", "beta2")
-"""Hyperparameters that must stay below 1 (as ``symbp.optim`` checks when one is created)."""
-
-
-def check_hyper(hyper: dict, where: str) -> None:
-    """Raise a DataError (starting with ``where``) unless every hyperparameter is a finite
-    non-negative number, and each decay rate below 1: the step would fail or diverge on it."""
-    for k, v in hyper.items():
-        if type(v) is float and 0.0 <= v < 1.0:  # the common case, first: this runs every step
-            continue
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
-                or not 0 <= v < math.inf or (k in DECAY_RATES and v >= 1):
-            raise DataError(f"{where}: hyperparameter {k} is {v!r}; expected a finite non-negative number"
-                            + (" below 1" if k in DECAY_RATES else ""))
-
-
-def to_numbers(path, what: str, a, shape):
-    """``a`` if it is a numeric array of ``shape`` (None stays None), else a DataError naming ``path``."""
-    if a is None:
-        return None
-    if a.dtype.kind not in "fiu":
-        raise DataError(f"{path}: {what} holds {a.dtype} values, not numbers")
-    if shape is not None and a.shape != tuple(shape):
-        raise DataError(f"{path}: {what} has shape {a.shape}; this model's is {tuple(shape)}")
-    return a
