@@ -51,12 +51,28 @@ class Spec:
 
     def roots(self) -> tuple:
         """The optimised graph every backend emits: (loss, gradients in parameter order, outputs,
-        the buffers' new values in buffer order), optimised together so they share their work."""
+        the buffers' new values in buffer order), optimised together so they share their work.
+
+        The loss, gradients and buffers' new values are in training mode, the outputs
+        (``predict``) in inference mode (``symbp.autodiff.modes``)."""
+        from symbp.autodiff.modes import inference_form
         from symbp.autodiff.optimise import optimise
 
         d, n, k = self.derivation, len(self.derivation.params), len(self.derivation.outputs)
-        roots = optimise([d.loss, *d.grads.values(), *d.outputs.values(), *d.updates.values()])
+        roots = optimise([d.loss, *d.grads.values(), *inference_form(list(d.outputs.values())),
+                          *d.updates.values()])
         return roots[0], roots[1:1 + n], roots[1 + n:1 + n + k], roots[1 + n + k:]
+
+    def evaluate_root(self) -> Node | None:
+        """The loss in inference mode, optimised, for ``evaluate``; None when it is the training
+        loss itself (no op in the model computes differently in inference mode): the module's
+        ``loss`` then serves ``evaluate`` too, and no copy of it is emitted."""
+        from symbp.autodiff.modes import inference_form
+        from symbp.autodiff.optimise import optimise
+
+        loss = self.derivation.loss
+        inference = inference_form([loss])[0]
+        return None if inference is loss else optimise([inference])[0]
 
     def classes(self) -> dict[str, int]:
         """For each int64 input used as class labels, the number of classes (to range-check)."""

@@ -88,17 +88,20 @@ def test_training_and_inference_match_pytorchs_formulas(kind, backend, rng):
         b = batch(kind, rng, n)
         y, new_mean, new_var = torch_train(pre(kind, b["x"], p), gamma, beta, mean, var)
         want = np.mean(np.tanh(y) * b["c"])
+        kept = tr.buffers["bn_mean"].copy()
         np.testing.assert_allclose(tr.loss(**b), want, rtol=1e-12)
         tr.gradients(**b)  # neither loss nor gradients moves the running statistics
-        np.testing.assert_array_equal(tr.buffers["bn_mean"], mean)
+        np.testing.assert_array_equal(tr.buffers["bn_mean"], kept)
         np.testing.assert_allclose(tr.step(**b), want, rtol=1e-12)
         mean, var = new_mean, new_var
         np.testing.assert_allclose(tr.buffers["bn_mean"], mean, rtol=1e-12)
         np.testing.assert_allclose(tr.buffers["bn_var"], var, rtol=1e-12)
-        b = batch(kind, rng, 3)
+        b, kept = batch(kind, rng, 3), tr.buffers["bn_var"].copy()
         got = tr.predict(x=b["x"])["y"]  # inference mode: the running statistics, which predict leaves
         np.testing.assert_allclose(got, torch_eval(pre(kind, b["x"], p), gamma, beta, mean, var), rtol=1e-10)
-        np.testing.assert_array_equal(tr.buffers["bn_var"], var)
+        np.testing.assert_array_equal(tr.buffers["bn_var"], kept)
+        want = np.mean(np.tanh(torch_eval(pre(kind, b["x"], p), gamma, beta, mean, var)) * b["c"])
+        np.testing.assert_allclose(tr.evaluate(b)["loss"], want, rtol=1e-10)  # evaluate: inference mode too
     assert not np.allclose(var, 1.0)  # the statistics did move: the comparison above was not of inits
 
 

@@ -32,7 +32,7 @@ EMIT = {**K.EMIT, **conv.EMIT, **loops.EMIT, **sequence.EMIT}
 """How each structural op that computes into a buffer is emitted (views: VIEWS)."""
 VIEWS = {**K.VIEWS, **loops.VIEWS}
 """Ops that only re-describe an input's storage."""
-_EMITTER_FILES = ("codegen/cython/*.py", "codegen/spec.py", "codegen/naming.py",
+_EMITTER_FILES = ("codegen/cython/*.py", "codegen/spec.py", "codegen/naming.py", "symbp/autodiff/modes.py",
                   "symbp/autodiff/optimise.py", "symbp/autodiff/schedule.py", "symbp/optim.py",
                   # the equations name buffers and annotate statements
                   "symbp/notation.py", "symbp/show/*.py")
@@ -220,7 +220,7 @@ class Function:
         if self.check is not None:
             lines.append(f"    {self.arrays[self.check][4]}[0] = 0;")
         lines += ["    " + line for line in self.body]
-        if self.name in ("gradients", "loss"):
+        if self.name in ("gradients", "loss", "evaluate"):
             loss = self.views[self.roots[0].id]
             lines.append(f"    io[0] = (double){loss.base()}[0];")
         lines += ["    (void)B; (void)io;", "    return 0;", "}", ""]
@@ -296,6 +296,9 @@ def emit(spec: Spec) -> str:
            Function("loss", [loss], namer, printer, eqs)]
     if outs:
         fns.append(Function("predict", outs, namer, printer, eqs))
+    evaluate = spec.evaluate_root()  # None: the training loss serves evaluate (the runtime's fallback)
+    if evaluate is not None:
+        fns.append(Function("evaluate", [evaluate], namer, printer, eqs))
     update = _update(spec, pnames, printer)
     from codegen.cython import module
 

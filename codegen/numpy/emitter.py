@@ -155,6 +155,9 @@ def emit(spec: Spec) -> str:
            Function("loss", [loss], namer, scratch, eqs)]
     if outs:
         fns.append(Function("predict", outs, namer, scratch, eqs))
+    evaluate = spec.evaluate_root()  # None: the training loss serves evaluate (the runtime's fallback)
+    if evaluate is not None:
+        fns.append(Function("evaluate", [evaluate], namer, scratch, eqs))
     for f in fns:
         f.compile_body()
     lines = [*spec.header("NumPy"), "import math", "", "import numpy as np", "", *spec.constants(), ""]
@@ -176,7 +179,8 @@ def emit(spec: Spec) -> str:
               "        _mem[fn] = (_alloc(shapes, B), _alloc(_SCRATCH, B))",
               "    return _mem[fn]", ""]
     results = {"gradients": (loss, dict(zip(pnames, grads)), dict(zip(d.updates, updates))),
-               "loss": (loss, None, {}), "predict": (None, dict(zip(d.outputs, outs)), {})}
+               "loss": (loss, None, {}), "predict": (None, dict(zip(d.outputs, outs)), {}),
+               "evaluate": (evaluate, None, {})}
     for f in fns:
         lines += ["", f"_{f.name.upper()} = {f.sched.buffers!r}", "", ""]
         lines += _function(f, namer, scratch, d, results[f.name], spec)
@@ -188,6 +192,7 @@ _DOCS = {
     "gradients": "Forward and backward pass: returns (loss, {parameter: gradient}).",
     "loss": "Forward pass only: returns the loss.",
     "predict": "Forward pass to the named outputs: returns {output: array}.",
+    "evaluate": "Forward pass in inference mode (no dropout): returns the loss.",
 }
 
 
@@ -215,7 +220,7 @@ def _function(f: Function, namer: Namer, scratch: Scratch, d, result, spec: Spec
     if f.name == "gradients":
         grads = ", ".join(f"{k!r}: {namer(v)}" for k, v in table.items())
         lines.append(f"    return float({namer(loss)}), {{{grads}}}")
-    elif f.name == "loss":
+    elif f.name in ("loss", "evaluate"):
         lines.append(f"    return float({namer(loss)})")
     else:
         lines.append(f"    return {{{', '.join(f'{k!r}: {namer(v)}' for k, v in table.items())}}}")

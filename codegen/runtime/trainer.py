@@ -120,7 +120,11 @@ class Trainer:
             before = dict(self.carries)  # the kernels replace entries, never mutate them
             buffers = dict(self.buffers)
             try:
-                out = getattr(self.kernels, fn)(self.params, data, self.workspace)
+                # evaluate runs the loss in inference mode; a module emits it apart only when that
+                # differs from the training loss (dropout), else its loss serves both
+                kernel = getattr(self.kernels, fn) if fn != "evaluate" else \
+                    getattr(self.kernels, "evaluate", self.kernels.loss)
+                out = kernel(self.params, data, self.workspace)
                 if fn == "gradients":
                     return out[0], {k: np.array(v) for k, v in out[1].items()}
                 return {k: np.array(v) for k, v in out.items()} if fn == "predict" else out

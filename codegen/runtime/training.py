@@ -63,7 +63,7 @@ def evaluate(tr, data: dict, batch_size: int = 256) -> dict:
     for i in _batches(n, batch_size):
         b = {k: v[i:i + batch_size] for k, v in data.items()}
         size = len(next(iter(b.values())))
-        total += tr._run("loss", {k: b[k] for k in tr._needs("loss")}) * size
+        total += tr._run("evaluate", {k: b[k] for k in tr._needs("loss")}) * size  # inference mode
         if pair:
             correct += _correct(tr, b, pair)
     out = {"loss": total / n}

@@ -38,6 +38,7 @@ def _inference(nd: Node) -> Node:
 
 register(OpDef("batch_stat", "structural", shape=_batch_stat_shape,
                vjp=lambda nd, g: (g, None),
+               inference=_inference,
                show=lambda args, nd: args[0],
                sample={"shapes": [(1, 3), (3,)]}))
 
