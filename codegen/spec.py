@@ -109,13 +109,13 @@ class Spec:
             f"INPUTS = {inputs!r}",
             f"PARAMS = {({k: p.shape for k, p in d.params.items()})!r}",
             f"OUTPUTS = {({k: o.shape for k, o in d.outputs.items()})!r}",
-            f"BUFFERS = {({k: (b.shape, b.attrs['fill']) for k, b in d.buffers.items()})!r}",
             f"CLASSES = {self.classes()!r}",
             f"SLOTS = {tuple(self.optimizer.slots)!r}",
             f"HYPER = {self.optimizer.hyper!r}",
             f"NEEDS = {self.needs()!r}",
             f"TRUNCATED = {d.truncated_loops()!r}",
-        ]
+        ] + ([f"BUFFERS = {({k: (b.shape, b.attrs['fill']) for k, b in d.buffers.items()})!r}"]
+             if d.buffers else [])  # buffers: (shape, initial value); absent: none (the runtime's default)
 
     def needs(self) -> dict[str, list[str]]:
         """The inputs each generated function reads."""
