@@ -226,3 +226,25 @@ def test_a_failed_step_leaves_the_running_statistics(rng):
     with pytest.raises(FloatingPointError):
         tr.step(**b)
     np.testing.assert_array_equal(tr.buffers["bn_var"], np.ones(3))
+
+
+def load_cnn_example():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parent.parent / "examples" / "cnn_digits.py"
+    spec = importlib.util.spec_from_file_location("cnn_digits_regularised", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_regularised_cnn_example_learns_and_its_gradients_check_out(rng):
+    from threadpoolctl import threadpool_limits
+
+    example = load_cnn_example()
+    r = sb.gradcheck(example.build(filters=4, regularise=True),
+                     {"x": rng.uniform(0, 1, (3, 8, 8, 1)), "y": np.array([0, 5, 9])}, tolerance=1e-5, max_entries=16)
+    assert r.ok, str(r)
+    with threadpool_limits(limits=1, user_api="blas"):  # as test_conv_example: BLAS threads fight on 2 cores
+        assert example.main(epochs=3, regularise=True) >= 0.93
