@@ -32,8 +32,9 @@ def build(filters: int = 16, regularise: bool = False) -> sb.Model:
         if not regularise:
             return [L.Conv2D(filters, 3, padding="same", activation="relu" if relu else None, init="he_uniform",
                              name=name)]
-        return [L.Conv2D(filters, 3, padding="same", init="he_uniform", name=name), L.BatchNorm(name=f"{name}_bn"),
-                *([sb.relu] if relu else [])]
+        # no bias before BatchNorm: the batch mean would subtract it again (its gradient is zero)
+        return [L.Conv2D(filters, 3, padding="same", use_bias=False, init="he_uniform", name=name),
+                L.BatchNorm(name=f"{name}_bn"), *([sb.relu] if relu else [])]
 
     net = L.Sequential([
         *conv("conv1"),
