@@ -114,8 +114,15 @@ class Spec:
             f"HYPER = {self.optimizer.hyper!r}",
             f"NEEDS = {self.needs()!r}",
             f"TRUNCATED = {d.truncated_loops()!r}",
-        ] + ([f"BUFFERS = {({k: (b.shape, b.attrs['fill']) for k, b in d.buffers.items()})!r}"]
+        ] + ([f"BUFFERS = {({k: (b.shape, b.attrs['fill']) for k, b in d.buffers.items()})!r}",
+              f"BATCH_STATS = {self.batch_stats()!r}"]
              if d.buffers else [])  # buffers: (shape, initial value); absent: none (the runtime's default)
+
+    def batch_stats(self) -> dict[str, int]:
+        """For each layer whose step normalises over the batch (``batch_stat``), how many values
+        of each feature one example gives: the runtime refuses a step whose batch gives one."""
+        return {n.label: n.attrs["per_example"] for n in topo_order([self.derivation.loss])
+                if n.op == "batch_stat"}
 
     def needs(self) -> dict[str, list[str]]:
         """The inputs each generated function reads."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import weakref
 
 from symbp import init as initialisers
-from symbp.ir import DTYPES, Node, SymbpError, check_identifier, fmt_shape
+from symbp.ir import DTYPES, Node, SymbpError, check_identifier, fmt_shape, topo_order
 from symbp.ops.scan import traced_from
 
 FLOAT_DTYPES = ("float32", "float64")
@@ -127,6 +127,10 @@ class Model:
                              f"cannot assign it a value of shape {fmt_shape(value.shape)}")
         if buffer.name in self.updates:
             raise SymbpError(f"model {self.name!r}: buffer {buffer.name!r} is assigned twice")
+        if any(n.op == "input" and "role" in n.attrs for n in topo_order([value])):  # a step's placeholder
+            raise SymbpError(f"model {self.name!r}: buffer {buffer.name!r} cannot be updated from inside a "
+                             "recurrence (an sb.scan step): one value per step has no place to go; normalise "
+                             "outside the loop (or use LayerNorm inside it)")
         self.updates[buffer.name] = value
 
     def layer_name(self, kind: str) -> str:

@@ -248,3 +248,28 @@ def test_the_regularised_cnn_example_learns_and_its_gradients_check_out(rng):
     assert r.ok, str(r)
     with threadpool_limits(limits=1, user_api="blas"):  # as test_conv_example: BLAS threads fight on 2 cores
         assert example.main(epochs=3, regularise=True) >= 0.93
+
+
+def test_a_batch_of_one_example_is_refused_by_step_for_dense_features_only(rng):
+    dense = sb.compile(bn_model("dense"), dtype="float64")
+    b = batch("dense", rng, 1)
+    with pytest.raises(DataError, match=r"step\(\): layer 'bn' normalises each feature over the batch and needs "
+                                        r"more than one value of it; a batch of 1 gives 1"):
+        dense.step(**b)
+    assert dense.t == 0 and np.isfinite(dense.buffers["bn_var"]).all()
+    dense.predict(x=b["x"])  # inference mode: one example is fine
+    conv = sb.compile(bn_model("conv"), dtype="float64")
+    conv.step(**batch("conv", rng, 1))  # 2 x 3 values per channel in one example
+    assert np.isfinite(conv.buffers["bn_var"]).all()
+
+
+def test_batchnorm_inside_a_recurrence_is_refused_by_name():
+    m = sb.Model("loop")
+    bn = sb.layers.BatchNorm(name="bn")
+
+    def step(h, x):
+        h = sb.tanh(bn(m, x) + h)
+        return h, h
+
+    with pytest.raises(sb.SymbpError, match="buffer 'bn_mean' cannot be updated from inside a recurrence"):
+        sb.scan(step, m.input("s", (4, 3)), sb.zeros((3,)))

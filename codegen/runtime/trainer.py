@@ -23,7 +23,15 @@ import threading
 
 import numpy as np
 
-from .values import DataError, NonFiniteLoss, Params, _fmt, check_hyper, to_numbers  # noqa: F401 - re-exported
+from .values import (  # noqa: F401 - re-exported
+    DataError,
+    NonFiniteLoss,
+    Params,
+    _fmt,
+    check_batch_stats,
+    check_hyper,
+    to_numbers,
+)
 from .workspace import Workspace
 
 FORMAT = 1
@@ -156,6 +164,8 @@ class Trainer:
 
     def _step(self, data: dict) -> float:
         """``step`` on data already checked by ``_batch`` (the training loop checks once)."""
+        if getattr(self.kernels, "BATCH_STATS", None):
+            check_batch_stats(self.kernels, data)
         with self._lock:  # the check too: another thread may set tr.hyper between it and the step
             check_hyper(self.hyper, "step()")  # a live dict: tr.hyper["lr"] = "fast" would fail in generated code
             self.t += 1

@@ -67,3 +67,15 @@ def to_numbers(path, what: str, a, shape):
     if shape is not None and a.shape != tuple(shape):
         raise DataError(f"{path}: {what} has shape {a.shape}; this model's is {tuple(shape)}")
     return a
+
+
+def check_batch_stats(kernels, data: dict) -> None:
+    """Raise a DataError naming the layer when a step's batch gives a layer that normalises over
+    the batch (BatchNorm) a single value per feature: its variance would be 0 and the unbiased
+    one (for the running variance) a division by zero. PyTorch refuses such batches too."""
+    size = next((len(data[k]) for k, (shape, _) in kernels.INPUTS.items() if shape[:1] == (None,) and k in data), 2)
+    for label, per_example in kernels.BATCH_STATS.items():
+        if size * per_example < 2:
+            raise DataError(f"step(): layer {label!r} normalises each feature over the batch and needs more than "
+                            f"one value of it; a batch of {size} gives {size * per_example}. Train on batches of "
+                            "2 or more (predict takes single examples)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from symbp.ir import Node, SymbpError, fmt_shape
 from symbp.layers.base import Layer
 from symbp.ops import elementwise as E
@@ -83,9 +85,10 @@ class BatchNorm(Layer):
         running_mean = m.buffer(f"{self.name}_mean", (c,), 0.0)
         running_var = m.buffer(f"{self.name}_var", (c,), 1.0)
         batch_mean = nn.mean(x, axes, keepdims=True)
-        xc = E.sub(x, batch_stat(batch_mean, running_mean, self.name))
+        k = math.prod(x.shape[1:-1])  # values per feature in one example
+        xc = E.sub(x, batch_stat(batch_mean, running_mean, self.name, k))
         batch_var = nn.mean(E.mul(xc, xc), axes, keepdims=True)  # biased, as torch normalises
-        y = E.div(xc, E.sqrt(E.add(batch_stat(batch_var, running_var, self.name), self.eps)))
+        y = E.div(xc, E.sqrt(E.add(batch_stat(batch_var, running_var, self.name, k), self.eps)))
         y = E.add(E.mul(y, m.param(f"{self.name}_gamma", (c,), init="ones")),
                   m.param(f"{self.name}_beta", (c,), init="zeros"))
         y.label = self.name

@@ -18,7 +18,7 @@ from symbp.registry import OpDef, register
 register(OpDef("buffer", "leaf", shape=_leaf_shape))
 
 
-def _batch_stat_shape(inputs):
+def _batch_stat_shape(inputs, per_example=1):
     batch, running = inputs
     k = running.ndim
     lead = batch.shape[:batch.ndim - k]
@@ -40,10 +40,10 @@ register(OpDef("batch_stat", "structural", shape=_batch_stat_shape,
                vjp=lambda nd, g: (g, None),
                inference=_inference,
                show=lambda args, nd: args[0],
-               sample={"shapes": [(1, 3), (3,)]}))
+               sample={"shapes": [(1, 3), (3,)], "attrs": {"per_example": 1}}))
 
 
-def batch_stat(batch: Node, running: Node, label: str | None = None) -> Node:
+def batch_stat(batch: Node, running: Node, label: str | None = None, per_example: int = 1) -> Node:
     """A statistic of the batch in training mode, ``running`` in inference mode.
 
     Args:
@@ -51,7 +51,9 @@ def batch_stat(batch: Node, running: Node, label: str | None = None) -> Node:
             its shape), e.g. a mean with ``keepdims=True``: (1, C) or (1, 1, 1, C).
         running: the running statistic (a buffer), its last axes matching ``batch``: (C,).
         label: the layer it belongs to, for errors and names.
+        per_example: how many values of each entry one example gives (H * W for NHWC features):
+            a batch must give more than one (``step`` checks it, naming ``label``).
     Returns:
         A tensor shaped like ``batch``; the gradient flows to ``batch`` only.
     """
-    return node("batch_stat", (batch, running), label=label)
+    return node("batch_stat", (batch, running), label=label, per_example=int(per_example))
