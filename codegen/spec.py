@@ -53,14 +53,14 @@ class Spec:
         """The optimised graph every backend emits: (loss, gradients in parameter order, outputs,
         the buffers' new values in buffer order), optimised together so they share their work.
 
-        The loss, gradients and buffers' new values are in training mode, the outputs
-        (``predict``) in inference mode (``symbp.autodiff.modes``)."""
-        from symbp.autodiff.modes import inference_form
+        The loss, gradients and buffers' new values are in training mode (dropout masks numbered),
+        the outputs (``predict``) in inference mode (``symbp.autodiff.modes``)."""
+        from symbp.autodiff.modes import inference_form, training_form
         from symbp.autodiff.optimise import optimise
 
         d, n, k = self.derivation, len(self.derivation.params), len(self.derivation.outputs)
-        roots = optimise([d.loss, *d.grads.values(), *inference_form(list(d.outputs.values())),
-                          *d.updates.values()])
+        train = training_form([d.loss, *d.grads.values(), *d.updates.values()])
+        roots = optimise([*train[:1 + n], *inference_form(list(d.outputs.values())), *train[1 + n:]])
         return roots[0], roots[1:1 + n], roots[1 + n:1 + n + k], roots[1 + n + k:]
 
     def evaluate_root(self) -> Node | None:

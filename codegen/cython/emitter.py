@@ -21,7 +21,7 @@ import sympy as sp
 import symbp
 from codegen.cython import conv, loops, sequence
 from codegen.cython import kernels as K
-from codegen.cython.printer import CTYPES, KernelPrinter, helpers, kernel_body
+from codegen.cython.printer import CTYPES, PHILOX, KernelPrinter, helpers, kernel_body
 from codegen.naming import Namer, equation_comment, model_namer
 from codegen.spec import Spec, range_check
 from symbp.autodiff.schedule import schedule
@@ -33,6 +33,7 @@ EMIT = {**K.EMIT, **conv.EMIT, **loops.EMIT, **sequence.EMIT}
 VIEWS = {**K.VIEWS, **loops.VIEWS}
 """Ops that only re-describe an input's storage."""
 _EMITTER_FILES = ("codegen/cython/*.py", "codegen/spec.py", "codegen/naming.py", "symbp/autodiff/modes.py",
+                  "symbp/ops/random.py",  # the inference rewrite of dropout, the generator's constants
                   "symbp/autodiff/optimise.py", "symbp/autodiff/schedule.py", "symbp/optim.py",
                   # the equations name buffers and annotate statements
                   "symbp/notation.py", "symbp/show/*.py")
@@ -134,6 +135,7 @@ class Function:
         self.results: list[int] = []  # array index of each root
         self.check: int | None = None  # array index of the label checks' record (which check, label)
         self.checks: list[tuple] = []  # per range check: _bad_label's arguments after the value
+        self.rng: int | None = None  # the first of the io slots holding (seed, step), if it draws numbers
         self._compile()
 
     # -- the ctx interface used by codegen.cython.kernels ---------------------------------
@@ -148,6 +150,14 @@ class Function:
     def tag(self) -> str:
         self.ntags += 1
         return f"k{self.ntags}"
+
+    def rng_slot(self) -> int:
+        """The first of four io slots where the wrapper puts the seed and the step count (32-bit
+        halves), reserved on first use; the generator's C is then defined before this function."""
+        if self.rng is None:
+            self.rng, self.io_slots = self.io_slots, self.io_slots + 4
+            self.helper_fns.append(PHILOX)
+        return self.rng
 
     def label_check(self, n: Node) -> tuple[str, int]:
         """The C name of the int64 pair where one-hot or embedding ``n`` records its first

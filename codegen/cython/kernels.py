@@ -351,6 +351,25 @@ def emit_concat(ctx, n: Node, out: View, *xs: View) -> list[str]:
     return lines
 
 
+def emit_dropout_mask(ctx, n: Node, out: View) -> list[str]:
+    """A dropout mask from Philox-4x64-10, bit for bit what ``symbp.ops.random`` specifies: 8
+    elements a block, each kept when its 32 bits reach the threshold. (seed, step) arrive in
+    four io slots as 32-bit halves (a double holds those exactly)."""
+    from symbp.ops.random import keep_threshold
+
+    k, tag, rate = ctx.rng_slot(), ctx.tag(), n.attrs["rate"]
+    return [f"{{ const uint64_t key_{tag} = (uint64_t)io[{k}] | ((uint64_t)io[{k + 1}] << 32);",
+            f"  const uint64_t step_{tag} = (uint64_t)io[{k + 2}] | ((uint64_t)io[{k + 3}] << 32);",
+            f"  const long n_{tag} = {cexpr(size(n.shape))};",
+            f"  for (long b = 0; b < (n_{tag} + 7) / 8; b++) {{",
+            f"    uint64_t c[4] = {{(uint64_t)b + 1, {n.attrs['stream']}ull, step_{tag}, 0}};",
+            f"    sb_philox(c, key_{tag}, 0);",
+            f"    for (long j = 0; j < 8 && 8 * b + j < n_{tag}; j++)",
+            f"      {out.base()}[8 * b + j] = (uint32_t)(c[j >> 1] >> (32 * (j & 1))) >= {keep_threshold(rate)}u"
+            f" ? (sb_real){1.0 / (1.0 - rate)!r} : (sb_real)0;",
+            "  }", "}"]
+
+
 EMIT = {
     "dot": emit_dot,
     "sum": emit_reduce("sum"),
@@ -359,6 +378,7 @@ EMIT = {
     "onehot": emit_onehot,
     "unslice": emit_unslice,
     "concat": emit_concat,
+    "dropout_mask": emit_dropout_mask,
     "const": lambda ctx, n, out: fill(out, ctx.printer.literal(n.attrs["value"]), ctx.tag()),
 }
 """Ops that compute into their own buffer. Elementwise ops are printed from their formula."""

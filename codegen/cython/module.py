@@ -183,6 +183,11 @@ def _function(f, spec) -> list[str]:
     lines.append(f"    bufs, meta, addrs = _prepare(_ws.buffers(B), {NAMES[f.name]}, B)")
     leaves = ", ".join(f"{src}[{key!r}]" for src, key, *_ in f.arrays[:nleaves])
     lines += _state_in(f, nleaves)
+    if f.rng is not None:  # (seed, step count) of the random numbers drawn, as 32-bit halves
+        k = f.rng
+        lines += ["    seed, step = _ws.rng",
+                  f"    io[{k}], io[{k + 1}], io[{k + 2}], io[{k + 3}] = "
+                  "seed & 0xffffffff, seed >> 32, step & 0xffffffff, step >> 32"]
     lines.append(f"    _run({NAMES[f.name]}, [{leaves}], meta, addrs, io, B)")
     if f.check is not None:  # a one-hot met a label out of range: (which check, the label)
         lines += [f"    if bufs[{f.check - nleaves}][0]:",

@@ -14,6 +14,7 @@ from codegen.naming import Namer, equation_comment, model_namer
 from codegen.numpy import (
     conv,
     loops,  # recurrences: their loops are emitted by their own module
+    random,
     sequence,
 )
 from codegen.numpy.printer import KernelWriter, Scratch, literal, scalar_code
@@ -112,6 +113,7 @@ EMIT = {
 }
 EMIT.update(conv.EMIT)
 EMIT.update(sequence.EMIT)
+EMIT.update(random.EMIT)
 
 
 class Function:
@@ -166,6 +168,8 @@ def emit(spec: Spec) -> str:
               "                     dtype=DTYPE if k == 'float' else np.int64) for s, k in shapes]", ""]
     if any("_bad_label(" in line for f in fns for line in f.body):
         lines += LABEL_ERROR.splitlines()
+    if any("_dropout_mask(" in line for f in fns for line in f.body):
+        lines += random.HELPER.splitlines()
     lines.append(f"_SCRATCH = {[(s, 'float') for _, s in scratch.specs()]!r}")
     # Buffers live in the caller's workspace (the last argument, ``_ws``: the runtime's
     # Workspace), in its table for the call's batch size (``_mem``), never in this module:

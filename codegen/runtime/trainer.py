@@ -45,15 +45,18 @@ class Trainer:
         params: initial parameter values by name.
         hyper: optimiser hyperparameters (a live dict: changing a value takes effect at once).
         source: the generated source text, shown by ``tr.source``.
+        seed: keys the random numbers of the step (dropout): step t draws the numbers of
+            (seed, t), so they come again from a checkpoint (which stores both).
     """
 
-    def __init__(self, kernels, params: dict, hyper: dict | None = None, source: str | None = None):
+    def __init__(self, kernels, params: dict, hyper: dict | None = None, source: str | None = None, seed: int = 0):
         self.kernels = kernels
         kernels.DataError = DataError  # what the kernels' own checks (labels) raise: ours, not a bare ValueError
         self.dtype = np.dtype(kernels.DTYPE)
         self.params = Params(kernels.PARAMS, self.dtype, params)
         self.hyper = dict(kernels.HYPER) if hyper is None else hyper
         self.source = source
+        self.seed = int(seed)
         self.t = 0
         self.carries: dict = {}  # stateful recurrences' final carries, by loop label
         self.grad_norms: dict = {}  # filled by gradient passes: ||dL/dh_t|| per loop
@@ -127,11 +130,10 @@ class Trainer:
         with self._lock:
             before = dict(self.carries)  # the kernels replace entries, never mutate them
             buffers = dict(self.buffers)
+            self.workspace.rng = (self.seed, self.t + 1)  # the next step's numbers, not advancing: gradcheck works
             try:
-                # evaluate runs the loss in inference mode; a module emits it apart only when that
-                # differs from the training loss (dropout), else its loss serves both
-                kernel = getattr(self.kernels, fn) if fn != "evaluate" else \
-                    getattr(self.kernels, "evaluate", self.kernels.loss)
+                # a module has an evaluate (the loss in inference mode) only where it is not its loss
+                kernel = getattr(self.kernels, fn, None) or self.kernels.loss
                 out = kernel(self.params, data, self.workspace)
                 if fn == "gradients":
                     return out[0], {k: np.array(v) for k, v in out[1].items()}
@@ -169,6 +171,7 @@ class Trainer:
         with self._lock:  # the check too: another thread may set tr.hyper between it and the step
             check_hyper(self.hyper, "step()")  # a live dict: tr.hyper["lr"] = "fast" would fail in generated code
             self.t += 1
+            self.workspace.rng = (self.seed, self.t)  # step t draws the numbers of (seed, t)
             before, buffers = dict(self.carries), dict(self.buffers)
             try:
                 loss = self.kernels.step(self.params, self.state, data, self.hyper, self.t, self.workspace)
@@ -229,7 +232,7 @@ class Trainer:
         for loop, values in carries.items():
             arrays.update({f"carry.{loop}.{k}": v for k, v in enumerate(values)})
         arrays.update({f"buffer.{k}": v for k, v in self.buffers.items()})
-        info = {"format": FORMAT, "model": self.kernels.MODEL, "dtype": str(self.dtype), "t": self.t,
+        info = {"format": FORMAT, "model": self.kernels.MODEL, "dtype": str(self.dtype), "t": self.t, "seed": self.seed,
                 "hyper": self.hyper, "slots": list(self.kernels.SLOTS), "optimizer": self._optimizer_name(),
                 "carries": {loop: len(v) for loop, v in carries.items()}, "buffers": list(self.buffers),
                 **(meta or {})}
@@ -282,6 +285,7 @@ class Trainer:
             for slot, table in state.items():
                 self.state[slot].update({k: np.array(v, dtype=self.dtype, order="C") for k, v in table.items()})
             self.t = meta.get("t", self.t)
+            self.seed = meta.get("seed", self.seed)
             self.hyper.update(meta.get("hyper", {}))
         if carries is not None:  # written by save: restore exactly (none saved: start from init)
             self._set_carries({loop: tuple(np.array(a, dtype=self.dtype, order="C") for a in values)

@@ -1,9 +1,10 @@
 """Training and inference mode: the graph ``predict`` and ``evaluate`` run.
 
-``step``, ``loss`` and ``gradients`` run the graph as the model built it (training mode).
+``step``, ``loss`` and ``gradients`` run the graph as the model built it (training mode),
+with each random op told which stream of numbers it draws (``training_form``).
 ``predict`` and ``evaluate`` run its *inference form*: every node whose op declares an
 ``inference`` rewrite in the registry (dropout: its input unchanged) replaced by that
-rewrite. The pass is pure and keeps every node that does not change, so a model without
+rewrite. Both passes are pure and keep every node that does not change, so a model without
 such ops has the very same graph (and generated code) in both modes.
 """
 
@@ -25,18 +26,55 @@ def inference_form(roots: list[Node]) -> list[Node]:
     Returns:
         The same nodes where nothing has an inference rewrite, else their rewritten forms.
     """
+    def inference(n: Node, ins: list[Node]) -> Node:
+        m = _scan(n, ins) if n.op == "scan" else _with_inputs(n, ins)
+        rewrite = opdef(n.op).inference
+        return m if rewrite is None else rewrite(m)
+
+    return _rewrite(roots, inference)
+
+
+def training_form(roots: list[Node]) -> list[Node]:
+    """The graph of ``roots`` in training mode: each dropout mask numbered with its stream of
+    random numbers (``attrs["stream"]``), in order of creation, so the same model script
+    draws the same numbers on every run and two masks never share theirs
+    (``symbp.ops.random``).
+
+    Args:
+        roots: the nodes to compute (None entries are kept as None).
+    Returns:
+        The same nodes where no mask feeds them, else copies reading the numbered masks.
+    """
+    masks = [n.id for n in topo_order([r for r in roots if r is not None]) if n.op == "dropout_mask"]
+    streams = {k: s for s, k in enumerate(masks)}
+
+    def number(n: Node, ins: list[Node]) -> Node:
+        if n.id not in streams:
+            return _with_inputs(n, ins)
+        m = Node(n.op, (), n.shape, n.dtype, {**n.attrs, "stream": streams[n.id]}, n.name, n.label)
+        m.origin = n.origin
+        return m
+
+    return _rewrite(roots, number)
+
+
+def _rewrite(roots: list, rule) -> list:
+    """Rebuild the graph of ``roots`` bottom-up: ``rule(node, new inputs) -> node``, once per
+    node (memoised over the DAG), iteratively (deep graphs cannot hit the recursion limit)."""
     new: dict[int, Node] = {}
     for n in topo_order([r for r in roots if r is not None]):
-        ins = [new[i.id] for i in n.inputs]
-        m = n
-        if n.op == "scan":
-            m = _scan(n, ins)
-        elif any(a is not b for a, b in zip(ins, n.inputs)):
-            m = Node(n.op, ins, n.shape, n.dtype, n.attrs, n.name, n.label)
-            m.origin = n.origin
-        rewrite = opdef(n.op).inference
-        new[n.id] = m if rewrite is None else rewrite(m)
+        new[n.id] = rule(n, [new[i.id] for i in n.inputs])
     return [None if r is None else new[r.id] for r in roots]
+
+
+def _with_inputs(n: Node, ins: list[Node]) -> Node:
+    """``n`` itself when its inputs are unchanged, else a copy reading ``ins`` (same origin, so
+    generated code still points to the equation it computes)."""
+    if all(a is b for a, b in zip(ins, n.inputs)):
+        return n
+    m = Node(n.op, ins, n.shape, n.dtype, n.attrs, n.name, n.label)
+    m.origin = n.origin
+    return m
 
 
 def _scan(n: Node, ins: list[Node]) -> Node:
@@ -46,11 +84,7 @@ def _scan(n: Node, ins: list[Node]) -> Node:
     fwd = [*cell.carry_out, *cell.ys]
     rewritten = inference_form(fwd)
     if all(a is b for a, b in zip(rewritten, fwd)):
-        if all(a is b for a, b in zip(ins, n.inputs)):
-            return n
-        m = Node(n.op, ins, n.shape, n.dtype, n.attrs, n.name, n.label)
-        m.origin = n.origin
-        return m
+        return _with_inputs(n, ins)
     used = {u.id for u in topo_order(rewritten)}
     keep = [k for k, c in enumerate(cell.captured) if c.id in used]
     # Placeholders are numbered by position: the kept ones are renumbered.
