@@ -273,3 +273,22 @@ def test_batchnorm_inside_a_recurrence_is_refused_by_name():
 
     with pytest.raises(sb.SymbpError, match="buffer 'bn_mean' cannot be updated from inside a recurrence"):
         sb.scan(step, m.input("s", (4, 3)), sb.zeros((3,)))
+
+
+def test_early_stopping_restores_the_running_statistics_of_the_best_epoch(tmp_path, rng):
+    data, val = batch("dense", rng, 32), batch("dense", rng, 16)
+    kw = dict(batch_size=8, progress=False, validation=val)
+
+    def trainer_():
+        return sb.compile(bn_model("dense"), dtype="float64", optimizer=sb.optim.SGD(lr=0.1))
+
+    best = trainer_()
+    es = sb.EarlyStopping(monitor="val_loss", patience=5)
+    best.fit(data, epochs=3, early_stopping=es, checkpoint=tmp_path / "c.npz", **kw)
+    assert es.best_epoch < 3  # (this data's val_loss rises after it) so its weights come back at the end
+    first = trainer_()
+    first.fit(data, epochs=es.best_epoch, **kw)
+    for k in first.buffers:
+        np.testing.assert_array_equal(best.buffers[k], first.buffers[k])
+    with np.load(tmp_path / "c.npz") as f:
+        np.testing.assert_array_equal(f["_best.buffer.bn_var"], first.buffers["bn_var"])
