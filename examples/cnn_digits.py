@@ -42,7 +42,7 @@ def build(filters: int = 16, regularise: bool = False) -> sb.Model:
         L.MaxPool2D(2, name="pool"),                       # (4, 4, filters)
         L.Flatten(name="flat"),
         L.Dense(64, activation="relu", init="he_uniform", name="fc"),
-        *([lambda h: sb.dropout(h, 0.3, label="drop")] if regularise else []),  # training only: predict keeps all
+        *([L.Dropout(0.3, name="drop")] if regularise else []),  # training only: predict keeps every unit
         L.Dense(10, name="out"),
     ])
     logits = net(m, x)

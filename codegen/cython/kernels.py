@@ -352,22 +352,14 @@ def emit_concat(ctx, n: Node, out: View, *xs: View) -> list[str]:
 
 
 def emit_dropout_mask(ctx, n: Node, out: View) -> list[str]:
-    """A dropout mask from Philox-4x64-10, bit for bit what ``symbp.ops.random`` specifies: 8
-    elements a block, each kept when its 32 bits reach the threshold. (seed, step) arrive in
-    four io slots as 32-bit halves (a double holds those exactly)."""
+    """A dropout mask, bit for bit what ``symbp.ops.random`` specifies (``sb_dropout_mask`` in
+    ``printer.PHILOX``); (seed, step) arrive in four io slots as 32-bit halves (exact in a double)."""
     from symbp.ops.random import keep_threshold
 
-    k, tag, rate = ctx.rng_slot(), ctx.tag(), n.attrs["rate"]
-    return [f"{{ const uint64_t key_{tag} = (uint64_t)io[{k}] | ((uint64_t)io[{k + 1}] << 32);",
-            f"  const uint64_t step_{tag} = (uint64_t)io[{k + 2}] | ((uint64_t)io[{k + 3}] << 32);",
-            f"  const long n_{tag} = {cexpr(size(n.shape))};",
-            f"  for (long b = 0; b < (n_{tag} + 7) / 8; b++) {{",
-            f"    uint64_t c[4] = {{(uint64_t)b + 1, {n.attrs['stream']}ull, step_{tag}, 0}};",
-            f"    sb_philox(c, key_{tag}, 0);",
-            f"    for (long j = 0; j < 8 && 8 * b + j < n_{tag}; j++)",
-            f"      {out.base()}[8 * b + j] = (uint32_t)(c[j >> 1] >> (32 * (j & 1))) >= {keep_threshold(rate)}u"
-            f" ? (sb_real){1.0 / (1.0 - rate)!r} : (sb_real)0;",
-            "  }", "}"]
+    k, rate = ctx.rng_slot(), n.attrs["rate"]
+    return [f"sb_dropout_mask({out.base()}, {cexpr(size(n.shape))}, (uint64_t)io[{k}] | ((uint64_t)io[{k + 1}] << 32), "
+            f"(uint64_t)io[{k + 2}] | ((uint64_t)io[{k + 3}] << 32), {n.attrs['stream']}ull, "
+            f"{keep_threshold(rate)}u, (sb_real){1.0 / (1.0 - rate)!r});"]
 
 
 EMIT = {

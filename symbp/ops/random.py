@@ -35,7 +35,9 @@ def keep_threshold(rate: float) -> int:
     return min(round(rate * 2**32), 2**32 - 1)
 
 
-def _check_rate(rate, where: str) -> float:
+def check_rate(rate, where: str) -> float:
+    """``rate`` as a float if it is a dropout rate (a number in [0, 1)), else a SymbpError
+    starting with ``where``."""
     if isinstance(rate, bool) or not isinstance(rate, Real) or not 0 <= rate < 1 or math.isnan(rate):
         raise SymbpError(f"{where}: the dropout rate must be a number in [0, 1) (the fraction of units dropped), "
                          f"got {rate!r}")
@@ -61,7 +63,7 @@ register(OpDef("dropout", "elementwise", formula=lambda x, mask: x * mask, vjp=E
 def dropout_mask(shape: tuple, rate: float, label: str | None = None) -> Node:
     """A fresh mask: 0 with probability ``rate``, else 1 / (1 - rate); a None in ``shape``
     follows the batch size. Its numbers change every training step."""
-    rate = _check_rate(rate, f"dropout {label!r}" if label else "dropout")
+    rate = check_rate(rate, f"dropout {label!r}" if label else "dropout")
     return Node("dropout_mask", (), tuple(shape), "float", {"rate": rate, "shape": tuple(shape)}, label=label)
 
 
@@ -86,7 +88,7 @@ def dropout(x: Node, rate: float, label: str | None = None) -> Node:
     if not isinstance(x, Node) or x.dtype != "float":
         got = f"{x.describe()} of dtype {x.dtype}" if isinstance(x, Node) else type(x).__name__
         raise SymbpError(f"{where}: expects a float tensor, got {got}")
-    rate = _check_rate(rate, where)
+    rate = check_rate(rate, where)
     if rate == 0:
         return x
     if _inside_step(x):
