@@ -36,7 +36,7 @@ def compile(derivation: Derivation, backend: str = "numpy", optimizer=None, dtyp
         backend: "numpy" (or another from ``codegen.BACKENDS``).
         optimizer: an ``sb.optim`` optimiser (default SGD with lr=0.01).
         dtype: "float32" or "float64"; None: the dtype the model's inputs declare, else float32.
-        seed: seeds the parameter initialisers.
+        seed: seeds the parameter initialisers, and keys the random numbers of the step (dropout).
         params: initial values by name, overriding the initialisers.
     Returns:
         A Trainer: ``params``, ``loss``, ``gradients``, ``step``, ``predict``, ``source``.
@@ -50,6 +50,8 @@ def compile(derivation: Derivation, backend: str = "numpy", optimizer=None, dtyp
     if backend not in codegen.BACKENDS:
         raise SymbpError(f"unknown backend {backend!r}; choose from {', '.join(codegen.BACKENDS)}")
     dtype = _dtype(derivation, dtype, codegen.FLOAT_DTYPES)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise SymbpError(f"seed must be an int in [0, 2**64), got {seed!r}")
     optimizer = optim.check(optimizer if optimizer is not None else optim.SGD(lr=0.01))
     spec = codegen.Spec(derivation, optimizer, dtype)
     source, module = codegen.emit_and_load(spec, backend)
@@ -58,7 +60,7 @@ def compile(derivation: Derivation, backend: str = "numpy", optimizer=None, dtyp
         if k not in values:
             raise SymbpError(f"params: the model has no parameter {k!r}")
         values[k] = v
-    tr = Trainer(module, values, optimizer.hyper, source)
+    tr = Trainer(module, values, optimizer.hyper, source, seed=seed)
     tr.optimizer = optimizer
     return tr
 

@@ -31,6 +31,9 @@ class OpDef:
             where ``args`` are the display forms of the inputs (see symbp.show.equations).
         sample: for tests: keyword arguments that make a typical instance
             (``{"attrs": ..., "shapes": ...}``), so the registry-wide checks can build it.
+        inference: the node's form in inference mode (``predict``, ``evaluate``), built from
+            other nodes: ``inference(node) -> Node`` (dropout: its input unchanged). None: the
+            op computes the same in both modes (see symbp.autodiff.modes).
     """
 
     name: str
@@ -40,6 +43,7 @@ class OpDef:
     vjp: Callable | None = None
     show: Callable | None = None
     sample: dict = field(default_factory=dict)
+    inference: Callable | None = None
 
 
 def register(opdef: OpDef) -> OpDef:

@@ -21,7 +21,7 @@ import sympy as sp
 import symbp
 from codegen.cython import conv, loops, sequence
 from codegen.cython import kernels as K
-from codegen.cython.printer import CTYPES, KernelPrinter, helpers, kernel_body
+from codegen.cython.printer import CTYPES, PHILOX, KernelPrinter, helpers, kernel_body
 from codegen.naming import Namer, equation_comment, model_namer
 from codegen.spec import Spec, range_check
 from symbp.autodiff.schedule import schedule
@@ -32,7 +32,8 @@ EMIT = {**K.EMIT, **conv.EMIT, **loops.EMIT, **sequence.EMIT}
 """How each structural op that computes into a buffer is emitted (views: VIEWS)."""
 VIEWS = {**K.VIEWS, **loops.VIEWS}
 """Ops that only re-describe an input's storage."""
-_EMITTER_FILES = ("codegen/cython/*.py", "codegen/spec.py", "codegen/naming.py",
+_EMITTER_FILES = ("codegen/cython/*.py", "codegen/spec.py", "codegen/naming.py", "symbp/autodiff/modes.py",
+                  "symbp/ops/random.py",  # the inference rewrite of dropout, the generator's constants
                   "symbp/autodiff/optimise.py", "symbp/autodiff/schedule.py", "symbp/optim.py",
                   # the equations name buffers and annotate statements
                   "symbp/notation.py", "symbp/show/*.py")
@@ -59,11 +60,12 @@ def graph_key(spec: Spec) -> str:
     entry built from the source it once produced.
     """
     d = spec.derivation
-    roots = [d.loss, *d.grads.values(), *d.outputs.values()]
+    roots = [d.loss, *d.grads.values(), *d.outputs.values(), *d.updates.values()]
     h = hashlib.sha256()
     for part in (_emitter_hash(), symbp.__version__, spec.dtype, repr(spec.optimizer.key()),
                  repr(sorted(spec.optimizer.hyper)), repr(list(d.params)), repr(list(d.inputs)),
-                 repr(list(d.outputs)), d.name):
+                 repr(list(d.outputs)), repr({k: b.attrs["fill"] for k, b in d.buffers.items()}),
+                 repr(list(d.updates)), d.name):
         h.update(part.encode() + b"\0")
     _digest_graph({"roots": roots}, h)
     return h.hexdigest()
@@ -125,13 +127,15 @@ class Function:
         self.body: list[str] = []
         self.ntags = 0
         for n in self.sched.leaves:
-            src = "P" if n.op == "param" else "D"
-            self.views[n.id] = self._array(src, n.name, n.shape, n.dtype, f"{src}_{namer(n)}")
+            # buffers (running statistics) are the trainer's, read by name from the workspace
+            src, prefix = {"param": ("P", "P"), "buffer": ("_ws.running", "R")}.get(n.op, ("D", "D"))
+            self.views[n.id] = self._array(src, n.name, n.shape, n.dtype, f"{prefix}_{namer(n)}")
         self.buffer_views = [self._array("buffer", k, shape, dtype, f"b{k}")
                              for k, (shape, dtype) in enumerate(self.sched.buffers)]
         self.results: list[int] = []  # array index of each root
         self.check: int | None = None  # array index of the label checks' record (which check, label)
         self.checks: list[tuple] = []  # per range check: _bad_label's arguments after the value
+        self.rng: int | None = None  # the first of the io slots holding (seed, step), if it draws numbers
         self._compile()
 
     # -- the ctx interface used by codegen.cython.kernels ---------------------------------
@@ -146,6 +150,14 @@ class Function:
     def tag(self) -> str:
         self.ntags += 1
         return f"k{self.ntags}"
+
+    def rng_slot(self) -> int:
+        """The first of four io slots where the wrapper puts the seed and the step count (32-bit
+        halves), reserved on first use; the generator's C is then defined before this function."""
+        if self.rng is None:
+            self.rng, self.io_slots = self.io_slots, self.io_slots + 4
+            self.helper_fns.append(PHILOX)
+        return self.rng
 
     def label_check(self, n: Node) -> tuple[str, int]:
         """The C name of the int64 pair where one-hot or embedding ``n`` records its first
@@ -218,7 +230,7 @@ class Function:
         if self.check is not None:
             lines.append(f"    {self.arrays[self.check][4]}[0] = 0;")
         lines += ["    " + line for line in self.body]
-        if self.name in ("gradients", "loss"):
+        if self.name in ("gradients", "loss", "evaluate"):
             loss = self.views[self.roots[0].id]
             lines.append(f"    io[0] = (double){loss.base()}[0];")
         lines += ["    (void)B; (void)io;", "    return 0;", "}", ""]
@@ -287,13 +299,16 @@ def emit(spec: Spec) -> str:
     """The ``.pyx`` source for ``spec`` (see ``codegen.spec``)."""
     d = spec.derivation
     pnames = list(d.params)
-    loss, grads, outs = spec.roots()
+    loss, grads, outs, updates = spec.roots()
     namer, eqs = model_namer(d)
     printer = KernelPrinter(spec.dtype)
-    fns = [Function("gradients", [loss, *grads], namer, printer, eqs),
+    fns = [Function("gradients", [loss, *grads, *updates], namer, printer, eqs),
            Function("loss", [loss], namer, printer, eqs)]
     if outs:
         fns.append(Function("predict", outs, namer, printer, eqs))
+    evaluate = spec.evaluate_root()  # None: the training loss serves evaluate (the runtime's fallback)
+    if evaluate is not None:
+        fns.append(Function("evaluate", [evaluate], namer, printer, eqs))
     update = _update(spec, pnames, printer)
     from codegen.cython import module
 

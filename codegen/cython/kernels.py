@@ -351,6 +351,17 @@ def emit_concat(ctx, n: Node, out: View, *xs: View) -> list[str]:
     return lines
 
 
+def emit_dropout_mask(ctx, n: Node, out: View) -> list[str]:
+    """A dropout mask, bit for bit what ``symbp.ops.random`` specifies (``sb_dropout_mask`` in
+    ``printer.PHILOX``); (seed, step) arrive in four io slots as 32-bit halves (exact in a double)."""
+    from symbp.ops.random import keep_threshold
+
+    k, rate = ctx.rng_slot(), n.attrs["rate"]
+    return [f"sb_dropout_mask({out.base()}, {cexpr(size(n.shape))}, (uint64_t)io[{k}] | ((uint64_t)io[{k + 1}] << 32), "
+            f"(uint64_t)io[{k + 2}] | ((uint64_t)io[{k + 3}] << 32), {n.attrs['stream']}ull, "
+            f"{keep_threshold(rate)}u, (sb_real){1.0 / (1.0 - rate)!r});"]
+
+
 EMIT = {
     "dot": emit_dot,
     "sum": emit_reduce("sum"),
@@ -359,6 +370,7 @@ EMIT = {
     "onehot": emit_onehot,
     "unslice": emit_unslice,
     "concat": emit_concat,
+    "dropout_mask": emit_dropout_mask,
     "const": lambda ctx, n, out: fill(out, ctx.printer.literal(n.attrs["value"]), ctx.tag()),
 }
 """Ops that compute into their own buffer. Elementwise ops are printed from their formula."""
@@ -369,6 +381,7 @@ VIEWS = {
     "broadcast_like": lambda n, g, ref: broadcast_view(expand_view(g, n.attrs["axes"]), n.shape),
     "slice": lambda n, x: slice_view(x, n.attrs["index"]),
     "stop_gradient": lambda n, x: x,
+    "batch_stat": lambda n, x, running: x,  # the training form; inference mode reads the running value
     "reshape": lambda n, x: dense(x.ptr, n.shape, x.ctype).with_(offset=x.offset),  # contiguous x only
 }
 """Ops that only re-describe their first input's storage (no code, no buffer)."""

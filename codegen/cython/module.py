@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from codegen.spec import LABEL_ERROR
 
-NAMES = {"gradients": 0, "loss": 1, "predict": 2, "update": 3}
+NAMES = {"gradients": 0, "loss": 1, "predict": 2, "update": 3, "evaluate": 4}
 BEGIN, END = "/* symbp:kernels-begin */", "/* symbp:kernels-end */"
 """Markers around the C kernels, which codegen.cython.build compiles as their own file."""
 
@@ -119,11 +119,14 @@ def render(spec, fns, update: list[str], pnames: list[str], helpers: str, ctype:
     lines += ["    void sb_set_gemm(void *f)", "    int sb_run(int fn, void **a, double *io, long B) nogil", "",
               "sb_set_gemm(<void *>_gemm)", ""]
     lines += spec.constants()
-    lines.append(f"FUNCTIONS = {tuple(NAMES)!r}")
+    emitted = {f.name for f in fns}
+    lines.append(f"FUNCTIONS = {tuple(k for k in NAMES if k != 'evaluate' or k in emitted)!r}")
     tables = {f.name: tuple((src, shape, "i" if dt == "int64" else "f") for src, _, shape, dt, _ in f.arrays)
               for f in fns}
     update_arrays = tuple(("P", spec.derivation.params[k].shape, "f") for k in pnames) * (2 + len(spec.optimizer.slots))
     arrays = tuple(tables.get(name, ()) for name in ("gradients", "loss", "predict")) + (update_arrays,)
+    if "evaluate" in tables:  # an inference-mode loss of its own (else ``loss`` serves evaluate)
+        arrays += (tables["evaluate"],)
     lines.append(f"_ARRAYS = {arrays!r}")
     if any(f.checks for f in fns):
         lines += LABEL_ERROR.splitlines()
@@ -167,6 +170,7 @@ _DOCS = {
     "gradients": "Forward and backward pass: returns (loss, {parameter: gradient}).",
     "loss": "Forward pass only: returns the loss.",
     "predict": "Forward pass to the named outputs: returns {output: array}.",
+    "evaluate": "Forward pass in inference mode (no dropout): returns the loss.",
 }
 
 
@@ -179,6 +183,11 @@ def _function(f, spec) -> list[str]:
     lines.append(f"    bufs, meta, addrs = _prepare(_ws.buffers(B), {NAMES[f.name]}, B)")
     leaves = ", ".join(f"{src}[{key!r}]" for src, key, *_ in f.arrays[:nleaves])
     lines += _state_in(f, nleaves)
+    if f.rng is not None:  # (seed, step count) of the random numbers drawn, as 32-bit halves
+        k = f.rng
+        lines += ["    seed, step = _ws.rng",
+                  f"    io[{k}], io[{k + 1}], io[{k + 2}], io[{k + 3}] = "
+                  "seed & 0xffffffff, seed >> 32, step & 0xffffffff, step >> 32"]
     lines.append(f"    _run({NAMES[f.name]}, [{leaves}], meta, addrs, io, B)")
     if f.check is not None:  # a one-hot met a label out of range: (which check, the label)
         lines += [f"    if bufs[{f.check - nleaves}][0]:",
@@ -187,8 +196,10 @@ def _function(f, spec) -> list[str]:
     lines += _state_out(f, nleaves)
     res = [f"bufs[{k - nleaves}]" for k in f.results]
     if f.name == "gradients":
+        # the buffers' new values, for ``step``: the runtime puts the old ones back after any other call
+        lines += [f"    _ws.running[{k!r}] = {r}" for k, r in zip(d.updates, res[1 + len(d.params):])]
         lines.append("    return io[0], {" + ", ".join(f"{k!r}: {r}" for k, r in zip(d.params, res[1:])) + "}")
-    elif f.name == "loss":
+    elif f.name in ("loss", "evaluate"):
         lines.append("    return io[0]")
     else:
         lines.append("    return {" + ", ".join(f"{k!r}: {r}" for k, r in zip(d.outputs, res)) + "}")

@@ -17,6 +17,58 @@ from symbp.ops import scalar as S
 CTYPES = {"float32": "float", "float64": "double"}
 
 
+PHILOX = """#ifndef SB_PHILOX
+#define SB_PHILOX
+/* Philox-4x64-10 (Random123; numpy.random.Philox): the block of counter c under key (k0, k1),
+   in place. The generator of symbp.ops.random; the NumPy backend calls numpy's. */
+static inline uint64_t sb_mulhilo(uint64_t a, uint64_t b, uint64_t *hi) {
+#if defined(__SIZEOF_INT128__)
+    unsigned __int128 p = (unsigned __int128)a * b;
+    *hi = (uint64_t)(p >> 64);
+    return (uint64_t)p;
+#else
+    uint64_t al = a & 0xffffffffu, ah = a >> 32, bl = b & 0xffffffffu, bh = b >> 32;
+    uint64_t ll = al * bl, lh = al * bh, hl = ah * bl, hh = ah * bh;
+    uint64_t mid = (ll >> 32) + (lh & 0xffffffffu) + (hl & 0xffffffffu);
+    *hi = hh + (lh >> 32) + (hl >> 32) + (mid >> 32);
+    return a * b;
+#endif
+}
+static inline void sb_philox(uint64_t c[4], uint64_t k0, uint64_t k1) {
+    for (int r = 0; r < 10; r++) {
+        uint64_t hi0, hi1;
+        const uint64_t lo0 = sb_mulhilo(0xD2E7470EE14C6C93ull, c[0], &hi0);
+        const uint64_t lo1 = sb_mulhilo(0xCA5A826395121157ull, c[2], &hi1);
+        c[0] = hi1 ^ c[1] ^ k0; c[1] = lo1; c[2] = hi0 ^ c[3] ^ k1; c[3] = lo0;
+        k0 += 0x9E3779B97F4A7C15ull; k1 += 0xBB67AE8584CAA73Bull;
+    }
+}
+/* A dropout mask: element i kept (scale) when its 32 bits reach thr, else 0; block b (counter
+   (1 + b, stream, step, 0)) gives elements 8b..8b+7, the low half of each word first. The bits
+   are made in chunks of 64 blocks by a branch-free loop that gcc vectorises across blocks
+   (8x faster than a block at a time; writing the reals there directly kept double from it). */
+static void sb_dropout_mask(sb_real *restrict out, long n, uint64_t key, uint64_t step, uint64_t stream,
+                            uint32_t thr, sb_real scale) {
+    uint32_t u[512];
+    for (long base = 0; base < n; base += 512) {
+        const long m = n - base < 512 ? n - base : 512;
+        for (long b = 0; b < (m + 7) / 8; b++) {
+            uint64_t c[4] = {(uint64_t)(base / 8 + b) + 1, stream, step, 0};
+            sb_philox(c, key, 0);
+            for (int j = 0; j < 4; j++) {
+                u[8 * b + 2 * j] = (uint32_t)c[j];
+                u[8 * b + 2 * j + 1] = (uint32_t)(c[j] >> 32);
+            }
+        }
+        for (long j = 0; j < m; j++)
+            out[base + j] = u[j] >= thr ? scale : (sb_real)0;
+    }
+}
+#endif
+"""
+"""C of the counter-based generator, defined once in a module whatever function uses it first."""
+
+
 def helpers(dtype: str) -> str:
     """C definitions of the stable scalar helpers for ``dtype`` (one copy per module)."""
     f = "f" if dtype == "float32" else ""

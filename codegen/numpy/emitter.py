@@ -14,6 +14,7 @@ from codegen.naming import Namer, equation_comment, model_namer
 from codegen.numpy import (
     conv,
     loops,  # recurrences: their loops are emitted by their own module
+    random,
     sequence,
 )
 from codegen.numpy.printer import KernelWriter, Scratch, literal, scalar_code
@@ -22,7 +23,7 @@ from symbp.autodiff.schedule import schedule
 from symbp.ir import Node
 from symbp.ops import scalar as S
 
-VIEWS = frozenset({"transpose", "expand_dims", "broadcast_like", "reshape", "slice", "stop_gradient"}) \
+VIEWS = frozenset({"transpose", "expand_dims", "broadcast_like", "reshape", "slice", "stop_gradient", "batch_stat"}) \
     | loops.VIEWS
 
 
@@ -107,10 +108,12 @@ EMIT = {
     "reshape": lambda n, x: f"{x}.reshape({_dims(tuple(-1 if d is None else d for d in n.shape))})",
     "slice": lambda n, x: f"{x}[{_index(n.attrs['index'])}]",
     "stop_gradient": lambda n, x: x,
+    "batch_stat": lambda n, x, running: x,  # the training form; inference mode reads the running value
     **loops.EMIT,
 }
 EMIT.update(conv.EMIT)
 EMIT.update(sequence.EMIT)
+EMIT.update(random.EMIT)
 
 
 class Function:
@@ -147,12 +150,16 @@ def emit(spec: Spec) -> str:
     """The NumPy module for ``spec`` (see ``codegen.spec``)."""
     d = spec.derivation
     pnames = list(d.params)
-    loss, grads, outs = spec.roots()
+    loss, grads, outs, updates = spec.roots()
     namer, eqs = model_namer(d)
     scratch = Scratch()
-    fns = [Function("gradients", [loss, *grads], namer, scratch, eqs), Function("loss", [loss], namer, scratch, eqs)]
+    fns = [Function("gradients", [loss, *grads, *updates], namer, scratch, eqs),
+           Function("loss", [loss], namer, scratch, eqs)]
     if outs:
         fns.append(Function("predict", outs, namer, scratch, eqs))
+    evaluate = spec.evaluate_root()  # None: the training loss serves evaluate (the runtime's fallback)
+    if evaluate is not None:
+        fns.append(Function("evaluate", [evaluate], namer, scratch, eqs))
     for f in fns:
         f.compile_body()
     lines = [*spec.header("NumPy"), "import math", "", "import numpy as np", "", *spec.constants(), ""]
@@ -161,6 +168,8 @@ def emit(spec: Spec) -> str:
               "                     dtype=DTYPE if k == 'float' else np.int64) for s, k in shapes]", ""]
     if any("_bad_label(" in line for f in fns for line in f.body):
         lines += LABEL_ERROR.splitlines()
+    if any("_dropout_mask(" in line for f in fns for line in f.body):
+        lines += random.HELPER.splitlines()
     lines.append(f"_SCRATCH = {[(s, 'float') for _, s in scratch.specs()]!r}")
     # Buffers live in the caller's workspace (the last argument, ``_ws``: the runtime's
     # Workspace), in its table for the call's batch size (``_mem``), never in this module:
@@ -173,8 +182,9 @@ def emit(spec: Spec) -> str:
               "    if fn not in _mem:",
               "        _mem[fn] = (_alloc(shapes, B), _alloc(_SCRATCH, B))",
               "    return _mem[fn]", ""]
-    results = {"gradients": (loss, dict(zip(pnames, grads))), "loss": (loss, None),
-               "predict": (None, dict(zip(d.outputs, outs)))}
+    results = {"gradients": (loss, dict(zip(pnames, grads)), dict(zip(d.updates, updates))),
+               "loss": (loss, None, {}), "predict": (None, dict(zip(d.outputs, outs)), {}),
+               "evaluate": (evaluate, None, {})}
     for f in fns:
         lines += ["", f"_{f.name.upper()} = {f.sched.buffers!r}", "", ""]
         lines += _function(f, namer, scratch, d, results[f.name], spec)
@@ -186,14 +196,19 @@ _DOCS = {
     "gradients": "Forward and backward pass: returns (loss, {parameter: gradient}).",
     "loss": "Forward pass only: returns the loss.",
     "predict": "Forward pass to the named outputs: returns {output: array}.",
+    "evaluate": "Forward pass in inference mode (no dropout): returns the loss.",
 }
+
+
+_SOURCES = {"input": "D", "param": "P", "buffer": "_ws.running"}
+"""Where a function reads each kind of leaf: data, parameters, the trainer's buffers."""
 
 
 def _function(f: Function, namer: Namer, scratch: Scratch, d, result, spec: Spec) -> list[str]:
     lines = [f"def {f.name}(P, D, _ws):", f'    """{_DOCS[f.name]}"""']
     read_inputs = [n for n in f.sched.leaves if n.op == "input"]
     for n in f.sched.leaves:
-        src = "D" if n.op == "input" else "P"
+        src = _SOURCES[n.op]
         lines.append(f"    {namer(n)} = {src}[{n.name!r}]")
     batch_src = next((namer(n) for n in read_inputs if n.shape[:1] == (None,)), None)
     lines.append(f"    B = {batch_src}.shape[0]" if batch_src else "    B = 1")
@@ -203,11 +218,13 @@ def _function(f: Function, namer: Namer, scratch: Scratch, d, result, spec: Spec
     if names:
         lines.append(f"    {', '.join(names)}, = _s")
     lines += ["    " + line for line in f.body]
-    loss, table = result
+    loss, table, updates = result
+    # the buffers' new values, for ``step``: the runtime puts the old ones back after any other call
+    lines += [f"    _ws.running[{k!r}] = {namer(v)}" for k, v in updates.items()]
     if f.name == "gradients":
         grads = ", ".join(f"{k!r}: {namer(v)}" for k, v in table.items())
         lines.append(f"    return float({namer(loss)}), {{{grads}}}")
-    elif f.name == "loss":
+    elif f.name in ("loss", "evaluate"):
         lines.append(f"    return float({namer(loss)})")
     else:
         lines.append(f"    return {{{', '.join(f'{k!r}: {namer(v)}' for k, v in table.items())}}}")

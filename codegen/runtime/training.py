@@ -63,7 +63,7 @@ def evaluate(tr, data: dict, batch_size: int = 256) -> dict:
     for i in _batches(n, batch_size):
         b = {k: v[i:i + batch_size] for k, v in data.items()}
         size = len(next(iter(b.values())))
-        total += tr._run("loss", {k: b[k] for k in tr._needs("loss")}) * size
+        total += tr._run("evaluate", {k: b[k] for k in tr._needs("loss")}) * size  # inference mode
         if pair:
             correct += _correct(tr, b, pair)
     out = {"loss": total / n}
@@ -320,6 +320,21 @@ def read_carries(path, arrays: dict, meta: dict) -> dict | None:
         raise DataError(f"{path}: the carried state {', '.join(map(repr, lost))} is missing")
     return {loop: tuple(to_numbers(path, f"carried state 'carry.{loop}.{k}'", arrays[f"carry.{loop}.{k}"], None)
                         for k in range(c)) for loop, c in counts.items()}
+
+
+def read_buffers(tr, path, arrays: dict, meta: dict) -> dict | None:
+    """The buffers (running statistics) by name, as ``save`` wrote them (``buffer.<name>``);
+    None when the file does not list them (a bare weights file): the trainer keeps its own."""
+    names = meta.get("buffers")
+    if names is None:
+        return None
+    shapes = tr.buffers._shapes
+    if not isinstance(names, list) or sorted(names) != sorted(shapes):
+        raise DataError(f"{path}: holds the buffers {names!r}; this model's are {list(shapes)!r}")
+    lost = [f"buffer.{k}" for k in names if f"buffer.{k}" not in arrays]
+    if lost:
+        raise DataError(f"{path}: the buffer(s) {', '.join(map(repr, lost))} are missing")
+    return {k: to_numbers(path, f"buffer 'buffer.{k}'", arrays[f"buffer.{k}"], shapes[k]) for k in names}
 
 
 def write_npz(path, arrays: dict) -> None:

@@ -8,17 +8,18 @@ Stage: the model API, after the op library. May import ``symbp.ir``, ``symbp.ops
 ``symbp.model``; never ``symbp.autodiff``, ``symbp.show`` or ``codegen``.
 
 To add a layer: a ``Layer`` subclass with ``apply(m, x)`` in the module of its family
-(``dense``, ``conv``, ``norm``, ``recurrent``, ``attention``; a new family gets a new
-module), built only from op functions, then export it below.
+(``dense``, ``conv``, ``norm``, ``dropout``, ``recurrent``, ``attention``; a new family gets
+a new module), built only from op functions, then export it below.
 """
 
 from symbp.layers.attention import Attention
 from symbp.layers.base import ACTIVATIONS, Layer, Residual, Sequential, activation
 from symbp.layers.conv import AvgPool2D, Conv2D, Flatten, GlobalAvgPool2D, MaxPool2D
 from symbp.layers.dense import Dense, Embedding
-from symbp.layers.norm import LayerNorm
+from symbp.layers.dropout import Dropout
+from symbp.layers.norm import BatchNorm, LayerNorm
 from symbp.layers.recurrent import GRU, LSTM, Bidirectional, Recurrent, SimpleRNN, masked_softmax_cross_entropy
 
-__all__ = ["ACTIVATIONS", "Attention", "Bidirectional", "GRU", "LSTM", "AvgPool2D", "Conv2D", "Dense", "Embedding",
-           "Flatten", "GlobalAvgPool2D", "Layer", "LayerNorm", "MaxPool2D", "Recurrent", "Residual", "Sequential",
-           "SimpleRNN", "activation", "masked_softmax_cross_entropy"]
+__all__ = ["ACTIVATIONS", "Attention", "BatchNorm", "Bidirectional", "GRU", "LSTM", "AvgPool2D", "Conv2D", "Dense",
+           "Dropout", "Embedding", "Flatten", "GlobalAvgPool2D", "Layer", "LayerNorm", "MaxPool2D", "Recurrent",
+           "Residual", "Sequential", "SimpleRNN", "activation", "masked_softmax_cross_entropy"]

@@ -5,10 +5,14 @@
     hs, (hT, cT) = sb.layers.LSTM(64, return_state=True)(x, initial_state=(h0, c0))
     hs, hT = sb.layers.GRU(64, return_state=True)(x, initial_state=h0)   # h0: (batch, 64)
     both = sb.layers.Bidirectional(sb.layers.LSTM(64))(x)        # (batch, T, 128)
+    h = sb.layers.LSTM(64, dropout=0.2, recurrent_dropout=0.2)(x)  # one mask per sequence each
     deep = sb.layers.Sequential([sb.layers.LSTM(64), sb.layers.LSTM(64)])(x)   # stacked
 
 Each layer's cell is traced once; its weights are shared across time. With a padding mask,
 a padded step keeps the previous state, so the last state is the state at the last real step.
+Dropout (training mode only) is variational (Gal & Ghahramani, 2016; Keras's): one mask per
+sequence, the same at every step, on the inputs (``dropout``) and on the state that enters the
+recurrent product h Wh (``recurrent_dropout``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 from symbp import ops
 from symbp.ir import Node, SymbpError, fmt_shape
 from symbp.layers.base import Layer, activation
+from symbp.ops.random import apply_mask, check_rate, dropout_mask
 from symbp.ops.scan import scan
 from symbp.ops.structural import reshape
 
@@ -32,6 +37,9 @@ class Recurrent(Layer):
             that order too (Keras's meaning): the same as the layer applied to ``x[:, ::-1]``.
         truncate: (k1, k2) truncated BPTT (see ``sb.scan``).
         stateful: carry the final state into the next batch (``tr.reset_state()`` to start over).
+        dropout: the fraction of input features dropped, one mask per sequence (training mode).
+        recurrent_dropout: the fraction of the state h dropped where it enters h Wh, one mask per
+            sequence (training mode); an LSTM's c and a GRU's state update keep all of h.
         init: initialiser of the weight matrices.
         name: prefix of the parameter names and the loop's label.
 
@@ -44,13 +52,16 @@ class Recurrent(Layer):
 
     def __init__(self, units: int, return_sequences: bool = True, return_state: bool = False,
                  go_backwards: bool = False, truncate: tuple | None = None, stateful: bool = False,
-                 init: str = "glorot_uniform", name: str | None = None):
+                 dropout: float = 0.0, recurrent_dropout: float = 0.0, init: str = "glorot_uniform",
+                 name: str | None = None):
         super().__init__(name)
         if not isinstance(units, int) or units < 1:
             raise SymbpError(f"layer {self.name!r}: units must be a positive int, got {units!r}")
         self.units, self.return_sequences = units, return_sequences
         self.return_state, self.go_backwards = bool(return_state), bool(go_backwards)
         self.truncate, self.stateful, self.init = truncate, stateful, init
+        self.dropout = check_rate(dropout, f"layer {self.name!r}: dropout")
+        self.recurrent_dropout = check_rate(recurrent_dropout, f"layer {self.name!r}: recurrent_dropout")
 
     def apply(self, m, x: Node, mask: Node | None = None, initial_state=None):
         if x.ndim != 3 or x.shape[0] is not None:
@@ -66,10 +77,19 @@ class Recurrent(Layer):
         Wx = m.param(f"{self.name}_Wx", (F, k * H), init=self.init)
         Wh = m.param(f"{self.name}_Wh", (H, k * H), init=self.init)
         b = m.param(f"{self.name}_b", (k * H,), init="zeros")
+        if self.dropout:  # one (batch, F) mask broadcast over time
+            keep_x = dropout_mask((None, F), self.dropout, f"{self.name}_x")
+            x = apply_mask(x, reshape(keep_x, (1, F)), label=f"{self.name}_x")
+        # made outside the step, the mask is one of the loop's captured inputs: the same at every t
+        keep_h = dropout_mask((None, H), self.recurrent_dropout, f"{self.name}_h") if self.recurrent_dropout else None
 
         def step(carry, inp):
             x_t, m_t = inp if mask is not None else (inp, None)
-            new = self.cell(carry, x_t, Wx, Wh, b)
+            if keep_h is None:
+                new = self.cell(carry, x_t, Wx, Wh, b)
+            else:
+                h = carry[0] if isinstance(carry, tuple) else carry
+                new = self.cell(carry, x_t, Wx, Wh, b, recurrent=apply_mask(h, keep_h, label=f"{self.name}_h"))
             if m_t is not None:  # padding keeps the previous state
                 keep = reshape(m_t, (1,))
                 new = tuple(keep * n + (1.0 - keep) * c for n, c in zip(new, carry)) \
@@ -102,7 +122,9 @@ class Recurrent(Layer):
                                  f"must be a float tensor of shape {fmt_shape((None, self.units))}, got {got}")
         return tuple(parts) if self.n_state > 1 else parts[0]
 
-    def cell(self, carry, x_t, Wx, Wh, b):
+    def cell(self, carry, x_t, Wx, Wh, b, recurrent=None):
+        """One step: the new carry from ``carry`` and ``x_t``; ``recurrent`` (the state h with
+        recurrent dropout applied, or None: h itself) is what multiplies Wh."""
         raise NotImplementedError
 
 
@@ -113,8 +135,9 @@ class SimpleRNN(Recurrent):
         super().__init__(units, **kw)
         self.act = globals()["activation"](activation, f"layer {self.name!r}")
 
-    def cell(self, h, x_t, Wx, Wh, b):
-        return self.act(x_t @ Wx + h @ Wh + b)
+    def cell(self, h, x_t, Wx, Wh, b, recurrent=None):
+        z = x_t @ Wx + (h if recurrent is None else recurrent) @ Wh + b
+        return z if self.act is None else self.act(z)  # None: "linear"
 
 
 class LSTM(Recurrent):
@@ -131,10 +154,10 @@ class LSTM(Recurrent):
         z = super().initial_state()
         return (z, super().initial_state())
 
-    def cell(self, carry, x_t, Wx, Wh, b):
+    def cell(self, carry, x_t, Wx, Wh, b, recurrent=None):
         h, c = carry
         H = self.units
-        z = x_t @ Wx + h @ Wh + b
+        z = x_t @ Wx + (h if recurrent is None else recurrent) @ Wh + b
         i, f, g, o = (z[:, k * H:(k + 1) * H] for k in range(4))
         c = ops.sigmoid(f + self.forget_bias) * c + ops.sigmoid(i) * ops.tanh(g)
         h = ops.sigmoid(o) * ops.tanh(c)
@@ -146,10 +169,10 @@ class GRU(Recurrent):
 
     n_gates = 3
 
-    def cell(self, h, x_t, Wx, Wh, b):
+    def cell(self, h, x_t, Wx, Wh, b, recurrent=None):
         H = self.units
         a = x_t @ Wx + b
-        u = h @ Wh
+        u = (h if recurrent is None else recurrent) @ Wh
         z = ops.sigmoid(a[:, 0:H] + u[:, 0:H])
         r = ops.sigmoid(a[:, H:2 * H] + u[:, H:2 * H])
         n = ops.tanh(a[:, 2 * H:] + r * u[:, 2 * H:])

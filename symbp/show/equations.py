@@ -228,7 +228,7 @@ class _Builder:
                 continue
             if not n.inputs:
                 disp[n.id] = (symbol(n.name, n.shape) if n.op in ("input", "param") else
-                              number(n.attrs.get("value", 0.0)))
+                              number(n.attrs["value"]) if n.op == "const" else show_op(n, []))
                 continue
             args = [None if a is None else disp[a.id] for a in self.args[n.id]]
             e = self.special[n.id][0](*args) if n.id in self.special else show_op(n, args)
