@@ -8,7 +8,7 @@ import keyword
 from symbp.ir import Node, sanitise
 
 MODULE_GLOBALS = {
-    "DTYPE", "MODEL", "INPUTS", "PARAMS", "OUTPUTS", "CLASSES", "SLOTS", "HYPER", "NEEDS", "TRUNCATED",
+    "DTYPE", "MODEL", "INPUTS", "PARAMS", "OUTPUTS", "BUFFERS", "CLASSES", "SLOTS", "HYPER", "NEEDS", "TRUNCATED",
     "FUNCTIONS", "STATE", "GRAD_NORMS", "gradients", "loss", "predict", "step",
 }
 """What a generated module defines at its top level: a local of the same name inside one of its
@@ -97,8 +97,8 @@ def model_namer(d) -> tuple[Namer, object]:
     from symbp.ir import topo_order
 
     eqs = d.equations()
-    forward = {n.id for n in topo_order([d.loss, *d.outputs.values()])}
+    forward = {n.id for n in topo_order([d.loss, *d.outputs.values(), *d.updates.values()])}
     namer = Namer(hints=equation_names(eqs), forward=forward)
-    for n in [*d.inputs.values(), *d.params.values()]:
+    for n in [*d.inputs.values(), *d.params.values(), *d.buffers.values()]:
         namer(n)
     return namer, eqs

@@ -50,16 +50,18 @@ class Spec:
     dtype: str = "float32"
 
     def roots(self) -> tuple:
-        """The optimised graph every backend emits: (loss, gradients in parameter order, outputs).
+        """The optimised graph every backend emits: (loss, gradients in parameter order, outputs,
+        the buffers' new values in buffer order), optimised together so they share their work.
 
-        The loss and gradients are in training mode (dropout masks numbered), the outputs
-        (``predict``) in inference mode (``symbp.autodiff.modes``)."""
+        The loss, gradients and buffers' new values are in training mode (dropout masks numbered),
+        the outputs (``predict``) in inference mode (``symbp.autodiff.modes``)."""
         from symbp.autodiff.modes import inference_form, training_form
         from symbp.autodiff.optimise import optimise
 
-        d, n = self.derivation, len(self.derivation.params)
-        roots = optimise([*training_form([d.loss, *d.grads.values()]), *inference_form(list(d.outputs.values()))])
-        return roots[0], roots[1:1 + n], roots[1 + n:]
+        d, n, k = self.derivation, len(self.derivation.params), len(self.derivation.outputs)
+        train = training_form([d.loss, *d.grads.values(), *d.updates.values()])
+        roots = optimise([*train[:1 + n], *inference_form(list(d.outputs.values())), *train[1 + n:]])
+        return roots[0], roots[1:1 + n], roots[1 + n:1 + n + k], roots[1 + n + k:]
 
     def evaluate_root(self) -> Node | None:
         """The loss in inference mode, optimised, for ``evaluate``; None when it is the training
@@ -112,7 +114,15 @@ class Spec:
             f"HYPER = {self.optimizer.hyper!r}",
             f"NEEDS = {self.needs()!r}",
             f"TRUNCATED = {d.truncated_loops()!r}",
-        ]
+        ] + ([f"BUFFERS = {({k: (b.shape, b.attrs['fill']) for k, b in d.buffers.items()})!r}",
+              f"BATCH_STATS = {self.batch_stats()!r}"]
+             if d.buffers else [])  # buffers: (shape, initial value); absent: none (the runtime's default)
+
+    def batch_stats(self) -> dict[str, int]:
+        """For each layer whose step normalises over the batch (``batch_stat``), how many values
+        of each feature one example gives: the runtime refuses a step whose batch gives one."""
+        return {n.label: n.attrs["per_example"] for n in topo_order([self.derivation.loss])
+                if n.op == "batch_stat"}
 
     def needs(self) -> dict[str, list[str]]:
         """The inputs each generated function reads."""
@@ -122,7 +132,7 @@ class Spec:
             ids = {n.id for n in topo_order(roots)}
             return [k for k, n in d.inputs.items() if n.id in ids]
 
-        return {"gradients": reads([d.loss]), "loss": reads([d.loss]),
+        return {"gradients": reads([d.loss, *d.updates.values()]), "loss": reads([d.loss]),
                 "predict": reads(list(d.outputs.values()))}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import weakref
 
 from symbp import init as initialisers
-from symbp.ir import DTYPES, Node, SymbpError, check_identifier, fmt_shape
+from symbp.ir import DTYPES, Node, SymbpError, check_identifier, fmt_shape, topo_order
 from symbp.ops.scan import traced_from
 
 FLOAT_DTYPES = ("float32", "float64")
@@ -31,6 +31,8 @@ class Model:
         self.inputs: dict[str, Node] = {}
         self.params: dict[str, Node] = {}
         self.outputs: dict[str, Node] = {}
+        self.buffers: dict[str, Node] = {}  # non-trainable state (running statistics)
+        self.updates: dict[str, Node] = {}  # buffer name -> the value ``step`` gives it
         self.loss: Node | None = None
         self.float_dtypes: dict[str, str] = {}  # input name -> "float32"/"float64" where declared
 
@@ -41,7 +43,8 @@ class Model:
 
     def _claim(self, name: str, what: str) -> str:
         check_identifier(name, what)
-        for kind, table in (("input", self.inputs), ("parameter", self.params), ("output", self.outputs)):
+        for kind, table in (("input", self.inputs), ("parameter", self.params), ("output", self.outputs),
+                            ("buffer", self.buffers)):
             if name in table:
                 raise SymbpError(f"model {self.name!r}: {what} name {name!r} is already used by an {kind}"
                                  if kind == "input" else
@@ -94,6 +97,42 @@ class Model:
         _OWNERS[n.id] = self
         return n
 
+    def buffer(self, name: str, shape, fill: float = 0.0) -> Node:
+        """Declare non-trainable state (e.g. running statistics): read by every pass, changed only
+        by ``step``, to the value given with ``assign``; saved and loaded with the weights.
+
+        Args:
+            name: its name in ``tr.buffers`` and in weights files.
+            shape: its full shape (no batch axis).
+            fill: its initial value, in every entry.
+        """
+        self._claim(name, "buffer")
+        shape = _check_shape(shape, f"buffer {name!r}")
+        if isinstance(fill, bool) or not isinstance(fill, (int, float)) or fill != fill or abs(fill) == float("inf"):
+            raise SymbpError(f"buffer {name!r}: fill must be a finite number, got {fill!r}")
+        n = Node("buffer", (), shape, "float", {"fill": float(fill)}, name=name)
+        self.buffers[name] = n
+        _OWNERS[n.id] = self
+        return n
+
+    def assign(self, buffer: Node, value: Node) -> None:
+        """Make every ``step`` replace ``buffer`` by ``value``, computed in training mode from the
+        step's batch and the buffer's old value (no gradient flows through it)."""
+        _check_node(value, "assign")
+        if not isinstance(buffer, Node) or buffer.op != "buffer" or self.buffers.get(buffer.name) is not buffer:
+            raise SymbpError(f"model {self.name!r}: assign() takes a buffer declared with m.buffer, "
+                             f"got {buffer.describe() if isinstance(buffer, Node) else type(buffer).__name__}")
+        if value.shape != buffer.shape or value.dtype != "float":
+            raise SymbpError(f"model {self.name!r}: buffer {buffer.name!r} has shape {fmt_shape(buffer.shape)}; "
+                             f"cannot assign it a value of shape {fmt_shape(value.shape)}")
+        if buffer.name in self.updates:
+            raise SymbpError(f"model {self.name!r}: buffer {buffer.name!r} is assigned twice")
+        if any(n.op == "input" and "role" in n.attrs for n in topo_order([value])):  # a step's placeholder
+            raise SymbpError(f"model {self.name!r}: buffer {buffer.name!r} cannot be updated from inside a "
+                             "recurrence (an sb.scan step): one value per step has no place to go; normalise "
+                             "outside the loop (or use LayerNorm inside it)")
+        self.updates[buffer.name] = value
+
     def layer_name(self, kind: str) -> str:
         """A fresh name for an unnamed layer of this kind: dense1, dense2, ... per model."""
         self._layers = getattr(self, "_layers", {})
@@ -101,7 +140,7 @@ class Model:
         while True:
             k += 1
             name = f"{kind}{k}"
-            if not any(p == name or p.startswith(name + "_") for p in (*self.params, *self.inputs)):
+            if not any(p == name or p.startswith(name + "_") for p in (*self.params, *self.inputs, *self.buffers)):
                 self._layers[kind] = k
                 return name
 

@@ -60,11 +60,12 @@ def graph_key(spec: Spec) -> str:
     entry built from the source it once produced.
     """
     d = spec.derivation
-    roots = [d.loss, *d.grads.values(), *d.outputs.values()]
+    roots = [d.loss, *d.grads.values(), *d.outputs.values(), *d.updates.values()]
     h = hashlib.sha256()
     for part in (_emitter_hash(), symbp.__version__, spec.dtype, repr(spec.optimizer.key()),
                  repr(sorted(spec.optimizer.hyper)), repr(list(d.params)), repr(list(d.inputs)),
-                 repr(list(d.outputs)), d.name):
+                 repr(list(d.outputs)), repr({k: b.attrs["fill"] for k, b in d.buffers.items()}),
+                 repr(list(d.updates)), d.name):
         h.update(part.encode() + b"\0")
     _digest_graph({"roots": roots}, h)
     return h.hexdigest()
@@ -126,8 +127,9 @@ class Function:
         self.body: list[str] = []
         self.ntags = 0
         for n in self.sched.leaves:
-            src = "P" if n.op == "param" else "D"
-            self.views[n.id] = self._array(src, n.name, n.shape, n.dtype, f"{src}_{namer(n)}")
+            # buffers (running statistics) are the trainer's, read by name from the workspace
+            src, prefix = {"param": ("P", "P"), "buffer": ("_ws.running", "R")}.get(n.op, ("D", "D"))
+            self.views[n.id] = self._array(src, n.name, n.shape, n.dtype, f"{prefix}_{namer(n)}")
         self.buffer_views = [self._array("buffer", k, shape, dtype, f"b{k}")
                              for k, (shape, dtype) in enumerate(self.sched.buffers)]
         self.results: list[int] = []  # array index of each root
@@ -297,10 +299,10 @@ def emit(spec: Spec) -> str:
     """The ``.pyx`` source for ``spec`` (see ``codegen.spec``)."""
     d = spec.derivation
     pnames = list(d.params)
-    loss, grads, outs = spec.roots()
+    loss, grads, outs, updates = spec.roots()
     namer, eqs = model_namer(d)
     printer = KernelPrinter(spec.dtype)
-    fns = [Function("gradients", [loss, *grads], namer, printer, eqs),
+    fns = [Function("gradients", [loss, *grads, *updates], namer, printer, eqs),
            Function("loss", [loss], namer, printer, eqs)]
     if outs:
         fns.append(Function("predict", outs, namer, printer, eqs))

@@ -381,6 +381,7 @@ VIEWS = {
     "broadcast_like": lambda n, g, ref: broadcast_view(expand_view(g, n.attrs["axes"]), n.shape),
     "slice": lambda n, x: slice_view(x, n.attrs["index"]),
     "stop_gradient": lambda n, x: x,
+    "batch_stat": lambda n, x, running: x,  # the training form; inference mode reads the running value
     "reshape": lambda n, x: dense(x.ptr, n.shape, x.ctype).with_(offset=x.offset),  # contiguous x only
 }
 """Ops that only re-describe their first input's storage (no code, no buffer)."""

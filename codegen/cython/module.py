@@ -196,6 +196,8 @@ def _function(f, spec) -> list[str]:
     lines += _state_out(f, nleaves)
     res = [f"bufs[{k - nleaves}]" for k in f.results]
     if f.name == "gradients":
+        # the buffers' new values, for ``step``: the runtime puts the old ones back after any other call
+        lines += [f"    _ws.running[{k!r}] = {r}" for k, r in zip(d.updates, res[1 + len(d.params):])]
         lines.append("    return io[0], {" + ", ".join(f"{k!r}: {r}" for k, r in zip(d.params, res[1:])) + "}")
     elif f.name in ("loss", "evaluate"):
         lines.append("    return io[0]")

@@ -23,7 +23,7 @@ from symbp.autodiff.schedule import schedule
 from symbp.ir import Node
 from symbp.ops import scalar as S
 
-VIEWS = frozenset({"transpose", "expand_dims", "broadcast_like", "reshape", "slice", "stop_gradient"}) \
+VIEWS = frozenset({"transpose", "expand_dims", "broadcast_like", "reshape", "slice", "stop_gradient", "batch_stat"}) \
     | loops.VIEWS
 
 
@@ -108,6 +108,7 @@ EMIT = {
     "reshape": lambda n, x: f"{x}.reshape({_dims(tuple(-1 if d is None else d for d in n.shape))})",
     "slice": lambda n, x: f"{x}[{_index(n.attrs['index'])}]",
     "stop_gradient": lambda n, x: x,
+    "batch_stat": lambda n, x, running: x,  # the training form; inference mode reads the running value
     **loops.EMIT,
 }
 EMIT.update(conv.EMIT)
@@ -149,10 +150,11 @@ def emit(spec: Spec) -> str:
     """The NumPy module for ``spec`` (see ``codegen.spec``)."""
     d = spec.derivation
     pnames = list(d.params)
-    loss, grads, outs = spec.roots()
+    loss, grads, outs, updates = spec.roots()
     namer, eqs = model_namer(d)
     scratch = Scratch()
-    fns = [Function("gradients", [loss, *grads], namer, scratch, eqs), Function("loss", [loss], namer, scratch, eqs)]
+    fns = [Function("gradients", [loss, *grads, *updates], namer, scratch, eqs),
+           Function("loss", [loss], namer, scratch, eqs)]
     if outs:
         fns.append(Function("predict", outs, namer, scratch, eqs))
     evaluate = spec.evaluate_root()  # None: the training loss serves evaluate (the runtime's fallback)
@@ -180,8 +182,9 @@ def emit(spec: Spec) -> str:
               "    if fn not in _mem:",
               "        _mem[fn] = (_alloc(shapes, B), _alloc(_SCRATCH, B))",
               "    return _mem[fn]", ""]
-    results = {"gradients": (loss, dict(zip(pnames, grads))), "loss": (loss, None),
-               "predict": (None, dict(zip(d.outputs, outs))), "evaluate": (evaluate, None)}
+    results = {"gradients": (loss, dict(zip(pnames, grads)), dict(zip(d.updates, updates))),
+               "loss": (loss, None, {}), "predict": (None, dict(zip(d.outputs, outs)), {}),
+               "evaluate": (evaluate, None, {})}
     for f in fns:
         lines += ["", f"_{f.name.upper()} = {f.sched.buffers!r}", "", ""]
         lines += _function(f, namer, scratch, d, results[f.name], spec)
@@ -197,11 +200,15 @@ _DOCS = {
 }
 
 
+_SOURCES = {"input": "D", "param": "P", "buffer": "_ws.running"}
+"""Where a function reads each kind of leaf: data, parameters, the trainer's buffers."""
+
+
 def _function(f: Function, namer: Namer, scratch: Scratch, d, result, spec: Spec) -> list[str]:
     lines = [f"def {f.name}(P, D, _ws):", f'    """{_DOCS[f.name]}"""']
     read_inputs = [n for n in f.sched.leaves if n.op == "input"]
     for n in f.sched.leaves:
-        src = "D" if n.op == "input" else "P"
+        src = _SOURCES[n.op]
         lines.append(f"    {namer(n)} = {src}[{n.name!r}]")
     batch_src = next((namer(n) for n in read_inputs if n.shape[:1] == (None,)), None)
     lines.append(f"    B = {batch_src}.shape[0]" if batch_src else "    B = 1")
@@ -211,7 +218,9 @@ def _function(f: Function, namer: Namer, scratch: Scratch, d, result, spec: Spec
     if names:
         lines.append(f"    {', '.join(names)}, = _s")
     lines += ["    " + line for line in f.body]
-    loss, table = result
+    loss, table, updates = result
+    # the buffers' new values, for ``step``: the runtime puts the old ones back after any other call
+    lines += [f"    _ws.running[{k!r}] = {namer(v)}" for k, v in updates.items()]
     if f.name == "gradients":
         grads = ", ".join(f"{k!r}: {namer(v)}" for k, v in table.items())
         lines.append(f"    return float({namer(loss)}), {{{grads}}}")

@@ -269,7 +269,7 @@ class Controls:
         if self.schedule is not None:
             history.setdefault("lr", []).append(self.tr.hyper["lr"])
         if self.stopping is not None:
-            self.stopped = self.stopping.update(epoch, metrics, self.tr.params)
+            self.stopped = self.stopping.update(epoch, metrics, weights(self.tr))
         return self.stopped
 
     def state(self) -> tuple[dict, dict]:
@@ -294,9 +294,9 @@ class Controls:
                 ("best", None), ("best_epoch", 0), ("wait", 0), ("stopped_epoch", 0)))
             best = {k[len("_best."):]: v for k, v in arrays.items() if k.startswith("_best.")}
             if es.restore_best and es.best is not None:
-                if set(best) != set(self.tr.params):
+                if set(best) != set(weights(self.tr)):
                     raise DataError(f"resume: {path} lacks the best weights early stopping kept")
-                shapes = self.tr.kernels.PARAMS
+                shapes = {**self.tr.kernels.PARAMS, **{f"buffer.{k}": s for k, s in self.tr.buffers._shapes.items()}}
                 es.best_params = {k: np.array(to_numbers(path, f"best weights '_best.{k}'", v, shapes[k]),
                                               dtype=self.tr.dtype) for k, v in best.items()}
 
@@ -308,7 +308,16 @@ class Controls:
         es = self.stopping
         if completed and es is not None and es.restore_best and es.best_params is not None:
             for k, v in es.best_params.items():
-                self.tr.params[k] = v
+                if k.startswith("buffer."):
+                    self.tr.buffers[k[len("buffer."):]] = v
+                else:
+                    self.tr.params[k] = v
+
+
+def weights(tr) -> dict:
+    """What early stopping keeps of the best epoch: the parameters, and the buffers (running
+    statistics, under ``buffer.<name>``: a dot cannot occur in a parameter name) that go with them."""
+    return {**tr.params, **{f"buffer.{k}": v for k, v in tr.buffers.items()}}
 
 
 NAMES = {"step": Step, "exponential": Exponential, "cosine": Cosine, "linear": Linear}

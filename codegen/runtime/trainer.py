@@ -8,8 +8,9 @@ labels are reported in the model's terms before any generated code runs.
 Weights files (``save``/``load``, checkpoints) are plain ``.npz``: parameters under their own
 names (``np.load(f)["W1"]``), optimiser slots under ``state.<slot>.<param>`` (a dot cannot
 occur in a parameter name), the carries of stateful recurrences under ``carry.<loop>.<k>``,
-and a JSON string under ``_meta`` (step count, hyperparameters, and for checkpoints the
-training loop's position). They are written atomically: a reader
+buffers (running statistics, which are weights too) under ``buffer.<name>``, and a JSON
+string under ``_meta`` (step count, hyperparameters, and for checkpoints the training loop's
+position). They are written atomically: a reader
 sees the previous file or the new one, never half of one (``training.write_npz``). Loading
 checks the whole file before it changes anything (``training.read_npz`` and the readers beside it).
 """
@@ -22,41 +23,18 @@ import threading
 
 import numpy as np
 
+from .values import (  # noqa: F401 - re-exported
+    DataError,
+    NonFiniteLoss,
+    Params,
+    _fmt,
+    check_batch_stats,
+    check_hyper,
+    to_numbers,
+)
 from .workspace import Workspace
 
 FORMAT = 1
-
-
-class DataError(ValueError):
-    """Data passed to a trainer does not fit the model's declared inputs."""
-
-
-class NonFiniteLoss(FloatingPointError):
-    """The loss became NaN or Inf; the parameters were not updated."""
-
-
-def _fmt(shape) -> str:
-    return "(" + ", ".join("batch" if d is None else str(d) for d in shape) + (",)" if len(shape) == 1 else ")")
-
-
-class Params(dict):
-    """Parameters by name. Assigning checks the shape and copies into the trainer's dtype."""
-
-    def __init__(self, shapes: dict, dtype, values: dict):
-        super().__init__()
-        self._shapes, self._dtype = shapes, dtype
-        for k, v in values.items():
-            self[k] = v
-
-    def __setitem__(self, name, value):
-        if name not in self._shapes:
-            raise KeyError(f"no parameter {name!r}; the parameters are {', '.join(self._shapes)}")
-        a = np.asarray(value)
-        if a.shape != tuple(self._shapes[name]):
-            raise DataError(f"parameter {name!r} has shape {_fmt(self._shapes[name])}, got an array of shape {a.shape}")
-        if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
-            raise DataError(f"parameter {name!r}: expected numbers, got dtype {a.dtype}")
-        super().__setitem__(name, np.array(a, dtype=self._dtype, order="C", copy=True))
 
 
 class Trainer:
@@ -83,6 +61,12 @@ class Trainer:
         self.carries: dict = {}  # stateful recurrences' final carries, by loop label
         self.grad_norms: dict = {}  # filled by gradient passes: ||dL/dh_t|| per loop
         self.workspace = Workspace(self.carries, self.grad_norms)
+        # Non-trainable state (running statistics), by name; assignable like params. Only step
+        # changes it: the kernels replace entries, and the runtime puts them back after other calls.
+        buffers = getattr(kernels, "BUFFERS", {})
+        self.buffers = Params({k: shape for k, (shape, _) in buffers.items()}, self.dtype,
+                              {k: np.full(shape, fill) for k, (shape, fill) in buffers.items()}, "buffer")
+        self.workspace.running = self.buffers
         # One call at a time: calls from two threads share this trainer's buffers, state and
         # step count, so they take turns (separate trainers run in parallel).
         self._lock = threading.RLock()
@@ -145,6 +129,7 @@ class Trainer:
         before another thread's call can overwrite the buffers they were computed in."""
         with self._lock:
             before = dict(self.carries)  # the kernels replace entries, never mutate them
+            buffers = dict(self.buffers)
             self.workspace.rng = (self.seed, self.t + 1)  # the next step's numbers, not advancing: gradcheck works
             try:
                 # a module has an evaluate (the loss in inference mode) only where it is not its loss
@@ -155,6 +140,7 @@ class Trainer:
                 return {k: np.array(v) for k, v in out.items()} if fn == "predict" else out
             finally:
                 self._set_carries(before)
+                dict.update(self.buffers, buffers)  # the same arrays: no copy, no check
 
     def _set_carries(self, carries: dict) -> None:
         self.carries.clear()
@@ -180,20 +166,24 @@ class Trainer:
 
     def _step(self, data: dict) -> float:
         """``step`` on data already checked by ``_batch`` (the training loop checks once)."""
+        if getattr(self.kernels, "BATCH_STATS", None):
+            check_batch_stats(self.kernels, data)
         with self._lock:  # the check too: another thread may set tr.hyper between it and the step
             check_hyper(self.hyper, "step()")  # a live dict: tr.hyper["lr"] = "fast" would fail in generated code
             self.t += 1
             self.workspace.rng = (self.seed, self.t)  # step t draws the numbers of (seed, t)
-            before = dict(self.carries)
+            before, buffers = dict(self.carries), dict(self.buffers)
             try:
                 loss = self.kernels.step(self.params, self.state, data, self.hyper, self.t, self.workspace)
             except DataError:  # found by the kernels' own checks (labels), before any update
                 self.t -= 1
                 self._set_carries(before)
+                dict.update(self.buffers, buffers)
                 raise
             if not math.isfinite(loss):
                 self.t -= 1
                 self._set_carries(before)
+                dict.update(self.buffers, buffers)
                 raise NonFiniteLoss(f"step {self.t + 1}: the loss is {loss}; the parameters were left as they "
                                     "were. Lower the learning rate, clip gradients (clip_norm=...), or check the "
                                     "inputs for NaN/Inf.")
@@ -227,8 +217,8 @@ class Trainer:
 
     # -- weights files --------------------------------------------------------------------
     def save(self, path, extra: dict | None = None, meta: dict | None = None) -> None:
-        """Write weights, optimiser state, step count, hyperparameters and the carried state of
-        stateful recurrences (``carry.<loop>.<k>``) to ``path`` (.npz).
+        """Write weights, buffers, optimiser state, step count, hyperparameters and the carried state
+        of stateful recurrences (``carry.<loop>.<k>``) to ``path`` (.npz).
 
         Args:
             path: the file; replaced atomically (temporary file in the same folder, then rename).
@@ -241,9 +231,11 @@ class Trainer:
         carries = self.carries
         for loop, values in carries.items():
             arrays.update({f"carry.{loop}.{k}": v for k, v in enumerate(values)})
+        arrays.update({f"buffer.{k}": v for k, v in self.buffers.items()})
         info = {"format": FORMAT, "model": self.kernels.MODEL, "dtype": str(self.dtype), "t": self.t, "seed": self.seed,
                 "hyper": self.hyper, "slots": list(self.kernels.SLOTS), "optimizer": self._optimizer_name(),
-                "carries": {loop: len(v) for loop, v in carries.items()}, **(meta or {})}
+                "carries": {loop: len(v) for loop, v in carries.items()}, "buffers": list(self.buffers),
+                **(meta or {})}
         arrays["_meta"] = np.array(json.dumps(info, sort_keys=True))
         arrays.update(extra or {})
         from .training import write_npz
@@ -267,7 +259,7 @@ class Trainer:
         Raises:
             DataError: the file is damaged or does not fit this trainer (the message names it).
         """
-        from .training import read_carries, read_npz, read_optimiser
+        from .training import read_buffers, read_carries, read_npz, read_optimiser
 
         arrays, meta = read_npz(path)
         if meta.get("model", self.kernels.MODEL) != self.kernels.MODEL:
@@ -281,11 +273,14 @@ class Trainer:
                 ([f"missing parameter(s) {', '.join(map(repr, missing))}"] if missing else [])
                 + ([f"unknown parameter(s) {', '.join(map(repr, extra))}"] if extra else [])))
         state = carries = None
+        buffers = read_buffers(self, path, arrays, meta)  # running statistics belong to the weights
         if not weights_only:
             state = read_optimiser(self, path, arrays, meta)
             carries = read_carries(path, arrays, meta)
         for k, v in params.items():
             self.params[k] = v
+        for k, v in (buffers or {}).items():
+            self.buffers[k] = v
         if state is not None:
             for slot, table in state.items():
                 self.state[slot].update({k: np.array(v, dtype=self.dtype, order="C") for k, v in table.items()})
@@ -367,30 +362,3 @@ class Trainer:
 
     def __repr__(self) -> str:
         return f"<Trainer {self.kernels.MODEL!r} dtype={self.dtype} params={list(self.params)} t={self.t}>"
-
-
-DECAY_RATES = ("momentum", "rho", "beta1", "beta2")
-"""Hyperparameters that must stay below 1 (as ``symbp.optim`` checks when one is created)."""
-
-
-def check_hyper(hyper: dict, where: str) -> None:
-    """Raise a DataError (starting with ``where``) unless every hyperparameter is a finite
-    non-negative number, and each decay rate below 1: the step would fail or diverge on it."""
-    for k, v in hyper.items():
-        if type(v) is float and 0.0 <= v < 1.0:  # the common case, first: this runs every step
-            continue
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
-                or not 0 <= v < math.inf or (k in DECAY_RATES and v >= 1):
-            raise DataError(f"{where}: hyperparameter {k} is {v!r}; expected a finite non-negative number"
-                            + (" below 1" if k in DECAY_RATES else ""))
-
-
-def to_numbers(path, what: str, a, shape):
-    """``a`` if it is a numeric array of ``shape`` (None stays None), else a DataError naming ``path``."""
-    if a is None:
-        return None
-    if a.dtype.kind not in "fiu":
-        raise DataError(f"{path}: {what} holds {a.dtype} values, not numbers")
-    if shape is not None and a.shape != tuple(shape):
-        raise DataError(f"{path}: {what} has shape {a.shape}; this model's is {tuple(shape)}")
-    return a

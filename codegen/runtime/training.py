@@ -322,6 +322,21 @@ def read_carries(path, arrays: dict, meta: dict) -> dict | None:
                         for k in range(c)) for loop, c in counts.items()}
 
 
+def read_buffers(tr, path, arrays: dict, meta: dict) -> dict | None:
+    """The buffers (running statistics) by name, as ``save`` wrote them (``buffer.<name>``);
+    None when the file does not list them (a bare weights file): the trainer keeps its own."""
+    names = meta.get("buffers")
+    if names is None:
+        return None
+    shapes = tr.buffers._shapes
+    if not isinstance(names, list) or sorted(names) != sorted(shapes):
+        raise DataError(f"{path}: holds the buffers {names!r}; this model's are {list(shapes)!r}")
+    lost = [f"buffer.{k}" for k in names if f"buffer.{k}" not in arrays]
+    if lost:
+        raise DataError(f"{path}: the buffer(s) {', '.join(map(repr, lost))} are missing")
+    return {k: to_numbers(path, f"buffer 'buffer.{k}'", arrays[f"buffer.{k}"], shapes[k]) for k in names}
+
+
 def write_npz(path, arrays: dict) -> None:
     """``np.savez`` to ``path`` atomically: a temporary file beside it, fsync, then rename.
 

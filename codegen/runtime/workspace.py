@@ -24,6 +24,7 @@ class Workspace:
 
     def __init__(self, state: dict, grad_norms: dict, keep: int = KEEP):
         self.state, self.grad_norms, self.keep = state, grad_norms, keep
+        self.running: dict = {}  # non-trainable state by name (the trainer's ``buffers``), read and replaced by name
         self.rng = (0, 1)  # (seed, step count) whose random numbers a call draws; set by the trainer
         self.fixed: dict = {}  # buffers that do not depend on the batch size (the update's scratch)
         self.batches: dict = {}  # batch size -> {key: buffers}, least recently used first

@@ -74,6 +74,8 @@ class Derivation:
         cotangents: forward node id -> its total cotangent node (d loss / d node).
         dtype: the float dtype the model's inputs declare ("float32"/"float64"), or None;
             ``sb.compile`` builds at it unless given a dtype.
+        buffers: non-trainable state by name (``Model.buffer``).
+        updates: buffer name -> the value ``step`` gives it (``Model.assign``).
     """
 
     name: str
@@ -84,6 +86,8 @@ class Derivation:
     outputs: dict[str, Node] = field(default_factory=dict)
     cotangents: dict[int, Node] = field(default_factory=dict)
     dtype: str | None = None
+    buffers: dict[str, Node] = field(default_factory=dict)
+    updates: dict[str, Node] = field(default_factory=dict)
 
     def equations(self):
         """The derived gradient equations (print them, or ``.latex()`` / Jupyter display)."""
@@ -130,7 +134,7 @@ def derive(model) -> Derivation:
         raise SymbpError(f"model {model.name!r}: call m.minimize(loss) before deriving")
     from symbp.ops.scan import name_loops  # here, not at the top: symbp.ops.scan derives its cells with vjp
 
-    name_loops([loss, *model.outputs.values()])
+    name_loops([loss, *model.outputs.values(), *model.updates.values()])
     params = dict(model.params)
     ancestors = {n.id for n in topo_order([loss])}
     unused = [name for name, p in params.items() if p.id not in ancestors]
@@ -146,4 +150,4 @@ def derive(model) -> Derivation:
         g.label = "d" + name
         out[name] = g
     return Derivation(model.name, loss, dict(model.inputs), params, out, dict(model.outputs), cotangents,
-                      model.dtype)
+                      model.dtype, dict(model.buffers), dict(model.updates))

@@ -14,7 +14,7 @@ import networkx as nx
 
 from symbp.ir import Node, to_networkx
 
-LEAVES = ("input", "param")
+LEAVES = ("input", "param", "buffer")
 
 
 @dataclass
@@ -27,7 +27,7 @@ class Schedule:
         view_of: node id -> the node whose storage it reads (for view ops).
         buffers: (shape, dtype) of each buffer; a None in a shape is the batch size.
         roots: the results, which stay live to the end.
-        leaves: the inputs and parameters read.
+        leaves: the inputs, parameters and buffers read.
     """
 
     order: list[Node]

@@ -17,9 +17,9 @@ from symbp.layers.base import ACTIVATIONS, Layer, Residual, Sequential, activati
 from symbp.layers.conv import AvgPool2D, Conv2D, Flatten, GlobalAvgPool2D, MaxPool2D
 from symbp.layers.dense import Dense, Embedding
 from symbp.layers.dropout import Dropout
-from symbp.layers.norm import LayerNorm
+from symbp.layers.norm import BatchNorm, LayerNorm
 from symbp.layers.recurrent import GRU, LSTM, Bidirectional, Recurrent, SimpleRNN, masked_softmax_cross_entropy
 
-__all__ = ["ACTIVATIONS", "Attention", "Bidirectional", "GRU", "LSTM", "AvgPool2D", "Conv2D", "Dense", "Dropout",
-           "Embedding", "Flatten", "GlobalAvgPool2D", "Layer", "LayerNorm", "MaxPool2D", "Recurrent", "Residual",
-           "Sequential", "SimpleRNN", "activation", "masked_softmax_cross_entropy"]
+__all__ = ["ACTIVATIONS", "Attention", "BatchNorm", "Bidirectional", "GRU", "LSTM", "AvgPool2D", "Conv2D", "Dense",
+           "Dropout", "Embedding", "Flatten", "GlobalAvgPool2D", "Layer", "LayerNorm", "MaxPool2D", "Recurrent",
+           "Residual", "Sequential", "SimpleRNN", "activation", "masked_softmax_cross_entropy"]

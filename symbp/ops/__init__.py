@@ -7,6 +7,7 @@
 - ``conv``: convolution and pooling (NHWC) with their gradient ops;
 - ``scan``: recurrences, a cell traced once and looped;
 - ``sequence``: embedding lookups (gather, scatter-add), one-hot, argmax, batched einsum/``@``;
+- ``stats``: running statistics (buffers) and the statistic that differs between modes;
 - ``nn``: reductions with numpy's names, the softmax family and losses, from the ops above;
 - ``random``: dropout, its masks drawn in the step from a counter-based generator (Philox).
 
@@ -65,6 +66,7 @@ from symbp.ops.nn import (  # noqa: F401
 from symbp.ops.random import dropout  # noqa: F401
 from symbp.ops.scan import scan  # noqa: F401
 from symbp.ops.sequence import argmax, einsum, embedding, one_hot  # noqa: F401
+from symbp.ops.stats import batch_stat  # noqa: F401
 from symbp.ops.structural import (  # noqa: F401
     concat,
     const,
