@@ -56,8 +56,8 @@ def main() -> None:
     print(f"numpy.random.Philox.random_raw alone: {raw * per_million:.2f} ms per million 32-bit numbers")
     for backend in ("numpy", "cython"):
         plain, drop = (sb.compile(model(args.n, r), backend=backend, dtype=args.dtype) for r in (0.0, 0.5))
-        t_plain = best_ms(lambda: plain.loss(x=X), args.repeat)
-        t_drop = best_ms(lambda: drop.loss(x=X), args.repeat)
+        t_plain = best_ms(lambda tr=plain: tr.loss(x=X), args.repeat)
+        t_drop = best_ms(lambda tr=drop: tr.loss(x=X), args.repeat)
         print(f"{backend:>7}: loss {t_plain:.2f} ms without dropout, {t_drop:.2f} ms with: "
               f"{(t_drop - t_plain) * per_million:.2f} ms per million numbers ({args.dtype})")
 

@@ -226,3 +226,13 @@ def test_emission_with_masks_is_deterministic(backend):
     first, second = (codegen.emit(codegen.Spec(_lstm("dropout_det", 0.3), sb.optim.SGD(lr=0.1), "float32"), backend)
                      for _ in range(2))  # the second build's node ids start higher: streams follow creation order
     assert first == second and "dropout_mask(" in first
+
+
+def test_a_mask_made_inside_a_step_is_refused():
+    m = sb.Model("dropout_in_step")
+    s = m.input("s", (3, 2))
+    ctx = m.param("ctx", (2,))
+    _, hs = sb.scan(lambda h, x_t: (h + x_t * sb.dropout(ctx, 0.5), h), s, sb.zeros((2,)), label="loop")
+    m.minimize(sb.sum(hs))
+    with pytest.raises(sb.SymbpError, match="scan 'loop': a dropout mask is made inside the step"):
+        sb.compile(sb.derive(m))

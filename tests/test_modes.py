@@ -10,6 +10,7 @@ import pytest
 
 import symbp as sb
 from symbp.autodiff.modes import inference_form
+from symbp.ir import topo_order
 from symbp.registry import OPS
 
 T, F, H = 4, 3, 5
@@ -64,3 +65,23 @@ def test_predict_and_evaluate_run_the_inference_form(backend, doubling, rng):
     np.testing.assert_allclose(tr.evaluate(batch)["loss"], tref.evaluate(batch)["loss"], rtol=1e-12)
     np.testing.assert_allclose(tr.loss(**batch), tplain.loss(**batch), rtol=1e-12)
     assert tr.loss(**batch) != pytest.approx(tr.evaluate(batch)["loss"])
+
+
+def test_a_recurrence_in_inference_mode_drops_its_dropout_mask():
+    """The cell is rewritten (h ⊙ M becomes h) and the mask it no longer reads stops being one
+    of the loop's inputs: inference never makes it."""
+    m = sb.Model("modes_rnn_mask")
+    s = m.input("s", (T, F))
+    h = sb.layers.GRU(H, recurrent_dropout=0.5, return_sequences=False, name="gru")(s)
+    m.output("h", h)
+    m.minimize(sb.sum(h))
+    d = sb.derive(m)
+
+    def loop(roots):
+        return next(n for n in topo_order(roots) if n.op == "scan")
+
+    before, after = loop([d.outputs["h"]]), loop(inference_form([d.outputs["h"]]))
+    assert [i.op for i in before.inputs].count("dropout_mask") == 1
+    assert len(after.inputs) == len(before.inputs) - 1
+    assert len(after.attrs["cell"].captured) == len(before.attrs["cell"].captured) - 1
+    assert not any(n.op == "dropout" for n in topo_order(after.attrs["cell"].forward_roots()))

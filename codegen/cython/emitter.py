@@ -308,7 +308,7 @@ def emit(spec: Spec) -> str:
         fns.append(Function("predict", outs, namer, printer, eqs))
     evaluate = spec.evaluate_root()  # None: the training loss serves evaluate (the runtime's fallback)
     if evaluate is not None:
-        fns.append(Function("evaluate", [evaluate], namer, printer, eqs))
+        fns.append(Function("evaluate", [evaluate], namer, printer))  # the equations show training mode
     update = _update(spec, pnames, printer)
     from codegen.cython import module
 

@@ -185,9 +185,9 @@ def _function(f, spec) -> list[str]:
     lines += _state_in(f, nleaves)
     if f.rng is not None:  # (seed, step count) of the random numbers drawn, as 32-bit halves
         k = f.rng
-        lines += ["    seed, step = _ws.rng",
+        lines += ["    _seed, _step = _ws.rng",
                   f"    io[{k}], io[{k + 1}], io[{k + 2}], io[{k + 3}] = "
-                  "seed & 0xffffffff, seed >> 32, step & 0xffffffff, step >> 32"]
+                  "_seed & 0xffffffff, _seed >> 32, _step & 0xffffffff, _step >> 32"]
     lines.append(f"    _run({NAMES[f.name]}, [{leaves}], meta, addrs, io, B)")
     if f.check is not None:  # a one-hot met a label out of range: (which check, the label)
         lines += [f"    if bufs[{f.check - nleaves}][0]:",

@@ -159,7 +159,7 @@ def emit(spec: Spec) -> str:
         fns.append(Function("predict", outs, namer, scratch, eqs))
     evaluate = spec.evaluate_root()  # None: the training loss serves evaluate (the runtime's fallback)
     if evaluate is not None:
-        fns.append(Function("evaluate", [evaluate], namer, scratch, eqs))
+        fns.append(Function("evaluate", [evaluate], namer, scratch))  # the equations show training mode
     for f in fns:
         f.compile_body()
     lines = [*spec.header("NumPy"), "import math", "", "import numpy as np", "", *spec.constants(), ""]

@@ -10,7 +10,7 @@ such ops has the very same graph (and generated code) in both modes.
 
 from __future__ import annotations
 
-from symbp.ir import Node, topo_order
+from symbp.ir import Node, SymbpError, topo_order
 from symbp.ops.scan import _backward, substitute
 from symbp.registry import opdef
 
@@ -45,8 +45,13 @@ def training_form(roots: list[Node]) -> list[Node]:
     Returns:
         The same nodes where no mask feeds them, else copies reading the numbered masks.
     """
-    masks = [n.id for n in topo_order([r for r in roots if r is not None]) if n.op == "dropout_mask"]
-    streams = {k: s for s, k in enumerate(masks)}
+    order = topo_order([r for r in roots if r is not None])
+    for n in order:  # the cell is one graph for every t: a mask made there would be one for all steps
+        if n.op == "scan" and any(c.op == "dropout_mask" for c in topo_order(n.attrs["cell"].forward_roots())):
+            raise SymbpError(f"scan {n.label!r}: a dropout mask is made inside the step; dropout inside a loop "
+                             "is not supported: apply it before or after the loop, or use the recurrent layers' "
+                             "dropout= and recurrent_dropout=")
+    streams = {n.id: s for s, n in enumerate(n for n in order if n.op == "dropout_mask")}
 
     def number(n: Node, ins: list[Node]) -> Node:
         if n.id not in streams:

@@ -37,11 +37,11 @@ class Recurrent(Layer):
             that order too (Keras's meaning): the same as the layer applied to ``x[:, ::-1]``.
         truncate: (k1, k2) truncated BPTT (see ``sb.scan``).
         stateful: carry the final state into the next batch (``tr.reset_state()`` to start over).
+        init: initialiser of the weight matrices.
+        name: prefix of the parameter names and the loop's label.
         dropout: the fraction of input features dropped, one mask per sequence (training mode).
         recurrent_dropout: the fraction of the state h dropped where it enters h Wh, one mask per
             sequence (training mode); an LSTM's c and a GRU's state update keep all of h.
-        init: initialiser of the weight matrices.
-        name: prefix of the parameter names and the loop's label.
 
     Calling it: ``layer(x, mask=None, initial_state=None)``; ``initial_state`` is a tensor of
     shape (batch, H) (an LSTM's a pair (h0, c0)), zeros when None. Gradients flow into it.
@@ -52,8 +52,8 @@ class Recurrent(Layer):
 
     def __init__(self, units: int, return_sequences: bool = True, return_state: bool = False,
                  go_backwards: bool = False, truncate: tuple | None = None, stateful: bool = False,
-                 dropout: float = 0.0, recurrent_dropout: float = 0.0, init: str = "glorot_uniform",
-                 name: str | None = None):
+                 init: str = "glorot_uniform", name: str | None = None, dropout: float = 0.0,
+                 recurrent_dropout: float = 0.0):
         super().__init__(name)
         if not isinstance(units, int) or units < 1:
             raise SymbpError(f"layer {self.name!r}: units must be a positive int, got {units!r}")

@@ -51,7 +51,7 @@ def _mask_shape(inputs, rate, shape, stream=0):
 # In inference mode a mask is its expectation, 1 (where dropout reads it, dropout is dropped).
 register(OpDef(
     "dropout_mask", "structural", shape=_mask_shape, vjp=lambda n, g: [],
-    show=lambda a, n: N.symbol(f"M_{n.label or 'drop'}", n.shape), inference=lambda n: const(1.0, n.shape),
+    show=lambda a, n: N.symbol(n.label or "M", n.shape), inference=lambda n: const(1.0, n.shape),
     # random, without inputs or a derivative: its tests draw masks on both backends (the registry's
     # equation checks cannot know its values)
     sample={"attrs": {"rate": 0.5, "shape": (None, 4)}, "shapes": [], "tested_by": "tests/test_dropout.py"}))
@@ -62,9 +62,11 @@ register(OpDef("dropout", "elementwise", formula=lambda x, mask: x * mask, vjp=E
 
 def dropout_mask(shape: tuple, rate: float, label: str | None = None) -> Node:
     """A fresh mask: 0 with probability ``rate``, else 1 / (1 - rate); a None in ``shape``
-    follows the batch size. Its numbers change every training step."""
+    follows the batch size. Its numbers change every training step. It reads ``M_<label>`` in
+    equations (inside a recurrence's cell too, where it is a captured input)."""
     rate = check_rate(rate, f"dropout {label!r}" if label else "dropout")
-    return Node("dropout_mask", (), tuple(shape), "float", {"rate": rate, "shape": tuple(shape)}, label=label)
+    return Node("dropout_mask", (), tuple(shape), "float", {"rate": rate, "shape": tuple(shape)},
+                label=f"M_{label or 'drop'}")
 
 
 def apply_mask(x: Node, mask: Node, label: str | None = None) -> Node:
