@@ -97,7 +97,7 @@ def model_namer(d) -> tuple[Namer, object]:
     from symbp.ir import topo_order
 
     eqs = d.equations()
-    forward = {n.id for n in topo_order([d.loss, *d.outputs.values()])}
+    forward = {n.id for n in topo_order(d.forward_roots())}
     namer = Namer(hints=equation_names(eqs), forward=forward)
     for n in [*d.inputs.values(), *d.params.values()]:
         namer(n)

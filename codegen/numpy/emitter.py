@@ -150,7 +150,8 @@ def emit(spec: Spec) -> str:
     loss, grads, outs = spec.roots()
     namer, eqs = model_namer(d)
     scratch = Scratch()
-    fns = [Function("gradients", [loss, *grads], namer, scratch, eqs), Function("loss", [loss], namer, scratch, eqs)]
+    fns = [Function("gradients", [loss, *grads], namer, scratch, eqs),
+           Function("loss", [loss], namer, scratch, eqs)] if spec.trains else []  # else inference only
     if outs:
         fns.append(Function("predict", outs, namer, scratch, eqs))
     for f in fns:
@@ -178,7 +179,8 @@ def emit(spec: Spec) -> str:
     for f in fns:
         lines += ["", f"_{f.name.upper()} = {f.sched.buffers!r}", "", ""]
         lines += _function(f, namer, scratch, d, results[f.name], spec)
-    lines += _step(spec, namer, pnames)
+    if spec.trains:
+        lines += _step(spec, namer, pnames)
     return "\n".join(lines) + "\n"
 
 
