@@ -19,7 +19,7 @@ from symbp.ops.scan import sources
 from symbp.optim import Optimizer
 
 FLOAT_DTYPES = ("float32", "float64")
-REARRANGING = ("slice", "reshape", "transpose", "expand_dims", "stop_gradient")
+REARRANGING = ("slice", "reshape", "transpose", "expand_dims", "stop_gradient", "ctc_labels")
 """Ops that move an input's values without changing them."""
 
 
@@ -73,7 +73,7 @@ class Spec:
         """For each int64 input used as class labels, the number of classes (to range-check)."""
         out = {}
         for n in topo_order(self.derivation.forward_roots()):
-            if n.op == "onehot":
+            if n.op == "onehot" and "lengths" not in n.attrs:  # lengths: checked where read, as lengths
                 src = n.inputs[0]
                 while src.op in REARRANGING:  # labels sliced or reshaped first: check them all
                     src = src.inputs[0]
@@ -143,9 +143,9 @@ LABEL_ERROR = '''
 DataError = ValueError  # the Trainer puts the runtime's own DataError (a ValueError) here
 
 
-def _bad_label(labels, depth, label, kind="label", reader="the classes of the one-hot that reads it"):
-    """Raise the error for a label (or id) outside 0..depth-1, naming the input it comes from."""
-    raise DataError(f"{labels}: {kind} {label} is outside 0..{depth - 1}, {reader}")
+def _bad_label(labels, depth, label, kind="label", reader="the classes of the one-hot that reads it", low=0):
+    """Raise the error for a label (or id, or length) outside low..depth-1, naming the input it comes from."""
+    raise DataError(f"{labels}: {kind} {label} is outside {low}..{depth - 1}, {reader}")
 
 '''
 """Python (valid Cython too) of a generated module whose one-hots check their labels."""
@@ -154,7 +154,10 @@ def _bad_label(labels, depth, label, kind="label", reader="the classes of the on
 def labels_of(reader: Node) -> str:
     """How a range error names the labels (or ids) a one-hot or an embedding reads: the user's
     input(s), found through slices, concatenations and loops (``symbp.ops.scan.sources``)."""
-    names = sources(next(i for i in reader.inputs if i.dtype == "int64"))
+    x = next(i for i in reader.inputs if i.dtype == "int64")
+    while x.op == "ctc_labels":  # its lengths only say which labels it checks
+        x = x.inputs[0]
+    names = sources(x)
     if not names:
         return "labels"
     return ("input " if len(names) == 1 else "inputs ") + ", ".join(map(repr, names))
@@ -162,7 +165,12 @@ def labels_of(reader: Node) -> str:
 
 def range_check(reader: Node) -> tuple:
     """The arguments (after the value) of ``_bad_label`` for an int input that ``reader`` (a
-    one-hot or an embedding lookup) reads: (labels, depth) or (labels, depth, kind, reader)."""
+    one-hot or an embedding lookup) reads: (labels, depth) or (labels, depth, kind, reader[, low])."""
+    if reader.op == "ctc_labels":  # a blank (0) within an example's label length
+        return (labels_of(reader), reader.attrs["classes"], "label", "the classes ctc_loss takes within an "
+                "example's label_lengths (0 is the blank, allowed only as padding past them)", 1)
+    if "lengths" in reader.attrs:
+        return labels_of(reader), reader.attrs["depth"], "length", "the lengths of " + reader.attrs["lengths"]
     if reader.op == "gather":
         table = reader.inputs[1]
         who = table.name or table.label  # inside a loop, a captured table is a placeholder labelled after it

@@ -17,7 +17,7 @@ from codegen.numpy import (
     sequence,
 )
 from codegen.numpy.printer import KernelWriter, Scratch, literal, scalar_code
-from codegen.spec import LABEL_ERROR, Spec, labels_of
+from codegen.spec import LABEL_ERROR, Spec, range_check
 from symbp.autodiff.schedule import schedule
 from symbp.ir import Node
 from symbp.ops import scalar as S
@@ -85,8 +85,10 @@ def _onehot(n, out, y):
     # labels themselves, not labels concatenated or read inside a loop. Negative labels wrap
     # past any class count as uint64, so one reduction checks both ends.
     depth = n.attrs["depth"]
+    labels, _, *rest = range_check(n)
     return [f"if {y}.view(np.uint64).max() >= {depth}:",
-            f"    _bad_label({labels_of(n)!r}, {depth}, {y}[({y} < 0) | ({y} >= {depth})].flat[0])",
+            f"    _bad_label({labels!r}, {depth}, {y}[({y} < 0) | ({y} >= {depth})].flat[0]"
+            + "".join(f", {a!r}" for a in rest) + ")",
             f"{out}.fill(0.0)", f"np.put_along_axis({out}, {y}[..., None], 1.0, axis=-1)"]
 
 
