@@ -10,7 +10,7 @@ parameter names and no loss (compiled for inference): its predict state carries 
 memory from one call to the next, so feeding the prompt a character at a time and then each
 drawn character gives what the whole text would, and the sample stays on topic.
 
-Run: python examples/char_rnn.py [--corpus zen|pydoc] [--seconds 60] [--steps N] [--temperature 0.5]
+Run: python examples/char_rnn.py [--corpus zen|pydoc] [--seconds 30] [--steps N] [--temperature 0.5]
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def sample(gen, chars: str, prompt: str, n: int, rng, temperature: float = 0.6) 
     return "".join(out)
 
 
-def main(seconds: float = 60.0, steps: int | None = None, hidden: int = 128, T: int = 64, k: int = 32,
+def main(seconds: float = 30.0, steps: int | None = None, hidden: int = 128, T: int = 64, k: int = 32,
          batch: int = 16, every: int = 0, prompt: str = "Beautiful is", length: int = 300,
          temperature: float = 0.5, backend: str = "cython", seed: int = 0, text: str = "zen") -> tuple[float, str]:
     """Train for ``seconds`` (or ``steps``), print samples every ``every`` steps (0: at the end only).
@@ -135,7 +135,7 @@ def main(seconds: float = 60.0, steps: int | None = None, hidden: int = 128, T: 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--corpus", default="zen", choices=("zen", "pydoc"))
     ap.add_argument("--hidden", type=int, default=128)

@@ -214,7 +214,8 @@ def ctc_loss(logits: Node, labels: Node, logit_lengths: Node, label_lengths: Nod
     start = St.concat([St.const(0.0, (None, 1)), St.const(_NEG, (None, 2 * S))], -1)
     # Names that make the equations read as the algorithm does.
     emit.label, skip.label, start.label = "ctc_emit", "ctc_skip", "ctc_start"
-    alpha, _ = scan(step, (emit, _before(logit_lengths, T, "ctc_time", f"ctc_loss's logits ({T} steps)")), start, label="ctc_alpha")
+    alive = _before(logit_lengths, T, "ctc_time", f"ctc_loss's logits ({T} steps)")
+    alpha, _ = scan(step, (emit, alive), start, label="ctc_alpha")
     # The paths end in the last label or the blank after it: states 2L-1 and 2L.
     ends = _lengths(label_lengths, S, f"ctc_loss's labels ({S} positions)")
     final = St.concat([_interleave(ends[:, :S], ends[:, 1:]), ends[:, S:]], -1)
