@@ -125,3 +125,30 @@ def test_a_model_needs_a_loss_or_outputs():
     m.input("x", (2,))
     with pytest.raises(sb.SymbpError, match="model 'empty': nothing to derive; call m.minimize"):
         sb.derive(m)
+
+
+def test_a_package_predicts_with_its_own_state(tmp_path, monkeypatch, rng, capsys):
+    """A standalone package of an inference model (no loss) keeps predict's state across calls
+    and resets it, like sb.compile's trainers (the same runtime, copied: the Cython kernels'
+    state handling is the in-process one above); its self-test checks its outputs."""
+    backend = "numpy"
+    out = sb.build(sb.derive(recurrences(2, False)), tmp_path / "pkg", backend=backend, dtype="float64", seed=2,
+                   name=f"rec_{backend}")
+    monkeypatch.syspath_prepend(str(out / "src"))
+    import importlib
+
+    pkg = importlib.import_module(f"rec_{backend}")
+    main = importlib.import_module(f"rec_{backend}.__main__")
+    tr = pkg.trainer()
+    whole = sb.compile(sb.derive(recurrences(2 * T, False)), dtype="float64", params=pkg.initial_weights())
+    xs, u = rng.normal(size=(B, 2 * T, F)), rng.normal(size=(B, 2))
+    want = whole.predict(s=xs, u=u)
+    for again in range(2):  # reset_state starts over
+        tr.reset_state()
+        got = [tr.predict(s=xs[:, t:t + 2], u=u) for t in range(0, 2 * T, 2)]
+        for k in KINDS:
+            np.testing.assert_allclose(np.concatenate([g[k] for g in got], axis=1), want[k], rtol=0, atol=1e-12)
+    assert sorted(tr.predict(s=xs[:, :2], u=u, outputs=["z", "gru"])) == ["gru", "z"]  # all inputs: no compiler
+    with pytest.raises(pkg.NoLoss, match="has no loss"):
+        tr.step(s=xs[:, :2], u=u)
+    assert main.selftest() and "no loss (inference only)" in capsys.readouterr().out

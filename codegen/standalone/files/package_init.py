@@ -19,6 +19,7 @@ import numpy as np
 
 from . import _kernels, schedules
 from .plots import plot_history
+from .inference import NoLoss
 from .trainer import DataError, NonFiniteLoss, Trainer
 
 WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights.npz")
@@ -49,5 +50,5 @@ def trainer(weights=None, float64: bool = False) -> Trainer:
     return tr
 
 
-__all__ = ["DTYPE", "DataError", "INPUTS", "MODEL", "NonFiniteLoss", "OUTPUTS", "PARAMS", "Trainer",
+__all__ = ["DTYPE", "DataError", "INPUTS", "MODEL", "NoLoss", "NonFiniteLoss", "OUTPUTS", "PARAMS", "Trainer",
            "initial_weights", "plot_history", "schedules", "trainer"]
