@@ -143,7 +143,7 @@ def test_a_package_predicts_with_its_own_state(tmp_path, monkeypatch, rng, capsy
     whole = sb.compile(sb.derive(recurrences(2 * T, False)), dtype="float64", params=pkg.initial_weights())
     xs, u = rng.normal(size=(B, 2 * T, F)), rng.normal(size=(B, 2))
     want = whole.predict(s=xs, u=u)
-    for again in range(2):  # reset_state starts over
+    for _ in range(2):  # reset_state starts over
         tr.reset_state()
         got = [tr.predict(s=xs[:, t:t + 2], u=u) for t in range(0, 2 * T, 2)]
         for k in KINDS:

@@ -9,8 +9,8 @@ offers (its ``INPUTS``/``PARAMS`` tables and functions); the loop's features go 
 ``training.py``.
 """
 
-from codegen.runtime.plots import plot_history
 from codegen.runtime.inference import NoLoss
+from codegen.runtime.plots import plot_history
 from codegen.runtime.trainer import DataError, NonFiniteLoss, Trainer
 from codegen.runtime.training import evaluate, fit
 

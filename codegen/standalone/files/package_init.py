@@ -18,8 +18,8 @@ import os
 import numpy as np
 
 from . import _kernels, schedules
-from .plots import plot_history
 from .inference import NoLoss
+from .plots import plot_history
 from .trainer import DataError, NonFiniteLoss, Trainer
 
 WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights.npz")

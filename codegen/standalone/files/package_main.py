@@ -12,9 +12,9 @@ import sys
 import numpy as np
 
 from . import DTYPE, INPUTS, MODEL, plot_history, trainer
+from .inference import NoLoss
 from .plots import need_matplotlib
 from .schedules import add_command_line, from_command_line
-from .inference import NoLoss
 from .trainer import DataError, NonFiniteLoss
 
 # Relative error tolerated between the compiled-dtype kernels and the float64 ones. float32
