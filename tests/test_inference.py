@@ -152,3 +152,17 @@ def test_a_package_predicts_with_its_own_state(tmp_path, monkeypatch, rng, capsy
     with pytest.raises(pkg.NoLoss, match="has no loss"):
         tr.step(s=xs[:, :2], u=u)
     assert main.selftest() and "no loss (inference only)" in capsys.readouterr().out
+
+
+def test_the_design_snippet_runs_verbatim(rng):
+    """The inference lines of DESIGN.md's "Sequences" block, as written there."""
+    m = sb.Model("design")
+    ids = m.input("ids", (T,), dtype="int64")
+    logits = sb.layers.Dense(6, name="out")(sb.layers.Embedding(9, 4, name="emb")(ids))
+    batch = {"ids": rng.integers(0, 9, (B, T))}
+    m.output("probs", sb.softmax(logits))                      # a model with outputs and no loss
+    tr = sb.compile(sb.derive(m))                              #   compiles for inference: predict only
+    tr.predict(**batch)                                        # {output name: array}
+    tr.predict(**batch, outputs=["probs"])                     # computes only what those need
+    assert tr.predict(**batch)["probs"].shape == (B, T, 6)
+    assert np.array_equal(tr.predict(**batch, outputs=["probs"])["probs"], tr.predict(**batch)["probs"])
