@@ -151,6 +151,12 @@ def test_cython_at_the_default_flags_equals_numpy(dtype, rng, monkeypatch):
             close(g_cy[k], g_ref[k], dtype, f"gradient of {k}")
         ref.step(**d)
         cy.step(**d)
+    from codegen.runtime.trainer import DataError
+
+    d["labels"][2, 2] = 0  # a blank within the label length (3) of example 2: the check's C at -O3
+    for tr in (ref, cy):
+        with pytest.raises(DataError, match=r"input 'labels': label 0 is outside 1\.\.4"):
+            tr.loss(**d)
 
 
 def test_an_impossible_alignment_gives_a_huge_finite_loss(rng):

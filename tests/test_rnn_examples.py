@@ -19,7 +19,7 @@ def test_char_rnn_learns_and_samples(capsys):
     # time from the inference model's predict state: it recites whole lines of the text (a
     # sampler that forgot its state between calls, as before, wrote gibberish).
     example = load("char_rnn")
-    loss, text = example.main(steps=800, hidden=64, T=32, k=16, batch=8, backend="numpy", temperature=0.2,
+    loss, text = example.main(seconds=600, steps=800, hidden=64, T=32, k=16, batch=8, backend="numpy", temperature=0.2,
                               length=150)
     assert loss < 0.5
     zen = {line for line in example.corpus("zen").splitlines() if len(line) > 15}
