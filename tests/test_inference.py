@@ -166,3 +166,10 @@ def test_the_design_snippet_runs_verbatim(rng):
     tr.predict(**batch, outputs=["probs"])                     # computes only what those need
     assert tr.predict(**batch)["probs"].shape == (B, T, 6)
     assert np.array_equal(tr.predict(**batch, outputs=["probs"])["probs"], tr.predict(**batch)["probs"])
+
+
+def test_gradcheck_says_an_inference_model_has_no_loss():
+    m = sb.Model("inf")
+    m.output("y", m.input("x", (2,)) @ m.param("W", (2, 2)))
+    with pytest.raises(sb.SymbpError, match="model 'inf' has no loss .*: no gradients to check"):
+        sb.gradcheck(m, {"x": np.ones((1, 2))})
