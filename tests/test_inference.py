@@ -71,7 +71,7 @@ def test_a_step_at_a_time_equals_whole_apart_from_training_state(trainers, rng):
     before = {k: [a.copy() for a in v] for k, v in whole.carries.items()}
     whole.predict(s=xs[:, :T], u=data["u"])  # predict leaves training's state alone
     assert all(np.array_equal(a, b) for k in before for a, b in zip(before[k], whole.carries[k]))
-    # reset_state starts both over: predict gives its first answer again, and step its first loss
+    # reset_state starts both over: predict gives its first answer again
     whole.reset_state()
     assert not whole.carries and not whole.predict_carries
     again = whole.predict(s=xs[:, :T], u=data["u"])
