@@ -71,6 +71,10 @@ def sample(gen, chars: str, prompt: str, n: int, rng, temperature: float = 0.6) 
         The prompt and the drawn characters.
     """
     index = {c: i for i, c in enumerate(chars)}
+    unknown = sorted(set(prompt) - set(index))
+    if not prompt or unknown:
+        raise SystemExit(f"prompt {prompt!r}: " + (f"characters {unknown} are not in the training text" if unknown
+                                                   else "give at least one character"))
     gen.reset_state()
     out = list(prompt)
     for c in prompt:
