@@ -97,7 +97,7 @@ def model_namer(d) -> tuple[Namer, object]:
     from symbp.ir import topo_order
 
     eqs = d.equations()
-    forward = {n.id for n in topo_order([d.loss, *d.outputs.values(), *d.updates.values()])}
+    forward = {n.id for n in topo_order([*d.forward_roots(), *d.updates.values()])}
     namer = Namer(hints=equation_names(eqs), forward=forward)
     for n in [*d.inputs.values(), *d.params.values(), *d.buffers.values()]:
         namer(n)

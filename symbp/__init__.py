@@ -39,7 +39,8 @@ def compile(derivation: Derivation, backend: str = "numpy", optimizer=None, dtyp
         seed: seeds the parameter initialisers, and keys the random numbers of the step (dropout).
         params: initial values by name, overriding the initialisers.
     Returns:
-        A Trainer: ``params``, ``loss``, ``gradients``, ``step``, ``predict``, ``source``.
+        A Trainer: ``params``, ``loss``, ``gradients``, ``step``, ``predict``, ``source``. A model
+        with outputs and no loss compiles for inference: its trainer has ``predict`` only.
     """
     import codegen
     from codegen.runtime import Trainer
@@ -62,6 +63,8 @@ def compile(derivation: Derivation, backend: str = "numpy", optimizer=None, dtyp
         values[k] = v
     tr = Trainer(module, values, optimizer.hyper, source, seed=seed)
     tr.optimizer = optimizer
+    # predict(outputs=[...]) runs a module computing only those, built the first time it is asked for
+    tr.predictor = lambda names: codegen.emit_and_load(spec.for_outputs(names), backend)[1]
     return tr
 
 

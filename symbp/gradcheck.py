@@ -45,6 +45,8 @@ def gradcheck(model_or_derivation, batch: dict, eps: float = 1e-5, tolerance: fl
     d = model_or_derivation
     if not isinstance(d, symbp.Derivation):
         d = symbp.derive(d)
+    if d.loss is None:
+        raise symbp.SymbpError(f"model {d.name!r} has no loss (it derives for inference): no gradients to check")
     truncated = d.truncated_loops()
     if truncated:
         raise symbp.SymbpError(

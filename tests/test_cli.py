@@ -223,7 +223,7 @@ def test_syntax_error_and_missing_model(capsys, tmp_path):
     code, _, err = run(capsys, "gradcheck", write(tmp_path, "x = 1\n"))
     assert code == 1 and "defines neither `model` (a symbp.Model) nor `build()`" in err
     code, _, err = run(capsys, "graph", write(tmp_path, "import symbp\nmodel = symbp.Model('m')\n"))
-    assert code == 1 and "call m.minimize(loss) before deriving" in err
+    assert code == 1 and "nothing to derive; call m.minimize(loss) to train it" in err
     code, _, err = run(capsys, "graph", tmp_path / "nope.py")
     assert code == 1 and "nope.py: no such file" in err
 

@@ -151,6 +151,12 @@ def test_cython_at_the_default_flags_equals_numpy(dtype, rng, monkeypatch):
             close(g_cy[k], g_ref[k], dtype, f"gradient of {k}")
         ref.step(**d)
         cy.step(**d)
+    from codegen.runtime.trainer import DataError
+
+    d["labels"][2, 2] = 0  # a blank within the label length (3) of example 2: the check's C at -O3
+    for tr in (ref, cy):
+        with pytest.raises(DataError, match=r"input 'labels': label 0 is outside 1\.\.4"):
+            tr.loss(**d)
 
 
 def test_an_impossible_alignment_gives_a_huge_finite_loss(rng):
@@ -191,16 +197,29 @@ def test_bad_arguments_are_named_when_the_graph_is_built():
             sb.ctc_loss(*args)
 
 
-def test_bad_values_are_named_at_run_time(rng):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_values_are_named_at_run_time(backend, rng):
     from codegen.runtime.trainer import DataError
 
     T, C, S = 5, 3, 2
-    tr = compiled("numpy", T, C, S)
+    tr = compiled(backend, T, C, S)
     good = batch(rng, 2, T, C, S, [5, 4], [2, 1])
-    for name, value, text in [("labels", [[1, 3], [1, 0]], "labels"), ("labels", [[1, -1], [1, 0]], "labels"),
-                              ("xl", [6, 4], "xl"), ("yl", [3, 1], "yl")]:
-        with pytest.raises(DataError, match=text):
-            tr.loss(**{**good, name: np.array(value)})
+    blank = "the classes ctc_loss takes within an example's label_lengths"
+    for name, value, text in [
+            ("labels", [[1, 3], [1, 0]], r"input 'labels' has labels outside 0\.\.2"),
+            ("labels", [[1, -1], [1, 0]], r"input 'labels' has labels outside 0\.\.2"),
+            ("labels", [[1, 0], [1, 0]], rf"input 'labels': label 0 is outside 1\.\.2, {blank} \(0 is the blank"),
+            ("labels", [[1, 2], [0, 2]], rf"input 'labels': label 0 is outside 1\.\.2, {blank}"),
+            ("xl", [6, 4], r"input 'xl': length 6 is outside 0\.\.5, the lengths of ctc_loss's logits \(5 steps\)"),
+            ("yl", [3, 1], r"input 'yl': length 3 is outside 0\.\.2, the lengths of ctc_loss's labels \(2 pos"),
+            ("yl", [2, -1], r"input 'yl': length -1 is outside 0\.\.2")]:
+        bad = {**good, name: np.array(value)}
+        for call in (tr.loss, tr.step):
+            with pytest.raises(DataError, match=text):
+                call(**bad)
+    assert tr.t == 0  # no step was taken
+    good["labels"][1, 1] = 0  # a blank past the label length is padding
+    tr.loss(**good)
 
 
 def test_the_speech_example_learns_from_label_sequences_alone(capsys):

@@ -303,7 +303,7 @@ def emit(spec: Spec) -> str:
     namer, eqs = model_namer(d)
     printer = KernelPrinter(spec.dtype)
     fns = [Function("gradients", [loss, *grads, *updates], namer, printer, eqs),
-           Function("loss", [loss], namer, printer, eqs)]
+           Function("loss", [loss], namer, printer, eqs)] if spec.trains else []  # else inference only
     if outs:
         fns.append(Function("predict", outs, namer, printer, eqs))
     evaluate = spec.evaluate_root()  # None: the training loss serves evaluate (the runtime's fallback)

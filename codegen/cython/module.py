@@ -134,7 +134,8 @@ def render(spec, fns, update: list[str], pnames: list[str], helpers: str, ctype:
     lines.append(_RUNTIME.format(maxa=maxa))
     for f in fns:
         lines += _function(f, spec)
-    lines += _step(spec, pnames)
+    if spec.trains:
+        lines += _step(spec, pnames)
     return "\n".join(lines) + "\n"
 
 

@@ -58,6 +58,20 @@ def emit_scatter_add(ctx, n: Node, out: View, g: View, ids: View) -> list[str]:
     return fill(out, "0", ctx.tag()) + loop_nest(ids.shape, [_rows_of(g, ids.shape), ids], body, ctx.tag())
 
 
+def emit_ctc_labels(ctx, n: Node, out: View, labels: View, lengths: View) -> list[str]:
+    # the labels, copied; a blank (0) within an example's label length is recorded (it would
+    # pass for padding), and the Python wrapper raises the error naming the input
+    check, q = ctx.label_check(n)
+    width = n.shape[1]
+    s_lab, s_out = cexpr(labels.strides[-1]), cexpr(out.strides[-1])
+    body = lambda r: [
+        f"{{ const int64_t n_ = {r[0]}; const int64_t *l_ = &{r[1]}; int64_t *o_ = &{r[2]};",
+        f"  for (long s_ = 0; s_ < {width}; s_++) {{ const int64_t c_ = l_[s_*{s_lab}]; o_[s_*{s_out}] = c_;",
+        f"    if (c_ == 0 && s_ < n_ && {check}[0] == 0) {{ {check}[0] = {q}; {check}[1] = 0; }} }} }}"]
+    return loop_nest(lengths.shape, [lengths, _rows_of(labels, lengths.shape), _rows_of(out, lengths.shape)],
+                     body, ctx.tag())
+
+
 def emit_argmax(ctx, n: Node, out: View, x: View) -> list[str]:
     axis = n.attrs["axis"]
     length, step = n.inputs[0].shape[axis], cexpr(x.strides[axis])
@@ -124,4 +138,5 @@ def emit_einsum(ctx, n: Node, out: View, x: View, y: View) -> list[str]:
     return lines
 
 
-EMIT = {"gather": emit_gather, "scatter_add": emit_scatter_add, "argmax": emit_argmax, "einsum": emit_einsum}
+EMIT = {"gather": emit_gather, "scatter_add": emit_scatter_add, "argmax": emit_argmax, "einsum": emit_einsum,
+        "ctc_labels": emit_ctc_labels}

@@ -18,7 +18,7 @@ from codegen.numpy import (
     sequence,
 )
 from codegen.numpy.printer import KernelWriter, Scratch, literal, scalar_code
-from codegen.spec import LABEL_ERROR, Spec, labels_of
+from codegen.spec import LABEL_ERROR, Spec, range_check
 from symbp.autodiff.schedule import schedule
 from symbp.ir import Node
 from symbp.ops import scalar as S
@@ -86,8 +86,10 @@ def _onehot(n, out, y):
     # labels themselves, not labels concatenated or read inside a loop. Negative labels wrap
     # past any class count as uint64, so one reduction checks both ends.
     depth = n.attrs["depth"]
+    labels, _, *rest = range_check(n)
     return [f"if {y}.view(np.uint64).max() >= {depth}:",
-            f"    _bad_label({labels_of(n)!r}, {depth}, {y}[({y} < 0) | ({y} >= {depth})].flat[0])",
+            f"    _bad_label({labels!r}, {depth}, {y}[({y} < 0) | ({y} >= {depth})].flat[0]"
+            + "".join(f", {a!r}" for a in rest) + ")",
             f"{out}.fill(0.0)", f"np.put_along_axis({out}, {y}[..., None], 1.0, axis=-1)"]
 
 
@@ -154,7 +156,7 @@ def emit(spec: Spec) -> str:
     namer, eqs = model_namer(d)
     scratch = Scratch()
     fns = [Function("gradients", [loss, *grads, *updates], namer, scratch, eqs),
-           Function("loss", [loss], namer, scratch, eqs)]
+           Function("loss", [loss], namer, scratch, eqs)] if spec.trains else []  # else inference only
     if outs:
         fns.append(Function("predict", outs, namer, scratch, eqs))
     evaluate = spec.evaluate_root()  # None: the training loss serves evaluate (the runtime's fallback)
@@ -188,7 +190,8 @@ def emit(spec: Spec) -> str:
     for f in fns:
         lines += ["", f"_{f.name.upper()} = {f.sched.buffers!r}", "", ""]
         lines += _function(f, namer, scratch, d, results[f.name], spec)
-    lines += _step(spec, namer, pnames)
+    if spec.trains:
+        lines += _step(spec, namer, pnames)
     return "\n".join(lines) + "\n"
 
 

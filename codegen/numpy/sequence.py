@@ -23,6 +23,14 @@ def _gather(n, out, ids, table):
             f"np.take({table}, {ids}, axis=0, out={out}, mode='clip')"]
 
 
+def _ctc_labels(n, out, labels, lengths):
+    # a blank (0) within an example's label length would pass for padding: caught where read
+    args = range_check(n)
+    return [f"if (({labels} == 0) & (np.arange({n.shape[1]}) < {lengths}[:, None])).any():",
+            f"    _bad_label({args[0]!r}, {args[1]}, 0, {', '.join(map(repr, args[2:]))})",
+            f"np.copyto({out}, {labels})"]
+
+
 def _scatter_add(n, out, g, ids):
     # the lookup that reads these ids checked them in the forward pass of the same function
     width = n.shape[-1]
@@ -55,4 +63,5 @@ EMIT = {
     "scatter_add": _scatter_add,
     "argmax": lambda n, out, x: [f"np.argmax({x}, axis={n.attrs['axis']}, out={out})"],
     "einsum": _einsum,
+    "ctc_labels": _ctc_labels,
 }

@@ -9,8 +9,9 @@ offers (its ``INPUTS``/``PARAMS`` tables and functions); the loop's features go 
 ``training.py``.
 """
 
+from codegen.runtime.inference import NoLoss
 from codegen.runtime.plots import plot_history
 from codegen.runtime.trainer import DataError, NonFiniteLoss, Trainer
 from codegen.runtime.training import evaluate, fit
 
-__all__ = ["DataError", "NonFiniteLoss", "Trainer", "evaluate", "fit", "plot_history"]
+__all__ = ["DataError", "NoLoss", "NonFiniteLoss", "Trainer", "evaluate", "fit", "plot_history"]

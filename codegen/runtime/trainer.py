@@ -23,6 +23,7 @@ import threading
 
 import numpy as np
 
+from .inference import NoLoss
 from .values import (  # noqa: F401 - re-exported
     DataError,
     NonFiniteLoss,
@@ -67,6 +68,10 @@ class Trainer:
         self.buffers = Params({k: shape for k, (shape, _) in buffers.items()}, self.dtype,
                               {k: np.full(shape, fill) for k, (shape, fill) in buffers.items()}, "buffer")
         self.workspace.running = self.buffers
+        self.predict_carries: dict = {}  # predict's own state (see .inference), apart from training's
+        self.predict_workspace = Workspace(self.predict_carries, {})
+        self.predictor, self._predictors = None, {}  # modules for predict(outputs=...), see .inference
+        self.predict_workspace.running = self.buffers  # predict reads the running statistics
         # One call at a time: calls from two threads share this trainer's buffers, state and
         # step count, so they take turns (separate trainers run in parallel).
         self._lock = threading.RLock()
@@ -120,6 +125,8 @@ class Trainer:
         return out
 
     def _needs(self, fn: str):
+        if fn not in self.kernels.NEEDS:
+            raise NoLoss.of(self.kernels.MODEL)
         return self.kernels.NEEDS[fn]
 
     # -- the API --------------------------------------------------------------------------
@@ -190,10 +197,12 @@ class Trainer:
         return loss
 
     def predict(self, /, **batch) -> dict:
-        """The model's named outputs (``m.output``) on ``batch``, by name (copies)."""
-        if not self.kernels.OUTPUTS:
-            raise DataError("predict(): the model names no outputs; declare them with m.output(name, tensor)")
-        return self._run("predict", self._batch(batch, self._needs("predict"), "predict"))
+        """The named outputs (``m.output``) on ``batch``, by name (copies); ``outputs=[names]``
+        computes those only. Stateful recurrences continue from predict's own state (see
+        ``inference.predict``)."""
+        from .inference import predict
+
+        return predict(self, batch)
 
     def evaluate(self, data: dict, batch_size: int = 256) -> dict:
         """Mean loss over ``data`` (and accuracy, see ``training.accuracy_pair``), in batches.
@@ -281,6 +290,7 @@ class Trainer:
             self.params[k] = v
         for k, v in (buffers or {}).items():
             self.buffers[k] = v
+        self.predict_carries.clear()  # computed with other weights
         if state is not None:
             for slot, table in state.items():
                 self.state[slot].update({k: np.array(v, dtype=self.dtype, order="C") for k, v in table.items()})
@@ -299,8 +309,10 @@ class Trainer:
 
     # -- recurrences ------------------------------------------------------------------------
     def reset_state(self) -> None:
-        """Forget the carries of stateful recurrences: the next pass starts from their init."""
+        """Forget the carries of stateful recurrences, training's and predict's: the next pass
+        of either starts from their initial state."""
         self.carries.clear()
+        self.predict_carries.clear()
 
     def gradient_norms_through_time(self, /, **batch) -> dict:
         """The norm of dL/dh_t (over the batch) for every step t of each recurrence; no update.

@@ -66,7 +66,8 @@ class Derivation:
 
     Attributes:
         name: the model's name.
-        loss: the scalar loss node.
+        loss: the scalar loss node; None for a model with outputs and no loss, which compiles
+            for inference (predict only) and has no gradients.
         inputs: input nodes by name (per-batch data).
         params: parameter nodes by name, in definition order.
         grads: d loss / d param, by parameter name.
@@ -79,7 +80,7 @@ class Derivation:
     """
 
     name: str
-    loss: Node
+    loss: Node | None
     inputs: dict[str, Node]
     params: dict[str, Node]
     grads: dict[str, Node]
@@ -88,6 +89,23 @@ class Derivation:
     dtype: str | None = None
     buffers: dict[str, Node] = field(default_factory=dict)
     updates: dict[str, Node] = field(default_factory=dict)
+
+    def forward_roots(self) -> list[Node]:
+        """The nodes the forward pass computes: the loss (if any), then the named outputs."""
+        return [*([] if self.loss is None else [self.loss]), *self.outputs.values()]
+
+    def for_outputs(self, names) -> Derivation:
+        """The inference-only derivation computing just the named outputs (``predict(outputs=)``).
+
+        Args:
+            names: names of ``outputs``, all known (the caller checks them).
+        Returns:
+            A Derivation with no loss or gradients; inputs and parameters stay as declared, so
+            data is checked against the model's inputs (those not needed are just not read).
+        """
+        return Derivation(self.name, None, dict(self.inputs), dict(self.params), {},
+                          {k: self.outputs[k] for k in self.outputs if k in names}, {}, self.dtype,
+                          dict(self.buffers), {})
 
     def equations(self):
         """The derived gradient equations (print them, or ``.latex()`` / Jupyter display)."""
@@ -98,14 +116,14 @@ class Derivation:
     def truncated_loops(self) -> dict:
         """{loop label: (k1, k2)} for each recurrence with truncated backpropagation through
         time, whose gradients are by design not those of the loss."""
-        return {n.label: n.attrs["truncate"] for n in topo_order([self.loss, *self.outputs.values()])
+        return {n.label: n.attrs["truncate"] for n in topo_order(self.forward_roots())
                 if n.op == "scan" and n.attrs.get("truncate") is not None}
 
     def graph(self, backward: bool = True):
         """The forward (and backward) graph as a networkx DiGraph."""
         from symbp.ir import to_networkx
 
-        roots = [self.loss, *self.outputs.values()] + (list(self.grads.values()) if backward else [])
+        roots = self.forward_roots() + (list(self.grads.values()) if backward else [])
         return to_networkx(roots)
 
     def dot(self, backward: bool = False) -> str:
@@ -125,16 +143,21 @@ def derive(model) -> Derivation:
     """Derive the gradient of ``model``'s loss with respect to each of its parameters.
 
     Args:
-        model: a ``symbp.Model`` on which ``minimize`` was called.
+        model: a ``symbp.Model`` on which ``minimize`` was called, or one with outputs
+            (``m.output``) and no loss: that derives for inference (predict only, no gradients).
     Returns:
         A Derivation holding forward and backward graphs.
     """
     loss = model.loss
-    if loss is None:
-        raise SymbpError(f"model {model.name!r}: call m.minimize(loss) before deriving")
+    if loss is None and not model.outputs:
+        raise SymbpError(f"model {model.name!r}: nothing to derive; call m.minimize(loss) to train it, "
+                         "or name outputs with m.output(name, tensor) to compile it for inference")
     from symbp.ops.scan import name_loops  # here, not at the top: symbp.ops.scan derives its cells with vjp
 
-    name_loops([loss, *model.outputs.values(), *model.updates.values()])
+    name_loops([*([] if loss is None else [loss]), *model.outputs.values(), *model.updates.values()])
+    if loss is None:  # inference only: the forward graph to the outputs, nothing to differentiate
+        return Derivation(model.name, None, dict(model.inputs), dict(model.params), {}, dict(model.outputs), {},
+                          model.dtype, dict(model.buffers), {})
     params = dict(model.params)
     ancestors = {n.id for n in topo_order([loss])}
     unused = [name for name, p in params.items() if p.id not in ancestors]

@@ -15,6 +15,7 @@ from symbp.ops import elementwise as E
 from symbp.ops import structural as St
 from symbp.ops.scan import scan
 from symbp.ops.sequence import einsum
+from symbp.registry import OpDef, register
 
 
 def sum(x: Node, axis=None, keepdims: bool = False) -> Node:  # noqa: A001 - numpy's name
@@ -109,15 +110,39 @@ def _interleave(a: Node, b: Node) -> Node:
     return St.reshape(pair, (*inner[:-1], 2 * inner[-1]))
 
 
-def _before(lengths: Node, n: int, label: str) -> Node:
+def _lengths(lengths: Node, n: int, what: str) -> Node:
+    """The one-hot of int64 ``lengths`` over 0..n, whose range check (in the generated code, which
+    names the input) calls its values lengths of ``what``, not labels."""
+    ends = St.onehot(lengths, n + 1)
+    ends.attrs["lengths"] = what
+    return ends
+
+
+def _before(lengths: Node, n: int, label: str, what: str) -> Node:
     """A (None, n, 1) float mask, 1 where the position i < length (int64 lengths in 0..n).
 
     Int tensors reach floats only through a one-hot (range-checked where the generated code
     reads it, naming the input); the running "not ended yet" flag is a cumulative sum.
     """
-    ends = St.reshape(St.onehot(lengths, n + 1)[:, :n], (n, 1))
+    ends = St.reshape(_lengths(lengths, n, what)[:, :n], (n, 1))
     _, alive = scan(lambda a, end: (E.sub(a, end), E.sub(a, end)), ends, St.const(1.0, (None, 1)), label=label)
     return alive
+
+
+def _ctc_labels_shape(inputs, classes):
+    labels, lengths = inputs
+    if labels.dtype != "int64" or lengths.dtype != "int64" or labels.ndim != 2 or lengths.ndim != 1:
+        raise SymbpError(f"ctc_labels: needs int64 labels (batch, S) and lengths (batch,), got "
+                         f"{labels.dtype} {fmt_shape(labels.shape)} and {lengths.dtype} {fmt_shape(lengths.shape)}")
+    return labels.shape, "int64"
+
+
+# The labels, unchanged, after a check in the generated code that no example has a blank (0)
+# within its label length: the loss would read it as padding-free data and silently learn from
+# a sequence with a blank in it. No gradient (ints). Random test labels would hold blanks, so its
+# own tests are in tests/test_ctc.py.
+register(OpDef("ctc_labels", "structural", shape=_ctc_labels_shape, vjp=None,
+               sample={"tested_by": "tests/test_ctc.py"}, show=lambda a, n: a[0]))
 
 
 def _ctc_check(logits, labels, logit_lengths, label_lengths) -> None:
@@ -149,8 +174,8 @@ def ctc_loss(logits: Node, labels: Node, logit_lengths: Node, label_lengths: Nod
     Args:
         logits: (batch, T, classes) unnormalised scores; log-softmax is applied inside.
         labels: int64 (batch, S) label sequences in 1..classes-1, padded past each length with
-            any class index (0 works); values out of 0..classes-1 are errors naming the input
-            (a 0 within an example's length cannot be told from padding and is not caught).
+            any class index (0 works); values out of 0..classes-1, and a blank (0) within an
+            example's label length, are errors naming the input.
         logit_lengths: int64 (batch,) steps used per example, 0..T.
         label_lengths: int64 (batch,) labels used per example, 0..S.
     Returns:
@@ -160,6 +185,7 @@ def ctc_loss(logits: Node, labels: Node, logit_lengths: Node, label_lengths: Nod
     _, T, C = logits.shape
     S = labels.shape[1]
     lp = log_softmax(logits)                                     # (batch, T, C)
+    labels = St.node("ctc_labels", (labels, label_lengths), classes=C)   # no blank within the lengths
     lab = St.onehot(labels, C)                                   # (batch, S, C)
     lp_lab = einsum("btc,bsc->bts", lp, lab)                     # log p of each label at each step
     blank = lp[:, :, 0:1]                                        # (batch, T, 1)
@@ -188,11 +214,12 @@ def ctc_loss(logits: Node, labels: Node, logit_lengths: Node, label_lengths: Nod
     start = St.concat([St.const(0.0, (None, 1)), St.const(_NEG, (None, 2 * S))], -1)
     # Names that make the equations read as the algorithm does.
     emit.label, skip.label, start.label = "ctc_emit", "ctc_skip", "ctc_start"
-    alpha, _ = scan(step, (emit, _before(logit_lengths, T, "ctc_time")), start, label="ctc_alpha")
+    alive = _before(logit_lengths, T, "ctc_time", f"ctc_loss's logits ({T} steps)")
+    alpha, _ = scan(step, (emit, alive), start, label="ctc_alpha")
     # The paths end in the last label or the blank after it: states 2L-1 and 2L.
-    ends = St.onehot(label_lengths, S + 1)
+    ends = _lengths(label_lengths, S, f"ctc_loss's labels ({S} positions)")
     final = St.concat([_interleave(ends[:, :S], ends[:, 1:]), ends[:, S:]], -1)
     final.label = "ctc_final"
     nll = E.neg(logsumexp(E.where(final, alpha, _NEG), -1))
-    n_labels = sum(_before(label_lengths, S, "ctc_labels"), (1, 2))
+    n_labels = sum(_before(label_lengths, S, "ctc_labels", f"ctc_loss's labels ({S} positions)"), (1, 2))
     return mean(E.div(nll, E.maximum(n_labels, 1.0)))

@@ -130,7 +130,7 @@ class _Builder:
 
     def __init__(self, d):
         self.d = d
-        self.fwd = topo_order([d.loss, *d.outputs.values()])
+        self.fwd = topo_order(d.forward_roots())
         fwd_ids = {n.id for n in self.fwd}
         self.bwd = [n for n in topo_order(list(d.grads.values())) if n.id not in fwd_ids]
         self.is_fwd = fwd_ids
@@ -191,7 +191,7 @@ class _Builder:
 
     def build(self) -> list[Equation]:
         d = self.d
-        roots = [d.loss, *d.outputs.values(), *d.grads.values()]
+        roots = [*d.forward_roots(), *d.grads.values()]
         live, stack = set(), [self.resolve(r) for r in roots]
         while stack:
             n = stack.pop()

@@ -68,11 +68,11 @@ def digraph(derivation, backward: bool = False) -> graphviz.Digraph:
         The digraph; ``.source`` is its DOT text, deterministic for a given model.
     """
     d = derivation
-    fwd_roots = [d.loss, *d.outputs.values()]
+    fwd_roots = d.forward_roots()
     forward = {n.id for n in topo_order(fwd_roots)}
     nodes = topo_order(fwd_roots + (list(d.grads.values()) if backward else []))
-    titles = {d.loss.id: "loss"}
-    roles = {d.loss.id: "loss"}
+    titles = {} if d.loss is None else {d.loss.id: "loss"}
+    roles = dict(titles)
     for k, o in d.outputs.items():
         titles.setdefault(o.id, f"output {k}")
         roles.setdefault(o.id, "output")

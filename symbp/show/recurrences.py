@@ -195,5 +195,5 @@ def recurrence_equations(d) -> list[tuple[str, str, str, str]]:
     Returns:
         One block per scan node, in graph order (empty for a model without recurrences).
     """
-    roots = [d.loss, *d.outputs.values()]
+    roots = d.forward_roots()
     return [(n.label or "scan", *eq) for n in topo_order(roots) if n.op == "scan" for eq in scan_equations(n)]

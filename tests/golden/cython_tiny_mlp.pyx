@@ -853,9 +853,9 @@ _ARRAYS = ((('D', (None, 4), 'f'), ('D', (None,), 'i'), ('P', (4, 32), 'f'), ('P
 DataError = ValueError  # the Trainer puts the runtime's own DataError (a ValueError) here
 
 
-def _bad_label(labels, depth, label, kind="label", reader="the classes of the one-hot that reads it"):
-    """Raise the error for a label (or id) outside 0..depth-1, naming the input it comes from."""
-    raise DataError(f"{labels}: {kind} {label} is outside 0..{depth - 1}, {reader}")
+def _bad_label(labels, depth, label, kind="label", reader="the classes of the one-hot that reads it", low=0):
+    """Raise the error for a label (or id, or length) outside low..depth-1, naming the input it comes from."""
+    raise DataError(f"{labels}: {kind} {label} is outside {low}..{depth - 1}, {reader}")
 
 
 def _prepare(dict mem, int fn, long B):

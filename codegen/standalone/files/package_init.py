@@ -18,6 +18,7 @@ import os
 import numpy as np
 
 from . import _kernels, schedules
+from .inference import NoLoss
 from .plots import plot_history
 from .trainer import DataError, NonFiniteLoss, Trainer
 
@@ -49,5 +50,5 @@ def trainer(weights=None, float64: bool = False) -> Trainer:
     return tr
 
 
-__all__ = ["DTYPE", "DataError", "INPUTS", "MODEL", "NonFiniteLoss", "OUTPUTS", "PARAMS", "Trainer",
+__all__ = ["DTYPE", "DataError", "INPUTS", "MODEL", "NoLoss", "NonFiniteLoss", "OUTPUTS", "PARAMS", "Trainer",
            "initial_weights", "plot_history", "schedules", "trainer"]

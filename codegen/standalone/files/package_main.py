@@ -12,6 +12,7 @@ import sys
 import numpy as np
 
 from . import DTYPE, INPUTS, MODEL, plot_history, trainer
+from .inference import NoLoss
 from .plots import need_matplotlib
 from .schedules import add_command_line, from_command_line
 from .trainer import DataError, NonFiniteLoss
@@ -46,6 +47,8 @@ def selftest(batch: int = 4, entries: int = 16, eps: float = 1e-5, tolerance: fl
     rng = np.random.default_rng(seed)
     data = random_batch(rng, batch)
     ref = trainer(float64=True)
+    if "loss" not in ref.kernels.NEEDS:  # an inference model: no loss, no gradients to check
+        return _selftest_predict(ref, data)
     analytic = ref.gradients(**data)
     ok = True
     print(f"{MODEL}: gradients of the float64 kernels vs central differences (eps={eps:g}, batch {batch})")
@@ -67,6 +70,20 @@ def selftest(batch: int = 4, entries: int = 16, eps: float = 1e-5, tolerance: fl
     ok &= agree
     print(f"{DTYPE} kernels vs float64: gradients {err:.1e}, loss {loss_err:.1e} relative "
           f"(tolerance {tol:g})  {'ok' if agree else 'FAIL'}")
+    print("selftest passed" if ok else "selftest FAILED")
+    return ok
+
+
+def _selftest_predict(ref, data: dict) -> bool:
+    """The self-test of a model without a loss: the compiled kernels' outputs against float64's."""
+    got, want = trainer().predict(**data), ref.predict(**data)
+    tol = AGREEMENT.get(DTYPE, 1e-3)
+    ok = True
+    print(f"{MODEL}: no loss (inference only); {DTYPE} kernels' outputs vs float64")
+    for name, w in want.items():
+        err = float(np.abs(got[name] - w).max() / max(float(np.abs(w).max()), 1e-12))
+        ok &= err <= tol
+        print(f"  {name:<24} {err:.1e} relative  {'ok' if err <= tol else 'FAIL'}")
     print("selftest passed" if ok else "selftest FAILED")
     return ok
 
@@ -99,7 +116,7 @@ def train(args) -> int:
                       checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
                       resume=args.checkpoint if args.resume else None, progress=not args.quiet,
                       lr_schedule=schedule, early_stopping=stopping)
-    except (DataError, NonFiniteLoss) as e:
+    except (DataError, NonFiniteLoss, NoLoss) as e:
         print(f"train: {e}", file=sys.stderr)
         return 1
     tr.save(args.out)
