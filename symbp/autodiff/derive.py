@@ -91,6 +91,15 @@ class Derivation:
 
         return equations(self)
 
+    def explain(self, batch: int, optimizer=None, dtype: str | None = None):
+        """What one training step costs at ``batch`` examples, before compiling: FLOPs (forward,
+        backward, update), parameters, the step's buffers, the costliest ops, and the memory each
+        recurrence saves for the backward pass (print it, or ``.data`` for a dict; see
+        ``symbp.show.cost.explain`` for the arguments)."""
+        from symbp.show.cost import explain
+
+        return explain(self, batch, optimizer, dtype)
+
     def truncated_loops(self) -> dict:
         """{loop label: (k1, k2)} for each recurrence with truncated backpropagation through
         time, whose gradients are by design not those of the loss."""
