@@ -217,7 +217,7 @@ def _build_locked(source: str, modname: str, flags, key: str, root: Path) -> Non
 
 
 def lookup(graph_key: str, flags: tuple[str, ...] | None = None) -> tuple[types.ModuleType, str] | None:
-    """The module and source cached for a graph key (see ``codegen.cython.emitter.graph_key``), or None.
+    """The module and source cached for a graph key (see ``codegen.cython.cache.graph_key``), or None.
 
     This is the warm path: no code generation, only hashing and an import.
     """

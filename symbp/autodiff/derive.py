@@ -7,6 +7,7 @@ along which it was broadcast. Each op's vector-Jacobian rule comes from the regi
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 from symbp.ir import Node, SymbpError, topo_order
@@ -60,9 +61,13 @@ def _accumulate(cot: dict, node: Node, c: Node) -> None:
     cot[node.id].label = c.label
 
 
-@dataclass
+@dataclass(eq=False)
 class Derivation:
     """A model's forward graph together with its derived backward graph.
+
+    The backward graph is built when first read (``grads``, ``cotangents``, and everything
+    that reads them: equations, code generation): a start from the compiled-module cache,
+    keyed on the forward graph, never needs it, nor SymPy.
 
     Attributes:
         name: the model's name.
@@ -80,10 +85,33 @@ class Derivation:
     loss: Node
     inputs: dict[str, Node]
     params: dict[str, Node]
-    grads: dict[str, Node]
     outputs: dict[str, Node] = field(default_factory=dict)
-    cotangents: dict[int, Node] = field(default_factory=dict)
     dtype: str | None = None
+    _backward: tuple | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def grads(self) -> dict[str, Node]:
+        return self._derive()[0]
+
+    @property
+    def cotangents(self) -> dict[int, Node]:
+        return self._derive()[1]
+
+    def _derive(self) -> tuple[dict, dict]:
+        """(grads, cotangents), derived once (two threads compiling one derivation share it)."""
+        with self._lock:
+            if self._backward is None:
+                cotangents: dict[int, Node] = {}
+                grads = vjp([self.loss], [const(1.0)], list(self.params.values()), cotangents)
+                out = {}
+                for (name, p), g in zip(self.params.items(), grads):
+                    if g is None:
+                        g = const(0.0, p.shape)
+                    g.label = "d" + name
+                    out[name] = g
+                self._backward = (out, cotangents)
+        return self._backward
 
     def equations(self):
         """The derived gradient equations (print them, or ``.latex()`` / Jupyter display)."""
@@ -146,13 +174,4 @@ def derive(model) -> Derivation:
     if unused:
         raise SymbpError(f"model {model.name!r}: parameter(s) {', '.join(map(repr, unused))} "
                          "do not affect the loss")
-    cotangents: dict[int, Node] = {}
-    grads = vjp([loss], [const(1.0)], list(params.values()), cotangents)
-    out = {}
-    for (name, p), g in zip(params.items(), grads):
-        if g is None:
-            g = const(0.0, p.shape)
-        g.label = "d" + name
-        out[name] = g
-    return Derivation(model.name, loss, dict(model.inputs), params, out, dict(model.outputs), cotangents,
-                      model.dtype)
+    return Derivation(model.name, loss, dict(model.inputs), params, dict(model.outputs), model.dtype)
