@@ -111,6 +111,8 @@ def test_a_deferred_formula_is_the_one_built_at_once(op):
     assert not attrs.built()
     assert attrs["expr"] == expr and attrs.built()
     assert dict(Formula(op, n)) == {"expr": expr} == {**Formula(op, n)}
+    assert Formula(op, n) == {"expr": expr} and {"expr": expr} == Formula(op, n) == Formula(op, n)
+    assert not Formula(op, n) != {"expr": expr}
 
 
 def test_graphs_with_deferred_formulas_derive_right(rng):

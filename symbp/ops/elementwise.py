@@ -84,8 +84,9 @@ class Formula(dict):
 
     ``apply`` makes these when SymPy has nothing to simplify; the formula is
     ``opdef(op).formula(x0, ..)``, a pure function of ``recipe`` = (op, arity). Reading
-    ``["expr"]``, ``.get``, ``.items()``, ``.values()``, copying (``dict(attrs)``, ``{**attrs}``,
-    which go through ``__getitem__`` because ``__iter__`` is overridden) all see the formula.
+    ``["expr"]``, ``.get``, ``.items()``, ``.values()``, ``==``, copying (``dict(attrs)``,
+    ``{**attrs}``, which go through ``__getitem__`` because ``__iter__`` is overridden) all see
+    the formula.
     The compiled-module cache hashes ``recipe`` instead, so a warm start never builds it.
     """
 
@@ -124,8 +125,13 @@ class Formula(dict):
         return dict(self)
 
     def __eq__(self, other):
-        self._build()
+        for attrs in (self, other):
+            if isinstance(attrs, Formula):
+                attrs._build()
         return dict.__eq__(self, other)
+
+    def __ne__(self, other):
+        return not self == other
 
     __hash__ = None
 
