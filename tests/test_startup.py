@@ -120,3 +120,23 @@ def test_graphs_with_deferred_formulas_derive_right(rng):
     assert any(isinstance(n.attrs, Formula) for n in topo_order([d.loss]))
     x = {"x": rng.standard_normal((3, 5)), "y": rng.integers(0, 3, 3)}
     assert sb.gradcheck(d, x).ok
+
+
+def test_the_schedule_is_networkxs_lexicographic_topological_order():
+    """The schedule orders nodes by id (creation order); networkx's lexicographical topological
+    sort, which it used to call, gives the same order on a recurrent model's optimised graph."""
+    import networkx as nx
+
+    from symbp.autodiff.optimise import optimise
+    from symbp.autodiff.schedule import schedule
+    from symbp.ir import to_networkx
+
+    m = sb.Model("lstm")
+    x, y = m.input("x", (4, 3)), m.input("y", (4,), dtype="int64")
+    hs = sb.layers.LSTM(5)(x)
+    m.minimize(sb.softmax_cross_entropy(hs @ m.param("V", (5, 3)), y) + sb.sum(m.param("W", (2, 2)) ** 2))
+    d = sb.derive(m)
+    roots = optimise([d.loss, *d.grads.values()])
+    g = to_networkx(roots)
+    want = [g.nodes[i]["node"] for i in nx.lexicographical_topological_sort(g, key=lambda i: i)]
+    assert schedule(roots).order == [n for n in want if n.op not in ("input", "param")]
