@@ -86,8 +86,8 @@ class Formula(dict):
     ``opdef(op).formula(x0, ..)``, a pure function of ``recipe`` = (op, arity). Reading
     ``["expr"]``, ``.get``, ``.items()``, ``.values()``, ``==``, copying (``dict(attrs)``,
     ``{**attrs}``, which go through ``__getitem__`` because ``__iter__`` is overridden) all see
-    the formula.
-    The compiled-module cache hashes ``recipe`` instead, so a warm start never builds it.
+    the formula. The compiled-module cache key reads neither (the op and its arity determine
+    it), so a warm start never builds it.
     """
 
     def __init__(self, op: str, arity: int):
@@ -118,7 +118,7 @@ class Formula(dict):
         self._build()
         return dict.values(self)
 
-    def __iter__(self):
+    def __iter__(self):  # overridden, so dict(attrs) and {**attrs} copy through __getitem__
         return dict.__iter__(self)
 
     def copy(self) -> dict:

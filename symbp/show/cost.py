@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from symbp.autodiff.optimise import optimise
 from symbp.autodiff.schedule import schedule
 from symbp.ir import Node, topo_order
+from symbp.ops.scan import scan_outputs
 
 VIEW_OPS = frozenset({"transpose", "expand_dims", "broadcast_like", "reshape", "slice", "stop_gradient", "scan_out"})
 """Ops both backends implement as views of their first input (no buffer; tests compare with theirs)."""
@@ -174,8 +175,6 @@ def _cell_bytes(roots: list, b: int, itemsize: int) -> int:
 
 
 def _scan_bytes(n: Node, b: int, itemsize: int) -> int:
-    from symbp.ops.scan import scan_outputs
-
     cell = n.attrs["cell"]
     outs = sum(_bytes(s, dt, b, itemsize) for s, dt in scan_outputs(cell, n.attrs["length"]))
     carries = 2 * sum(_bytes(c.shape, c.dtype, b, itemsize) for c in cell.carry_in)
@@ -216,8 +215,9 @@ def explain(d, batch: int, optimizer=None, dtype: str | None = None) -> Explanat
     Returns:
         An Explanation. ``.data``: flops {forward, backward, update, total}; flops_by_kind
         {forward, backward: {products, elementwise, other}}; params {count, bytes};
-        optimizer_state_bytes; peak_bytes (the step's buffers); costliest (ops, largest
-        first); loops (per recurrence: saved_bytes_per_step, T, saved_bytes).
+        optimizer_state_bytes; peak_bytes (the step's buffers as the backends allocate them,
+        kernel temporaries aside); costliest (ops, largest first); loops (per recurrence:
+        saved_bytes_per_step, T, saved_bytes).
     """
     from symbp import optim
     from symbp.ir import SymbpError
