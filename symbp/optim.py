@@ -105,10 +105,9 @@ class Optimizer:
         """The gradient after clipping, as a formula in ``g`` (and ``gnorm``, the global norm
         of ``value_clipped()`` over all parameters)."""
         expr = self.value_clipped()
-        GNORM = symbols()[3]  # noqa: N806 - the module's name for it
         if self.clip_norm is not None:
-            c = sp.Float(self.clip_norm)
-            expr = expr * S.select(GNORM - c, c / (GNORM + sp.Float(1e-6)), 1)
+            c, gnorm = sp.Float(self.clip_norm), symbols()[3]
+            expr = expr * S.select(gnorm - c, c / (gnorm + sp.Float(1e-6)), 1)
         return expr
 
     def key(self) -> tuple:
