@@ -61,6 +61,9 @@ def _accumulate(cot: dict, node: Node, c: Node) -> None:
     cot[node.id].label = c.label
 
 
+_DERIVING = threading.RLock()  # one derivation at a time: rare, and it keeps Derivation copyable
+
+
 @dataclass(eq=False)
 class Derivation:
     """A model's forward graph together with its derived backward graph.
@@ -88,7 +91,6 @@ class Derivation:
     outputs: dict[str, Node] = field(default_factory=dict)
     dtype: str | None = None
     _backward: tuple | None = field(default=None, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def grads(self) -> dict[str, Node]:
@@ -100,7 +102,7 @@ class Derivation:
 
     def _derive(self) -> tuple[dict, dict]:
         """(grads, cotangents), derived once (two threads compiling one derivation share it)."""
-        with self._lock:
+        with _DERIVING:
             if self._backward is None:
                 cotangents: dict[int, Node] = {}
                 grads = vjp([self.loss], [const(1.0)], list(self.params.values()), cotangents)
