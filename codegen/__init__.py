@@ -58,11 +58,12 @@ def load(source: str, backend: str, name: str) -> types.ModuleType:
 
 
 def emit_and_load(spec: Spec, backend: str = "numpy") -> tuple[str, types.ModuleType]:
-    """Source and module for ``spec``; a compiled backend may skip emitting on a cache hit."""
+    """Source and module for ``spec``; a compiled backend may skip deriving and emitting on a cache hit
+    (keyed on the forward graph: ``codegen.cython.cache.graph_key``)."""
     if backend == "cython":
-        from codegen.cython import build, emitter
+        from codegen.cython import build, cache
 
-        key = emitter.graph_key(spec)
+        key = cache.graph_key(spec)
         hit = build.lookup(key)
         if hit is not None:
             return hit[1], hit[0]

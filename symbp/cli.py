@@ -1,6 +1,7 @@
 """The ``symbp`` command: equations, graph pictures, standalone builds, training, gradient checks.
 
     symbp equations model.py [--latex]
+    symbp explain model.py --batch N [--optimizer adam] [--dtype float64] [--json]
     symbp graph model.py --format dot|svg [--backward] [-o FILE]
     symbp build model.py -o DIR [--backend numpy] [--dtype float32]
     symbp train model.py --data data.npz --epochs N
@@ -118,6 +119,16 @@ def cmd_equations(args) -> int:
     return 0
 
 
+def cmd_explain(args) -> int:
+    import json
+
+    d = load_model(args.model)
+    optimizer = _optimizer(args) if args.optimizer else None
+    e = d.explain(batch=args.batch, optimizer=optimizer, dtype=args.dtype)
+    print(json.dumps(e.data, indent=1) if args.json else str(e), end="\n" if args.json else "")
+    return 0
+
+
 def cmd_graph(args) -> int:
     from symbp.show.pictures import render_svg
 
@@ -229,6 +240,14 @@ def parser() -> argparse.ArgumentParser:
 
     p = command("equations", cmd_equations, "print the derived gradient equations")
     p.add_argument("--latex", action="store_true", help="LaTeX instead of text")
+    p = command("explain", cmd_explain, "what one training step costs, before compiling: FLOPs (forward, backward, "
+                "update), parameters, the step's buffers, the costliest ops, memory saved by recurrences")
+    p.add_argument("--batch", type=int, required=True, help="examples per step")
+    p.add_argument("--optimizer", default=None, choices=sorted(OPTIMIZERS), help="the update (default sgd)")
+    p.set_defaults(lr=None)  # the rate does not change what a step costs
+    p.add_argument("--dtype", default=None, choices=["float32", "float64"],
+                   help="default: the float dtype the model's inputs declare, else float32")
+    p.add_argument("--json", action="store_true", help="the figures as JSON (Explanation.data)")
     p = command("graph", cmd_graph, "the forward (and backward) graph as Graphviz DOT or SVG")
     p.add_argument("--format", choices=["dot", "svg"], default="dot", help="svg needs Graphviz's `dot` program")
     p.add_argument("--backward", action="store_true", help="include the backward graph")

@@ -12,8 +12,10 @@ import itertools
 import keyword
 import re
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-import networkx as nx
+if TYPE_CHECKING:  # imported where used: building and compiling a model never needs networkx
+    import networkx as nx
 
 Shape = tuple  # tuple[int | None, ...]
 
@@ -188,6 +190,8 @@ def users_of(nodes: Iterable[Node]) -> dict[int, list[Node]]:
 
 def to_networkx(outputs: Iterable[Node]) -> nx.DiGraph:
     """The graph as a networkx DiGraph: node key is the node id, data holds op/shape/name."""
+    import networkx as nx
+
     g = nx.DiGraph()
     for n in topo_order(outputs):
         g.add_node(n.id, op=n.op, shape=n.shape, dtype=n.dtype, name=n.name, label=n.label, node=n)

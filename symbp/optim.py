@@ -11,17 +11,32 @@ over all parameters (``clip_norm``).
 
 from __future__ import annotations
 
+import functools
 import math
 
-import sympy as sp
-
 from symbp.ir import SymbpError
-from symbp.ops import scalar as S
+from symbp.registry import LazyModule
+
+sp = LazyModule("sympy")  # the rules are read when code is generated: making an optimiser needs no SymPy
+S = LazyModule("symbp.ops.scalar")
 
 __all__ = ["SGD", "Momentum", "RMSprop", "Adam", "AdamW", "Optimizer"]
 
-p, g, t = sp.symbols("p g t", real=True)
-GNORM = sp.Symbol("gnorm", positive=True)  # global gradient norm, computed by the backend
+
+@functools.cache
+def symbols() -> tuple:
+    """The rule symbols (p, g, t, GNORM): parameter, gradient, step count, and the global
+    gradient norm (computed by the backend). Made when a rule is first read: SymPy loads then."""
+    return (*sp.symbols("p g t", real=True), sp.Symbol("gnorm", positive=True))
+
+
+def __getattr__(name: str):
+    """``from symbp.optim import g`` (and p, t, GNORM)."""
+    if name in ("p", "g", "t", "GNORM"):
+        return symbols()[("p", "g", "t", "GNORM").index(name)]
+    raise AttributeError(f"module 'symbp.optim' has no attribute {name!r}")
+
+
 DECAY_RATES = ("momentum", "rho", "beta1", "beta2")  # must stay below 1 (bias correction divides by 1 - b^t)
 
 
@@ -80,6 +95,7 @@ class Optimizer:
 
     def value_clipped(self) -> sp.Expr:
         """The gradient after clipping by value only: what ``gnorm`` is the global norm of."""
+        _, g, _, _ = symbols()
         if self.clip_value is None:
             return g
         c = sp.Float(self.clip_value)
@@ -90,8 +106,8 @@ class Optimizer:
         of ``value_clipped()`` over all parameters)."""
         expr = self.value_clipped()
         if self.clip_norm is not None:
-            c = sp.Float(self.clip_norm)
-            expr = expr * S.select(GNORM - c, c / (GNORM + sp.Float(1e-6)), 1)
+            c, gnorm = sp.Float(self.clip_norm), symbols()[3]
+            expr = expr * S.select(gnorm - c, c / (gnorm + sp.Float(1e-6)), 1)
         return expr
 
     def key(self) -> tuple:
@@ -112,6 +128,7 @@ class SGD(Optimizer):
 
     def rules(self):
         lr, wd = self.symbol("lr"), self.symbol("weight_decay")
+        p, g, _, _ = symbols()
         return [("p", p - lr * (g + wd * p))]
 
 
@@ -126,6 +143,7 @@ class Momentum(Optimizer):
 
     def rules(self):
         lr, mu, v = self.symbol("lr"), self.symbol("momentum"), sp.Symbol("v", real=True)
+        p, g, _, _ = symbols()
         step = g + mu * v if self.nesterov else v
         return [("v", mu * v + g), ("p", p - lr * step)]
 
@@ -144,6 +162,7 @@ class RMSprop(Optimizer):
     def rules(self):
         lr, rho, eps = (self.symbol(k) for k in ("lr", "rho", "eps"))
         s = sp.Symbol("s", real=True)
+        p, g, _, _ = symbols()
         return [("s", rho * s + (1 - rho) * g**2), ("p", p - lr * g / (sp.sqrt(s) + eps))]
 
 
@@ -158,11 +177,13 @@ class Adam(Optimizer):
 
     def scalars(self):
         b1, b2 = self.symbol("beta1"), self.symbol("beta2")
+        t = symbols()[2]
         return [(sp.Symbol("c1", real=True), 1 / (1 - b1**t)), (sp.Symbol("c2", real=True), 1 / (1 - b2**t))]
 
     def rules(self):
         lr, b1, b2, eps, wd = (self.symbol(k) for k in ("lr", "beta1", "beta2", "eps", "weight_decay"))
         m, v = sp.symbols("m v", real=True)
+        p, g, _, _ = symbols()
         c1, c2 = (s for s, _ in self.scalars())
         return [("m", b1 * m + (1 - b1) * g),
                 ("v", b2 * v + (1 - b2) * g**2),

@@ -9,6 +9,7 @@ registry, so a new op is tested by being declared.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -60,3 +61,21 @@ def opdef(name: str) -> OpDef:
         from symbp.ir import SymbpError
 
         raise SymbpError(f"unknown op {name!r}; known ops: {', '.join(sorted(OPS))}") from None
+
+
+class LazyModule:
+    """A module imported when one of its attributes is first read.
+
+    Ops declare SymPy formulas and equation readings, but building a model only records which
+    op applies to which tensors; SymPy (~0.3 s to import) loads when a formula is first read
+    (derivation, equations, code generation), so ``import symbp`` and a start from the
+    compiled-module cache never pay for it. Not put in ``sys.modules``: that would tell
+    everyone the module is loaded when it is not.
+    """
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr: str):
+        module = importlib.import_module(self._name)
+        return getattr(module, attr)

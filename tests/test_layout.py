@@ -39,6 +39,7 @@ BACK_EDGES = {
     ("symbp.ops.scan", "symbp.autodiff.derive"): "sb.scan derives its cell's backward (vjp) when it traces",
     ("symbp.autodiff.derive", "symbp.show.equations"): "Derivation.equations() is the derivation's own face",
     ("symbp.autodiff.derive", "symbp.show.pictures"): "Derivation.dot() and its Jupyter picture",
+    ("symbp.autodiff.derive", "symbp.show.cost"): "Derivation.explain(): the cost of a step, before compiling",
 }
 """Imports against the stage order: allowed only inside a function, and only these."""
 

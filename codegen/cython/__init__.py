@@ -1,7 +1,6 @@
 """The Cython backend: a .pyx of C kernels compiled for this CPU (-O3 -march=native), cached.
 
-- ``emitter``: ``emit(spec) -> source`` and ``graph_key`` (the warm-start key, computed
-  without emitting); its ``EMIT``/``VIEWS`` tables merge those of the modules below;
+- ``emitter``: ``emit(spec) -> source``; its ``EMIT``/``VIEWS`` tables merge those of the modules below;
 - ``printer``: SymPy's C99 printer for fused elementwise kernels, the C helpers and vector types;
 - ``kernels``: buffer views and the structural ops' C loops (copies, reductions, products);
 - ``loops``: recurrences (``scan``) as C loops over time, one C function per step body;
@@ -10,6 +9,8 @@
 - ``module``: the Python-facing glue of the generated module (buffers, BLAS, checks);
 - ``build``: compile with Cython and the C compiler into a content-addressed cache;
 - ``cache``: the cache's folder: entries, builds killed midway, a fallback when it is not writable;
+  and ``graph_key``, the warm-start key: a hash of the forward graph and the options, computed
+  before derivation and without SymPy;
 - ``package``: the files of a standalone package.
 
 May import ``codegen.spec``, ``codegen.naming`` and the ``symbp`` core; never the NumPy backend.

@@ -116,10 +116,13 @@ def _cpu_features() -> str:
     return platform.machine() + " " + platform.processor()
 
 
+@functools.cache
 def _cython_version() -> str:
+    # Cython's own __version__, not importlib.metadata's (~50 ms to import, a sixth of a warm
+    # start): SciPy's package, which the modules' BLAS comes from, imports Cython's Shadow anyway.
     try:
-        from importlib.metadata import version
-        return version("Cython")
+        import Cython
+        return Cython.__version__
     except Exception:  # noqa: BLE001 - not installed: reported when we try to build
         return "missing"
 
@@ -217,7 +220,7 @@ def _build_locked(source: str, modname: str, flags, key: str, root: Path) -> Non
 
 
 def lookup(graph_key: str, flags: tuple[str, ...] | None = None) -> tuple[types.ModuleType, str] | None:
-    """The module and source cached for a graph key (see ``codegen.cython.emitter.graph_key``), or None.
+    """The module and source cached for a graph key (see ``codegen.cython.cache.graph_key``), or None.
 
     This is the warm path: no code generation, only hashing and an import.
     """

@@ -8,22 +8,32 @@ with the binary's SHA-256. A build runs in a temporary folder beside the entries
 SIGKILL mid-build) from one still running, and remove it. When the folder cannot be written
 (read-only, full, or a file), builds go to a private temporary folder for the rest of the
 process, with one warning (``private_cache``).
+
+``graph_key`` names what a model compiles to before anything is derived or generated: a warm
+start looks it up (``build.lookup``) and needs neither derivation nor SymPy.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
+import functools
 import hashlib
 import json
 import os
 import platform
 import re
 import shutil
+import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
+
+import symbp
+from symbp.ir import Node, topo_order
+from symbp.ops.elementwise import Formula
 
 HOST = hashlib.sha256(platform.node().encode()).hexdigest()[:8]
 """Names this machine in temporary build folders: a process id means something only on its own host."""
@@ -170,3 +180,85 @@ def cache_clear() -> int:
             with contextlib.suppress(OSError):
                 p.unlink()
     return count
+
+
+CODE_FILES = ("symbp/**/*.py", "codegen/cython/*.py", "codegen/spec.py", "codegen/naming.py")
+"""Globs (from the folder above ``codegen``) of the code between a forward graph and its source:
+derivation, every op's rules and formulas, the passes, the equations (they annotate the code)
+and this backend. A change to any of it is a new key."""
+
+
+@functools.cache
+def code_hash() -> str:
+    """Hash of the files ``CODE_FILES`` names."""
+    root = Path(__file__).resolve().parents[2]
+    h = hashlib.sha256()
+    for pattern in CODE_FILES:
+        for path in sorted(root.glob(pattern)):
+            h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    if h.digest() == hashlib.sha256().digest():
+        raise AssertionError(f"no symbp source found under {root}")
+    return h.hexdigest()
+
+
+def graph_key(spec) -> str:
+    """A hash of everything the generated source depends on, taken from the forward graph.
+
+    Derivation, optimisation and emission are deterministic functions of the forward graph,
+    the optimiser's structure (``Optimizer.key``), the dtype and the code (``code_hash``), so
+    this key stands for the source without deriving (``Derivation.grads`` stays unbuilt) or
+    importing SymPy: the cache maps it to the entry built from the source it once produced.
+
+    Args:
+        spec: a ``codegen.Spec``.
+    Returns:
+        Hex digest.
+    """
+    d = spec.derivation
+    h = hashlib.sha256()
+    for part in (code_hash(), symbp.__version__, spec.dtype, repr(spec.optimizer.key()),
+                 repr(sorted(spec.optimizer.hyper)), d.name, repr(d.dtype),
+                 repr({k: b.attrs["fill"] for k, b in d.buffers.items()})):
+        h.update(part.encode() + b"\0")
+    _digest_graph({"loss": [d.loss], "params": list(d.params.values()), "inputs": list(d.inputs.values()),
+                   "outputs": list(d.outputs.values()), "buffers": list(d.buffers.values()),
+                   "updates": list(d.updates.values())}, h)
+    h.update(repr((list(d.params), list(d.inputs), list(d.outputs), list(d.buffers), list(d.updates))).encode())
+    return h.hexdigest()
+
+
+def _digest_graph(groups: dict, h) -> None:
+    """Hash the graphs reached from ``groups`` (name -> nodes) into ``h``: every node's op,
+    inputs (by position), shape, dtype, attributes, name and label, and each group's members.
+    An attribute holding graphs of its own (a recurrence's traced cell) is hashed the same
+    way, all the way down: its repr would name only its results."""
+    members = {k: [n for n in v if isinstance(n, Node)] for k, v in groups.items()}
+    order = topo_order([n for v in members.values() for n in v])
+    pos = {n.id: k for k, n in enumerate(order)}
+    sympy = sys.modules.get("sympy")  # no SymPy loaded: no attribute can be a SymPy expression
+    for n in order:
+        h.update(repr((n.op, [pos[i.id] for i in n.inputs], n.shape, n.dtype, n.name, n.label)).encode())
+        if isinstance(n.attrs, Formula):
+            continue  # a formula not built yet: a function of the op and its arity, both hashed above
+        for k, v in sorted(n.attrs.items()):
+            h.update(k.encode() + b"=")
+            if sympy is not None and isinstance(v, sympy.Basic):
+                h.update(sympy.srepr(v).encode())
+            elif dataclasses.is_dataclass(v):
+                _digest_graph({f.name: _nodes_of(getattr(v, f.name)) for f in dataclasses.fields(v)}, h)
+                h.update(repr(sorted((f.name, repr(getattr(v, f.name))) for f in dataclasses.fields(v)
+                                     if not _nodes_of(getattr(v, f.name)))).encode())
+            else:
+                h.update(repr(v).encode())
+            h.update(b"\0")
+    for k, v in groups.items():
+        h.update(repr((k, [pos[n.id] if isinstance(n, Node) else None for n in v])).encode())
+
+
+def _nodes_of(value) -> list:
+    """The nodes in a field of a graph-holding attribute (a node or a tuple of nodes/None)."""
+    if isinstance(value, Node):
+        return [value]
+    if isinstance(value, (tuple, list)) and any(isinstance(x, Node) for x in value):
+        return list(value)
+    return []

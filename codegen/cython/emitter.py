@@ -11,100 +11,21 @@ that surface is what costs compile time, so it stays small.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import hashlib
-from pathlib import Path
-
 import sympy as sp
 
-import symbp
 from codegen.cython import conv, loops, sequence
 from codegen.cython import kernels as K
 from codegen.cython.printer import CTYPES, PHILOX, KernelPrinter, helpers, kernel_body
 from codegen.naming import Namer, equation_comment, model_namer
 from codegen.spec import Spec, range_check
 from symbp.autodiff.schedule import schedule
-from symbp.ir import Node, SymbpError, topo_order
+from symbp.ir import Node, SymbpError
 from symbp.ops import scalar as S
 
 EMIT = {**K.EMIT, **conv.EMIT, **loops.EMIT, **sequence.EMIT}
 """How each structural op that computes into a buffer is emitted (views: VIEWS)."""
 VIEWS = {**K.VIEWS, **loops.VIEWS}
 """Ops that only re-describe an input's storage."""
-_EMITTER_FILES = ("codegen/cython/*.py", "codegen/spec.py", "codegen/naming.py", "symbp/autodiff/modes.py",
-                  "symbp/ops/random.py",  # the inference rewrite of dropout, the generator's constants
-                  "symbp/autodiff/optimise.py", "symbp/autodiff/schedule.py", "symbp/optim.py",
-                  # the equations name buffers and annotate statements
-                  "symbp/notation.py", "symbp/show/*.py")
-"""Globs (from the folder above ``codegen``) of the code that turns a graph into source."""
-
-
-@functools.cache
-def _emitter_hash() -> str:
-    """Hash of the code that turns a graph into source: a change to it is a new cache key."""
-    root = Path(__file__).resolve().parents[2]
-    h = hashlib.sha256()
-    for pattern in _EMITTER_FILES:
-        for path in sorted(root.glob(pattern)):
-            h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
-    if h.digest() == hashlib.sha256().digest():
-        raise AssertionError(f"no emitter source found under {root}")
-    return h.hexdigest()
-
-
-def graph_key(spec: Spec) -> str:
-    """A hash of everything :func:`emit` reads, computed without emitting.
-
-    It lets a warm start skip SymPy's CSE and printing: the cache maps this key to the
-    entry built from the source it once produced.
-    """
-    d = spec.derivation
-    roots = [d.loss, *d.grads.values(), *d.outputs.values(), *d.updates.values()]
-    h = hashlib.sha256()
-    for part in (_emitter_hash(), symbp.__version__, spec.dtype, repr(spec.optimizer.key()),
-                 repr(sorted(spec.optimizer.hyper)), repr(list(d.params)), repr(list(d.inputs)),
-                 repr(list(d.outputs)), repr({k: b.attrs["fill"] for k, b in d.buffers.items()}),
-                 repr(list(d.updates)), d.name):
-        h.update(part.encode() + b"\0")
-    _digest_graph({"roots": roots}, h)
-    return h.hexdigest()
-
-
-def _digest_graph(groups: dict, h) -> None:
-    """Hash the graphs reached from ``groups`` (name -> nodes) into ``h``: every node's op,
-    inputs (by position), shape, dtype, attributes, name and label, and each group's members.
-    An attribute holding graphs of its own (a recurrence's traced cell) is hashed the same
-    way, all the way down: its repr would name only its results."""
-    members = {k: [n for n in v if isinstance(n, Node)] for k, v in groups.items()}
-    order = topo_order([n for v in members.values() for n in v])
-    pos = {n.id: k for k, n in enumerate(order)}
-    for n in order:
-        h.update(repr((n.op, [pos[i.id] for i in n.inputs], n.shape, n.dtype, n.name, n.label)).encode())
-        for k, v in sorted(n.attrs.items()):
-            h.update(k.encode() + b"=")
-            if isinstance(v, sp.Basic):
-                h.update(sp.srepr(v).encode())
-            elif dataclasses.is_dataclass(v):
-                _digest_graph({f.name: _nodes_of(getattr(v, f.name)) for f in dataclasses.fields(v)}, h)
-                h.update(repr(sorted((f.name, repr(getattr(v, f.name))) for f in dataclasses.fields(v)
-                                     if not _nodes_of(getattr(v, f.name)))).encode())
-            else:
-                h.update(repr(v).encode())
-            h.update(b"\0")
-    for k, v in groups.items():
-        h.update(repr((k, [pos[n.id] if isinstance(n, Node) else None for n in v])).encode())
-
-
-def _nodes_of(value) -> list:
-    """The nodes in a field of a graph-holding attribute (a node or a tuple of nodes/None)."""
-    if isinstance(value, Node):
-        return [value]
-    if isinstance(value, (tuple, list)) and any(isinstance(x, Node) for x in value):
-        return list(value)
-    return []
-
-
 class Function:
     """One generated C function: the arrays it reads and writes, and its body.
 

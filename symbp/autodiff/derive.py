@@ -7,6 +7,7 @@ along which it was broadcast. Each op's vector-Jacobian rule comes from the regi
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 from symbp.ir import Node, SymbpError, topo_order
@@ -60,9 +61,16 @@ def _accumulate(cot: dict, node: Node, c: Node) -> None:
     cot[node.id].label = c.label
 
 
-@dataclass
+_DERIVING = threading.RLock()  # one derivation at a time: rare, and it keeps Derivation copyable
+
+
+@dataclass(eq=False)
 class Derivation:
     """A model's forward graph together with its derived backward graph.
+
+    The backward graph is built when first read (``grads``, ``cotangents``, and everything
+    that reads them: equations, code generation): a start from the compiled-module cache,
+    keyed on the forward graph, never needs it, nor SymPy.
 
     Attributes:
         name: the model's name.
@@ -83,12 +91,11 @@ class Derivation:
     loss: Node | None
     inputs: dict[str, Node]
     params: dict[str, Node]
-    grads: dict[str, Node]
     outputs: dict[str, Node] = field(default_factory=dict)
-    cotangents: dict[int, Node] = field(default_factory=dict)
     dtype: str | None = None
     buffers: dict[str, Node] = field(default_factory=dict)
     updates: dict[str, Node] = field(default_factory=dict)
+    _backward: tuple | None = field(default=None, repr=False)
 
     def forward_roots(self) -> list[Node]:
         """The nodes the forward pass computes: the loss (if any), then the named outputs."""
@@ -103,15 +110,49 @@ class Derivation:
             A Derivation with no loss or gradients; inputs and parameters stay as declared, so
             data is checked against the model's inputs (those not needed are just not read).
         """
-        return Derivation(self.name, None, dict(self.inputs), dict(self.params), {},
-                          {k: self.outputs[k] for k in self.outputs if k in names}, {}, self.dtype,
+        return Derivation(self.name, None, dict(self.inputs), dict(self.params),
+                          {k: self.outputs[k] for k in self.outputs if k in names}, self.dtype,
                           dict(self.buffers), {})
+
+    @property
+    def grads(self) -> dict[str, Node]:
+        return self._derive()[0]
+
+    @property
+    def cotangents(self) -> dict[int, Node]:
+        return self._derive()[1]
+
+    def _derive(self) -> tuple[dict, dict]:
+        """(grads, cotangents), derived once (two threads compiling one derivation share it);
+        both empty for a model without a loss."""
+        with _DERIVING:
+            if self._backward is None:
+                cotangents: dict[int, Node] = {}
+                out = {}
+                if self.loss is not None:
+                    grads = vjp([self.loss], [const(1.0)], list(self.params.values()), cotangents)
+                    for (name, p), g in zip(self.params.items(), grads):
+                        if g is None:
+                            g = const(0.0, p.shape)
+                        g.label = "d" + name
+                        out[name] = g
+                self._backward = (out, cotangents)
+        return self._backward
 
     def equations(self):
         """The derived gradient equations (print them, or ``.latex()`` / Jupyter display)."""
         from symbp.show.equations import equations
 
         return equations(self)
+
+    def explain(self, batch: int, optimizer=None, dtype: str | None = None):
+        """What one training step costs at ``batch`` examples, before compiling: FLOPs (forward,
+        backward, update), parameters, the step's buffers, the costliest ops, and the memory each
+        recurrence saves for the backward pass (print it, or ``.data`` for a dict; see
+        ``symbp.show.cost.explain`` for the arguments)."""
+        from symbp.show.cost import explain
+
+        return explain(self, batch, optimizer, dtype)
 
     def truncated_loops(self) -> dict:
         """{loop label: (k1, k2)} for each recurrence with truncated backpropagation through
@@ -156,7 +197,7 @@ def derive(model) -> Derivation:
 
     name_loops([*([] if loss is None else [loss]), *model.outputs.values(), *model.updates.values()])
     if loss is None:  # inference only: the forward graph to the outputs, nothing to differentiate
-        return Derivation(model.name, None, dict(model.inputs), dict(model.params), {}, dict(model.outputs), {},
+        return Derivation(model.name, None, dict(model.inputs), dict(model.params), dict(model.outputs),
                           model.dtype, dict(model.buffers), {})
     params = dict(model.params)
     ancestors = {n.id for n in topo_order([loss])}
@@ -164,13 +205,5 @@ def derive(model) -> Derivation:
     if unused:
         raise SymbpError(f"model {model.name!r}: parameter(s) {', '.join(map(repr, unused))} "
                          "do not affect the loss")
-    cotangents: dict[int, Node] = {}
-    grads = vjp([loss], [const(1.0)], list(params.values()), cotangents)
-    out = {}
-    for (name, p), g in zip(params.items(), grads):
-        if g is None:
-            g = const(0.0, p.shape)
-        g.label = "d" + name
-        out[name] = g
-    return Derivation(model.name, loss, dict(model.inputs), params, out, dict(model.outputs), cotangents,
-                      model.dtype, dict(model.buffers), dict(model.updates))
+    return Derivation(model.name, loss, dict(model.inputs), params, dict(model.outputs), model.dtype,
+                      dict(model.buffers), dict(model.updates))

@@ -12,11 +12,12 @@ import math
 from numbers import Number
 
 import numpy as np
-import sympy as sp
 
 from symbp.ir import Node, SymbpError, broadcast_shapes
-from symbp.ops import scalar as S
-from symbp.registry import OpDef, opdef, register
+from symbp.registry import LazyModule, OpDef, opdef, register
+
+sp = LazyModule("sympy")
+S = LazyModule("symbp.ops.scalar")  # SymPy functions: imported with SymPy, when a formula is first read
 
 
 def number(v) -> sp.Expr:
@@ -54,25 +55,89 @@ def apply(op: str, *args, label: str | None = None, **attrs) -> Node:
     """Apply the elementwise op ``op`` to nodes and Python numbers."""
     od = opdef(op)
     nodes: list[Node] = []
-    sym_args = []
     for a in args:
         if isinstance(a, Node):
             if a.dtype != "float":
                 raise SymbpError(f"op {op!r}: {a.describe()} has dtype {a.dtype}; "
                                  "elementwise ops take float tensors")
-            if a.op == "const" and a.shape == ():
-                sym_args.append(number(a.attrs["value"]))
-                continue
-            if a not in nodes:
+            if not (a.op == "const" and a.shape == ()) and a not in nodes:
                 nodes.append(a)
-            sym_args.append(S.symbols(len(nodes))[nodes.index(a)])
-        elif isinstance(a, Number):
-            sym_args.append(number(a))
-        else:
+        elif not isinstance(a, Number):
             raise SymbpError(f"op {op!r}: cannot use a {type(a).__name__} as a tensor; "
                              "use m.input, m.param or sb.constant")
+    if not attrs and len(nodes) == len(args):
+        # Every argument a distinct tensor: nothing to fold or simplify away (no x*0, no x - x),
+        # so the formula can wait until derivation or code generation reads it.
+        shape = broadcast_shapes([n.shape for n in nodes], f"op {op!r} on " + ", ".join(n.describe() for n in nodes))
+        node = Node(op, nodes, shape, "float", label=label)
+        node.attrs = Formula(op, len(nodes))
+        return node
+    xs = S.symbols(len(nodes))
+    sym_args = [xs[nodes.index(a)] if isinstance(a, Node) and a in nodes
+                else number(a.attrs["value"] if isinstance(a, Node) else a) for a in args]
     expr = od.formula(*sym_args, **attrs)
     return make(op, nodes, expr, attrs, label)
+
+
+class Formula(dict):
+    """The attrs of an elementwise node whose formula ``"expr"`` is built when first read.
+
+    ``apply`` makes these when SymPy has nothing to simplify; the formula is
+    ``opdef(op).formula(x0, ..)``, a pure function of ``recipe`` = (op, arity). Reading
+    ``["expr"]``, ``.get``, ``.items()``, ``.values()``, ``==``, copying (``dict(attrs)``,
+    ``{**attrs}``, which go through ``__getitem__`` because ``__iter__`` is overridden) all see
+    the formula. The compiled-module cache key reads neither (the op and its arity determine
+    it), so a warm start never builds it.
+    """
+
+    def __init__(self, op: str, arity: int):
+        super().__init__(expr=None)
+        self.recipe = (op, arity)
+
+    def built(self) -> bool:
+        return dict.__getitem__(self, "expr") is not None
+
+    def _build(self) -> None:
+        if not self.built():
+            op, arity = self.recipe
+            dict.__setitem__(self, "expr", opdef(op).formula(*S.symbols(arity)))
+
+    def __getitem__(self, key):
+        if key == "expr":
+            self._build()
+        return dict.__getitem__(self, key)
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+    def items(self):
+        self._build()
+        return dict.items(self)
+
+    def values(self):
+        self._build()
+        return dict.values(self)
+
+    def __iter__(self):  # overridden, so dict(attrs) and {**attrs} copy through __getitem__
+        return dict.__iter__(self)
+
+    def copy(self) -> dict:
+        return dict(self)
+
+    def __eq__(self, other):
+        for attrs in (self, other):
+            if isinstance(attrs, Formula):
+                attrs._build()
+        return dict.__eq__(self, other)
+
+    def __ne__(self, other):
+        return not self == other
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        self._build()
+        return dict.__repr__(self)
 
 
 def vjp(node: Node, g: Node) -> list:

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import numbers
 
-from symbp import notation as N
 from symbp.ir import Node, SymbpError, fmt_shape
 from symbp.ops.structural import node
-from symbp.registry import OpDef, register
+from symbp.registry import LazyModule, OpDef, register
+
+N = LazyModule("symbp.notation")  # equation readings only: building a model never imports SymPy
 
 
 def _slice_shape(inputs, index):

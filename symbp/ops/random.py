@@ -23,11 +23,12 @@ from __future__ import annotations
 import math
 from numbers import Real
 
-from symbp import notation as N
 from symbp.ir import Node, SymbpError, fmt_shape
 from symbp.ops import elementwise as E
 from symbp.ops.structural import const
-from symbp.registry import OpDef, register
+from symbp.registry import LazyModule, OpDef, register
+
+N = LazyModule("symbp.notation")  # equation readings only: building a model never imports SymPy
 
 
 def keep_threshold(rate: float) -> int:

@@ -11,10 +11,11 @@
 
 from __future__ import annotations
 
-from symbp import notation as N
 from symbp.ir import Node, SymbpError, fmt_shape
 from symbp.ops import structural as St
-from symbp.registry import OpDef, register
+from symbp.registry import LazyModule, OpDef, register
+
+N = LazyModule("symbp.notation")  # equation readings only: building a model never imports SymPy
 
 # -- embedding: gather and its scatter-add -----------------------------------------------------
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import math
 
-import sympy as sp
-
-from symbp import notation as N
 from symbp.ir import Node, SymbpError, fmt_shape
 from symbp.ops import elementwise as E
-from symbp.registry import OpDef, register
+from symbp.registry import LazyModule, OpDef, register
+
+sp = LazyModule("sympy")  # equation readings only: building a model never imports SymPy
+N = LazyModule("symbp.notation")
 
 
 def node(op: str, inputs, label=None, **attrs) -> Node:

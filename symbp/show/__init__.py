@@ -10,7 +10,9 @@ generated code). May import ``symbp.ir``, ``symbp.registry``, ``symbp.notation``
 - ``equations``: the numbered equations of a derivation; ``recurrences`` those of a loop;
 - ``printers``: text and LaTeX printers for ``symbp.notation``'s display expressions;
 - ``pictures``: the forward/backward graph through the ``graphviz`` package;
-- ``plots``: matplotlib figures (gradient norms through time).
+- ``plots``: matplotlib figures (gradient norms through time);
+- ``cost``: what a training step costs before compiling (``Derivation.explain``): FLOPs,
+  parameters, the step's buffers, the memory recurrences save for the backward pass.
 
 To change how an op reads, edit its ``show=`` in its ``OpDef`` (``symbp.ops``), not here.
 """
