@@ -24,7 +24,8 @@ from symbp.autodiff.schedule import schedule
 from symbp.ir import Node, topo_order
 from symbp.ops.scan import scan_outputs
 
-VIEW_OPS = frozenset({"transpose", "expand_dims", "broadcast_like", "reshape", "slice", "stop_gradient", "scan_out"})
+VIEW_OPS = frozenset({"transpose", "expand_dims", "broadcast_like", "reshape", "slice", "stop_gradient", "scan_out",
+                      "batch_stat"})
 """Ops both backends implement as views of their first input (no buffer; tests compare with theirs)."""
 ITEMSIZE = {"float32": 4, "float64": 8}
 TOP = 5  # costliest ops listed
@@ -118,9 +119,11 @@ FLOPS = {
     "max_pool2d_grad": _each_out, "avg_pool2d_grad": _each_out, "max_pool2d_select": _each_out,
     "sum": _each_in, "max": _each_in, "argmax": _each_in, "scatter_add": _each_in,
     "scan": _scan, "scan_bwd": _scan_bwd,
+    "dropout_mask": _each_out,  # one random word compared with the threshold per element
+    "ctc_labels": _each_in,  # a range check of each label
     **dict.fromkeys(("input", "param", "const", "size", "onehot", "gather", "concat", "slice", "unslice",
                      "transpose", "reshape", "expand_dims", "broadcast_like", "stop_gradient", "scan_out",
-                     "scan_cot"), _free),
+                     "scan_cot", "buffer", "batch_stat"), _free),
 }
 """Op -> FLOPs of one node at a batch size; elementwise ops are counted from their formula."""
 
