@@ -19,6 +19,7 @@ import weakref
 from dataclasses import dataclass
 
 from symbp.ir import Node, SymbpError, check_identifier, fmt_shape, topo_order
+from symbp.ops.hoist import enabled, hoist
 from symbp.ops.structural import const, node
 from symbp.registry import OpDef, register
 
@@ -145,7 +146,8 @@ def trace(step, xs: tuple, init: tuple, xs_tuple: bool, init_tuple: bool, where:
     """Call ``step`` once on placeholders and derive its backward; see the module docstring.
 
     Returns:
-        (cell, the outer tensors captured, whether the step returned a tuple of y_t).
+        (cell, the outer tensors captured, whether the step returned a tuple of y_t, the
+        sequences scanned: ``xs`` and then the hoisted products over all steps, see ``hoist``).
     """
     start = Node("const", (), (), "float", {"value": 0.0}).id  # every node traced is newer
     carry_in = tuple(placeholder(c.shape, c.dtype, ("carry", k), f"h{k}") for k, c in enumerate(init))
@@ -169,6 +171,9 @@ def trace(step, xs: tuple, init: tuple, xs_tuple: bool, init_tuple: bool, where:
         if y.shape[:1] != (None,):
             raise SymbpError(f"{where}: per-step output {k} must have the batch axis first, "
                              f"got shape {fmt_shape(y.shape)}")
+    if enabled():  # products that do not read the carry: once over all steps, before the loop
+        roots, xs_in, xs = hoist([*carry_out, *ys], carry_in, xs_in, xs, start, placeholder)
+        carry_out, ys = tuple(roots[:len(carry_out)]), tuple(roots[len(carry_out):])
     # Outer tensors the step reads become explicit captured inputs (constants are just copied).
     phs = {p.id for p in (*carry_in, *xs_in)}
     outer: dict[int, Node] = {}
@@ -194,7 +199,7 @@ def trace(step, xs: tuple, init: tuple, xs_tuple: bool, init_tuple: bool, where:
     sub = substitute([*carry_out, *ys], {o.id: c for o, c in zip(outer_t, captured)})
     carry_out, ys = tuple(sub[:len(carry_out)]), tuple(sub[len(carry_out):])
     cell = _backward(carry_in, xs_in, captured, carry_out, ys)
-    return cell, outer_t, isinstance(out[1], (tuple, list))
+    return cell, outer_t, isinstance(out[1], (tuple, list)), xs
 
 
 def _backward(carry_in, xs_in, captured, carry_out, ys) -> Cell:
@@ -375,7 +380,7 @@ def scan(step, xs, init, truncate: tuple | None = None, stateful: bool = False, 
         if max(truncate) > T:
             raise SymbpError(f"{where}: the sequence has {T} steps, shorter than the truncation window "
                              f"(k1, k2) = {truncate}")
-    cell, outer, y_tuple = trace(step, xs_t, init_t, xs_tuple, init_tuple, where)
+    cell, outer, y_tuple, xs_t = trace(step, xs_t, init_t, xs_tuple, init_tuple, where)
     s = node("scan", (*xs_t, *init_t, *outer), label=label or "scan", cell=cell, length=T,
              truncate=truncate, stateful=bool(stateful))
     outs = scan_outputs(cell, T)
