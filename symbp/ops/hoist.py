@@ -40,7 +40,8 @@ def hoist(roots: list[Node], carry_in: tuple, xs_in: tuple, xs: tuple, start: in
         placeholder: ``symbp.ops.scan.placeholder`` (passed in: that module imports this one).
     Returns:
         (new roots, the x_t placeholders the loop reads: those of ``xs`` still read, then one per
-        hoisted value; the outer (B, T, ...) tensors they stand for).
+        hoisted value; the outer (B, T, ...) tensors they stand for; (placeholder, the step's
+        value it replaces) per hoisted value, for the equations).
     """
     carry_ids = {p.id for p in carry_in}
     x_ids = {p.id: k for k, p in enumerate(xs_in)}
@@ -73,13 +74,12 @@ def hoist(roots: list[Node], carry_in: tuple, xs_in: tuple, xs: tuple, start: in
             frontier.update((i.id, i) for i in readers)
     frontier.update((r.id, r) for r in roots if r.id in has_dot)
     if not frontier:
-        return roots, xs_in, xs
+        return roots, xs_in, xs, ()
     memo: dict[int, Node] = {}
     new_in, new_seq, mapping = [], [], {}
     for k, n in enumerate(frontier[i] for i in sorted(frontier)):
         seq = _over_time(n, xs, x_ids, x_dep, memo)
         p = placeholder(n.shape, "float", ("x", len(xs_in) + k), f"u{k}")
-        seq.label = seq.label or n.label or f"{n.op}_seq"
         new_in.append(p)
         new_seq.append(seq)
         mapping[n.id] = p
@@ -89,7 +89,8 @@ def hoist(roots: list[Node], carry_in: tuple, xs_in: tuple, xs: tuple, start: in
     # An x_t that only fed hoisted products leaves the loop (its cotangent comes from theirs).
     read = {n.id for n in topo_order(roots)}
     keep = [k for k, p in enumerate(xs_in) if p.id in read]
-    return roots, (*(xs_in[k] for k in keep), *new_in), (*(xs[k] for k in keep), *new_seq)
+    shown = tuple(zip(new_in, (frontier[i] for i in sorted(frontier))))
+    return roots, (*(xs_in[k] for k in keep), *new_in), (*(xs[k] for k in keep), *new_seq), shown
 
 
 def _row_wise(n: Node, seq_ok: set[int], x_dep: set[int]) -> bool:
