@@ -35,6 +35,8 @@ def serve(fw: str, wl_name: str, threads: int) -> None:
     wl = WORKLOADS[wl_name]
     P, D = wl.problem()
     if fw.startswith("symbp"):
+        if fw.endswith("_nohoist"):  # e.g. symbp_cython_nohoist: the loop as written (symbp.ops.hoist)
+            os.environ["SYMBP_HOIST"] = "0"
         import symbp as sb
 
         tr = sb.compile(sb.derive(wl.model()), backend=fw.split("_")[1], dtype="float32",
