@@ -2,9 +2,12 @@
 
 The per-op profile in README.md comes from::
 
-    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 perf record -F 2000 -o /tmp/lstm.perf \\
-        python benchmarks/profile_lstm.py --workload lstm --steps 400
-    perf report -i /tmp/lstm.perf --no-children --sort dso,symbol --percent-limit 0.5
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python benchmarks/profile_lstm.py --workload lstm \\
+        --steps 400 --perf /tmp/lstm.perf
+    python benchmarks/perf_table.py /tmp/lstm.perf $SYMBP_CACHE_DIR/symbp_lstm_<key>/*.pyx
+
+``--perf`` attaches ``perf record`` (with DWARF call graphs) to this process for the timed steps
+only, so neither SymPy's derivation nor the compile lands in the profile.
 
 The generated C runs each time step of each loop in its own function (``sb_<fn>_<tag>``,
 see ``codegen.cython.loops._outline``): the ``.pyx`` in the cache entry says which is which.
@@ -15,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,6 +32,7 @@ def main() -> None:
     ap.add_argument("--workload", default="lstm")
     ap.add_argument("--backend", default="cython")
     ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--perf", help="write a perf profile of the timed steps to this file")
     a = ap.parse_args()
     os.sched_setaffinity(0, {0})
     sys.path[:0] = [str(HERE), str(HERE.parent)]
@@ -40,9 +46,17 @@ def main() -> None:
     tr = sb.compile(d, backend=a.backend, dtype="float32", optimizer=sb.optim.SGD(lr=LR), params=P)
     for _ in range(20):
         tr.step(**D)
+    rec = None
+    if a.perf:
+        rec = subprocess.Popen(["perf", "record", "-q", "-F", "700", "--call-graph", "dwarf,16384", "-o", a.perf,
+                                "-p", str(os.getpid())])
+        time.sleep(1.0)  # perf is attached
     s = time.perf_counter()
     for _ in range(a.steps):
         tr.step(**D)
+    if rec is not None:
+        rec.send_signal(signal.SIGINT)
+        rec.wait()
     print(f"{a.workload} {a.backend}: {(time.perf_counter() - s) / a.steps * 1e6:.0f} us/step over {a.steps} steps")
 
 

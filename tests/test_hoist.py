@@ -88,3 +88,17 @@ def test_hoisted_loops_match_the_plain_ones(backend, reference, monkeypatch):
         for k in ref:
             np.testing.assert_allclose(got[k], ref[k], rtol=0, atol=1e-12, err_msg=k)
     np.testing.assert_allclose(ys, rys, rtol=0, atol=1e-12)
+
+
+def test_long_products_of_hoisted_gradients_match_numpy():
+    """A weight gradient summed over T*B rows is a product with a long k (T*B): the Cython
+    kernel runs it in blocks of k (codegen/cython/printer.py, SB_KC = 128 in float64); here
+    k = 300 = 2 blocks and a part, forward (x @ W, k = 300 features) and backward (x^T d, k = B)."""
+    m = sb.Model("long_k")
+    x, c = m.input("x", (300,)), m.input("c", (32,))
+    m.minimize(sb.sum(sb.tanh(x @ m.param("W", (300, 32))) * c))
+    rng = np.random.default_rng(1)
+    batch = {"x": rng.normal(size=(290, 300)), "c": rng.normal(size=(290, 32))}
+    got, ref = (sb.compile(sb.derive(m), backend=b, dtype="float64", seed=0).gradients(**batch)
+                for b in ("cython", "numpy"))
+    np.testing.assert_allclose(got["W"], ref["W"], rtol=1e-12, atol=1e-12)
