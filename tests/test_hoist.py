@@ -1,6 +1,8 @@
-"""Loop-invariant hoisting (``symbp.ops.hoist``): what moves out of a scan's loop, and that the
-hoisted loops compute what the plain ones do (``SYMBP_HOIST=0``), on both backends, with masks,
-overlapping truncation windows, stateful carries, go_backwards and initial states."""
+"""Loop-invariant hoisting (``symbp.ops.hoist``): what moves out of a scan's loop (products before
+the forward loop, weight gradients after the reverse one), and that the hoisted loops compute
+what the plain ones do (``SYMBP_HOIST=0``), on both backends, with masks, overlapping truncation
+windows, stateful carries, go_backwards and initial states. Seen failing with the hoisted
+sequence reversed, and (each backend) with the stacked cotangents copied instead of accumulated."""
 
 import numpy as np
 import pytest
@@ -54,7 +56,13 @@ def test_carry_independent_products_leave_the_loop(monkeypatch):
     seqs = {k: [x.shape for x in s.inputs[:len(s.attrs["cell"].xs_in)]] for k, s in scans.items()}
     assert seqs == {"lstm": [(None, T), (None, T, 4 * H)], "gru": [(None, T, 3 * H)],
                     "rnn": [(None, T, H)], "mine": [(None, T, H), (None, T, H)]}
+    # the reverse step's h_{t-1}^T dz_t: one product over the stacked steps after the reverse loop
+    from symbp.ops.hoist import gradient_products
+
+    cell = scans["lstm"].attrs["cell"]
+    assert {cell.captured[j].label for j in gradient_products(cell, list(cell.d_captured))} == {"lstm_Wh"}
     monkeypatch.setenv("SYMBP_HOIST", "0")
+    assert gradient_products(cell, list(cell.d_captured)) == {}
     assert all(len(s.attrs["cell"].captured) >= 3 for s in _scans(_model()).values())
 
 

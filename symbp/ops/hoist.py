@@ -12,8 +12,12 @@ after the reverse loop, from the per-step cotangents the loop stores for the new
 truncation, stateful carries, go_backwards and initial states only change what the loop does
 with the carry, which the hoisted products never read, so values and gradients are the same.
 
-``SYMBP_HOIST=0`` in the environment turns hoisting off (read when the step is traced), to
-compare the two forms or to profile the plain loop.
+The reverse loop's own sums over t, a weight's gradient sum_t a_t^T b_t of two per-step values
+(h_{t-1}^T dz_t for ``h @ Wh``), become one product over the stacked steps after that loop:
+``gradient_products`` says which, each backend's loop emitter stacks them.
+
+``SYMBP_HOIST=0`` in the environment turns both off (read when the step is traced and when the
+loops are emitted), to compare the two forms or to profile the plain loops.
 """
 
 from __future__ import annotations
@@ -124,3 +128,30 @@ def _over_time(n: Node, xs: tuple, x_ids: dict[int, int], x_dep: set[int], memo:
             shape = broadcast_shapes([i.shape for i in ins], f"op {v.op!r}")
         memo[v.id] = Node(v.op, ins, shape, v.dtype, v.attrs, v.name, v.label)
     return memo[n.id]
+
+
+def gradient_products(cell, d_captured: list) -> dict[int, tuple[Node, int]]:
+    """The weight gradients of a reverse step that are one product ``a^T b`` of two per-step values.
+
+    Summed over t, such a gradient is one product over the stacked steps (k = T*B rows) after the
+    reverse loop instead of T products with k = B inside it; backends stack ``a`` and ``b``.
+
+    Args:
+        cell: the scan's ``symbp.ops.scan.Cell``.
+        d_captured: the reverse step's cotangent of each captured input (None: not wanted).
+    Returns:
+        {index in d_captured: (the product node, which of its two inputs carries the cotangent)}.
+    """
+    out: dict[int, tuple[Node, int]] = {}
+    if not enabled():
+        return out
+    for j, r in enumerate(d_captured):
+        if r is None or r.op != "dot" or not r.attrs["ta"] or r.attrs["tb"]:
+            continue
+        roles = [{v.attrs["role"][0] for v in topo_order([i]) if v.op == "input" and "role" in v.attrs}
+                 for i in r.inputs]
+        per_step = [bool(s - {"captured"}) for s in roles]
+        cot = [bool(s & {"d_carry", "d_y"}) for s in roles]
+        if all(per_step) and sum(cot) == 1:
+            out[j] = (r, cot.index(True))
+    return out
