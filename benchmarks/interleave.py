@@ -9,6 +9,7 @@ alternates. Frameworks in one process would not do: JAX's runtime threads then s
 from the other's steps. Not part of the test suite.
 
     python benchmarks/interleave.py --peer-python /tmp/bench-venv/bin/python --blocks 30
+    git archive main | tar -x -C /tmp/base    # before/after: --base /tmp/base, base:symbp_cython
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def main() -> None:
     ap.add_argument("--frameworks", default="symbp_cython,jax")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--peer-python", default=os.environ.get("PEER_PYTHON", "/tmp/bench-venv/bin/python"))
+    ap.add_argument("--base", help="a checkout of another commit: base:<framework> runs its symbp (before/after)")
     ap.add_argument("--blocks", type=int, default=30)
     ap.add_argument("--steps", type=int, default=100, help="steps per block")
     a = ap.parse_args()
@@ -81,9 +83,10 @@ def main() -> None:
     env.pop("SYMBP_CFLAGS", None)
     workers = {}
     for fw in a.frameworks.split(","):
-        python = sys.executable if fw.startswith("symbp") else a.peer_python
-        workers[fw] = subprocess.Popen([python, str(Path(__file__).resolve()), "--serve", fw, a.workload,
-                                        str(a.threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        python = sys.executable if fw.startswith(("symbp", "base:")) else a.peer_python
+        script = Path(a.base) / "benchmarks" / "interleave.py" if fw.startswith("base:") else Path(__file__)
+        workers[fw] = subprocess.Popen([python, str(script.resolve()), "--serve", fw.removeprefix("base:"),
+                                        a.workload, str(a.threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                        text=True, env=env)
         if workers[fw].stdout.readline().strip() != "ready":  # build one at a time: no overlap
             raise SystemExit(f"{fw}: worker failed to start")
