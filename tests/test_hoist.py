@@ -86,6 +86,7 @@ def _run(backend):
 
 @pytest.mark.parametrize("backend", ["numpy", "cython"])
 def test_hoisted_loops_match_the_plain_ones(backend, reference, monkeypatch):
+    monkeypatch.delenv("SYMBP_CFLAGS", raising=False)  # Cython at the flags users get (-O3 -march=native)
     monkeypatch.setenv("SYMBP_HOIST", "1")
     (loss0, g0), (loss2, g2, ys, params) = _run(backend)
     (rloss0, rg0), (rloss2, rg2, rys, rparams) = reference
@@ -98,10 +99,11 @@ def test_hoisted_loops_match_the_plain_ones(backend, reference, monkeypatch):
     np.testing.assert_allclose(ys, rys, rtol=0, atol=1e-12)
 
 
-def test_long_products_of_hoisted_gradients_match_numpy():
+def test_long_products_of_hoisted_gradients_match_numpy(monkeypatch):
     """A weight gradient summed over T*B rows is a product with a long k (T*B): the Cython
     kernel runs it in blocks of k (codegen/cython/printer.py, SB_KC = 128 in float64); here
     k = 300 = 2 blocks and a part, forward (x @ W, k = 300 features) and backward (x^T d, k = B)."""
+    monkeypatch.delenv("SYMBP_CFLAGS", raising=False)
     m = sb.Model("long_k")
     x, c = m.input("x", (300,)), m.input("c", (32,))
     m.minimize(sb.sum(sb.tanh(x @ m.param("W", (300, 32))) * c))
