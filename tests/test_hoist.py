@@ -112,3 +112,40 @@ def test_long_products_of_hoisted_gradients_match_numpy(monkeypatch):
     got, ref = (sb.compile(sb.derive(m), backend=b, dtype="float64", seed=0).gradients(**batch)
                 for b in ("cython", "numpy"))
     np.testing.assert_allclose(got["W"], ref["W"], rtol=1e-12, atol=1e-12)
+
+
+def _odd_cells():
+    """Steps hoisting must read right: two sequences whose products meet in one sum, a hoisted
+    value that is also the step's output, and a per-example context (batch, F) scaling x_t
+    before its product, which has no time axis and so keeps that product in the loop."""
+    m = sb.Model("odd")
+    a, b, ctx = m.input("a", (T, F)), m.input("b", (T, H)), m.input("ctx", (F,))
+    Wa, Wb, Wh, Wc = m.param("Wa", (F, H)), m.param("Wb", (H, H)), m.param("Wh", (H, H)), m.param("Wc", (F, H))
+
+    def two(h, xs):
+        u = xs[0] @ Wa + xs[1] @ Wb
+        return sb.tanh(u + h @ Wh), u
+
+    def scaled(h, x):
+        return sb.tanh((x * ctx) @ Wc + h @ Wh), h
+
+    _, us = sb.scan(two, (a, b), sb.zeros((H,)), label="two")
+    _, hs = sb.scan(scaled, a, sb.zeros((H,)), label="scaled")
+    m.minimize(sb.sum(us * us) + sb.sum(sb.tanh(hs)))
+    return m
+
+
+def test_odd_cells(monkeypatch):
+    rng = np.random.default_rng(2)
+    batch = {"a": rng.normal(size=(B, T, F)), "b": rng.normal(size=(B, T, H)), "ctx": rng.normal(size=(B, F))}
+    got = {}
+    for flag in ("1", "0"):
+        monkeypatch.setenv("SYMBP_HOIST", flag)
+        m = _odd_cells()
+        got[flag] = sb.compile(sb.derive(m), dtype="float64", seed=0).gradients(**batch)
+    monkeypatch.setenv("SYMBP_HOIST", "1")
+    scans = _scans(_odd_cells())
+    assert [x.shape for x in scans["two"].inputs[:len(scans["two"].attrs["cell"].xs_in)]] == [(None, T, H)]
+    assert {p.label for p in scans["scaled"].attrs["cell"].captured} == {"Wc", "Wh", "ctx"}
+    for k in got["0"]:
+        np.testing.assert_allclose(got["1"][k], got["0"][k], rtol=0, atol=1e-12, err_msg=k)
