@@ -9,6 +9,7 @@ alternates. Frameworks in one process would not do: JAX's runtime threads then s
 from the other's steps. Not part of the test suite.
 
     python benchmarks/interleave.py --peer-python /tmp/bench-venv/bin/python --blocks 30
+    git archive main | tar -x -C /tmp/base    # before/after: --base /tmp/base, base:symbp_cython
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ def serve(fw: str, wl_name: str, threads: int) -> None:
     wl = WORKLOADS[wl_name]
     P, D = wl.problem()
     if fw.startswith("symbp"):
+        if fw.endswith("_nohoist"):  # e.g. symbp_cython_nohoist: the loop as written (symbp.ops.hoist)
+            os.environ["SYMBP_HOIST"] = "0"
         import symbp as sb
 
         tr = sb.compile(sb.derive(wl.model()), backend=fw.split("_")[1], dtype="float32",
@@ -48,12 +51,16 @@ def serve(fw: str, wl_name: str, threads: int) -> None:
     for _ in range(50):
         step()
     print("ready", flush=True)
+    # cpu: the process's CPU time per step, which other jobs time-sharing the cores barely move
+    # (they still share caches and memory bandwidth); only meaningful at 1 thread, and for JAX it
+    # counts its runtime's threads too
+    clock = time.process_time if os.environ.get("BENCH_CLOCK") == "cpu" else time.perf_counter
     for line in sys.stdin:
         times = []
         for _ in range(int(line)):
-            s = time.perf_counter()
+            s = clock()
             step()
-            times.append(time.perf_counter() - s)
+            times.append(clock() - s)
         print(json.dumps(times), flush=True)
 
 
@@ -64,8 +71,11 @@ def main() -> None:
     ap.add_argument("--frameworks", default="symbp_cython,jax")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--peer-python", default=os.environ.get("PEER_PYTHON", "/tmp/bench-venv/bin/python"))
+    ap.add_argument("--base", help="a checkout of another commit: base:<framework> runs its symbp (before/after)")
     ap.add_argument("--blocks", type=int, default=30)
     ap.add_argument("--steps", type=int, default=100, help="steps per block")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="cpu: time steps by the worker's CPU time (a loaded machine; 1 thread)")
     a = ap.parse_args()
     if a.serve:
         serve(a.serve[0], a.serve[1], int(a.serve[2]))
@@ -77,11 +87,13 @@ def main() -> None:
     if a.threads == 1:
         env["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
     env.pop("SYMBP_CFLAGS", None)
+    env["BENCH_CLOCK"] = a.clock
     workers = {}
     for fw in a.frameworks.split(","):
-        python = sys.executable if fw.startswith("symbp") else a.peer_python
-        workers[fw] = subprocess.Popen([python, str(Path(__file__).resolve()), "--serve", fw, a.workload,
-                                        str(a.threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        python = sys.executable if fw.startswith(("symbp", "base:")) else a.peer_python
+        script = Path(a.base) / "benchmarks" / "interleave.py" if fw.startswith("base:") else Path(__file__)
+        workers[fw] = subprocess.Popen([python, str(script.resolve()), "--serve", fw.removeprefix("base:"),
+                                        a.workload, str(a.threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                        text=True, env=env)
         if workers[fw].stdout.readline().strip() != "ready":  # build one at a time: no overlap
             raise SystemExit(f"{fw}: worker failed to start")
@@ -98,7 +110,7 @@ def main() -> None:
     med = {fw: statistics.median(v) * 1e6 for fw, v in times.items()}
     for fw, v in times.items():
         q = statistics.quantiles(v, n=10)
-        print(f"{a.workload} t={a.threads} {fw:13s} median {med[fw]:7.0f} us  p10 {q[0] * 1e6:7.0f}  "
+        print(f"{a.workload} t={a.threads} {a.clock} {fw:13s} median {med[fw]:7.0f} us  p10 {q[0] * 1e6:7.0f}  "
               f"p90 {q[-1] * 1e6:7.0f}  min {min(v) * 1e6:7.0f}")
     first = names[0]
     for fw in names[1:]:

@@ -234,22 +234,24 @@ def rnn_model():
     return m
 
 
-def lstm_model():
+def lstm_model(in_step: bool = False):
+    """in_step: x_t @ Wx written inside the step, as a textbook cell (and sb.layers.LSTM) has it;
+    symbp.ops.hoist then moves it out of the loop itself (with SYMBP_HOIST=0 it stays in)."""
     import symbp as sb
 
-    m = sb.Model("lstm")
+    m = sb.Model("lstm_step" if in_step else "lstm")
     x, y = m.input("x", (T, V)), m.input("y", (T,), dtype="int64")
     Wx, Wh, b = m.param("Wx", (V, 4 * H)), m.param("Wh", (H, 4 * H)), m.param("b", (4 * H,))
 
     def cell(carry, u):
         h, c = carry
-        z = u + h @ Wh
+        z = u @ Wx + h @ Wh + b if in_step else u + h @ Wh
         i, f, g, o = (z[:, k * H:(k + 1) * H] for k in range(4))
         c = sb.sigmoid(f) * c + sb.sigmoid(i) * sb.tanh(g)
         h = sb.sigmoid(o) * sb.tanh(c)
         return (h, c), h
 
-    _, hs = sb.scan(cell, x @ Wx + b, (sb.zeros((H,)), sb.zeros((H,))))
+    _, hs = sb.scan(cell, x if in_step else x @ Wx + b, (sb.zeros((H,)), sb.zeros((H,))))
     m.minimize(sb.softmax_cross_entropy(hs @ m.param("Why", (H, V)) + m.param("by", (V,)), y))
     return m
 
@@ -375,4 +377,6 @@ WORKLOADS = {
                     flops=2 * T * BR * (V * H + H * H + H * V)),
     "lstm": Workload("lstm", lstm_problem, lstm_model, _seq_torch(True), _seq_jax(True), _seq_torch_nn(True),
                      flops=2 * T * BR * (V * 4 * H + H * 4 * H + H * V)),
+    "lstm_step": Workload("lstm_step", lstm_problem, lambda: lstm_model(in_step=True), _seq_torch(True), _seq_jax(True),
+                          _seq_torch_nn(True), flops=2 * T * BR * (V * 4 * H + H * 4 * H + H * V)),
 }

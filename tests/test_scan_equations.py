@@ -16,13 +16,15 @@ def scan_of(kind: str, T: int, truncate=None):
 def test_simple_rnn_reads_like_the_textbook():
     eqs = scan_equations(scan_of("SimpleRNN", 5))
     text = {t for _, t, _ in eqs}
-    assert "h_t = tanh(x_t·rnn_Wx + h_{t-1}·rnn_Wh + rnn_b)" in text
+    # x_t·rnn_Wx does not read the carry: hoisted out of the loop (symbp.ops.hoist)
+    assert "u_t = x_t·rnn_Wx   (before the loop, for all t at once)" in text
+    assert "h_t = tanh(u_t + h_{t-1}·rnn_Wh + rnn_b)" in text
     assert "g1 = (δh_t + δy_t)*(1 - h_t**2)" in text          # output form of tanh': reuses h_t
     assert "δh_{t-1} = g1·rnn_Whᵀ" in text                     # the recurrence back through time
     assert "Δrnn_Wh_t = h_{t-1}ᵀ·g1" in text
     assert "∂L/∂rnn_Wh = Σ_t=0..4 Δrnn_Wh_t" in text
     assert {s for s, _, _ in eqs} == {"forward", "backward", "gradients"}
-    assert eqs[0][2].startswith("h_{t} = \\tanh")
+    assert eqs[0][2].startswith("u_{t} = x_{t}") and eqs[1][2].startswith("h_{t} = \\tanh")
 
 
 def test_equations_do_not_grow_with_T_and_show_truncation():

@@ -34,6 +34,7 @@ from symbp.autodiff.optimise import optimise
 from symbp.autodiff.schedule import schedule
 from symbp.ir import Node, topo_order
 from symbp.ops import scalar as S
+from symbp.ops.hoist import gradient_products
 from symbp.ops.scan import Cell, scan_outputs, substitute
 
 T_VAR = "sb_t"
@@ -257,13 +258,11 @@ def emit_scan_bwd(ctx, n: Node, out: K.View, *ins: K.View) -> list[str]:
     wanted = [r if need[k] else None for k, r in enumerate((*cell.d_xs, *cell.d_carry_in, *cell.d_captured))]
     # A weight's gradient that is a product of two per-step values, sum_t a_t^T b_t, is one
     # product over the stacked steps after the loop (K = T*B instead of T products with K = B).
-    # Only where every step is visited at most once: overlapping windows add a step twice.
+    # The side carrying the cotangent is accumulated: overlapping truncation windows visit a step twice.
     nch = -(-T // k1)
     windows = [(window_start(j * k1, min(j * k1 + k1, T) - 1, k1, k2), min(j * k1 + k1, T)) for j in range(nch)]
-    disjoint = all(w >= j * k1 for j, (w, _) in enumerate(windows))
-    hoist = {j: r for j, r in enumerate(wanted[nx + nc:])
-             if disjoint and r is not None and r.op == "dot" and r.attrs["ta"] and not r.attrs["tb"]
-             and all(_per_step(i, cell) for i in r.inputs)}
+    found = gradient_products(cell, wanted[nx + nc:])  # {j: (the product, which side carries the cotangent)}
+    hoist = {j: r for j, (r, _) in found.items()}
     cap_roots = [None if j in hoist else r for j, r in enumerate(wanted[nx + nc:])]
     pairs = [i for j in sorted(hoist) for i in hoist[j].inputs]
     body = CellBody(ctx, [*cell.d_carry_in, *wanted[:nx], *cap_roots, *cell.d_h, *pairs], bound)
@@ -272,12 +271,12 @@ def emit_scan_bwd(ctx, n: Node, out: K.View, *ins: K.View) -> list[str]:
     stacks, after = [], []  # per hoisted product: (stacked a, stacked b), and the product after the loop
     for q, j in enumerate(sorted(hoist)):
         sides = []
-        for node_, view in zip(hoist[j].inputs, roots[nin + nc + 2 * q:nin + nc + 2 * q + 2]):
+        for v, (node_, view) in enumerate(zip(hoist[j].inputs, roots[nin + nc + 2 * q:nin + nc + 2 * q + 2])):
             role = node_.attrs.get("role", ("",))
             if node_.op == "input" and role[0] == "saved":  # already stacked by the forward loop
-                sides.append((fwd.items[nc + ny + role[1]], None))
+                sides.append((fwd.items[nc + ny + role[1]], None, False))
             else:
-                sides.append((_private(ctx, (T, *node_.shape), "float")[1], view))
+                sides.append((_private(ctx, (T, *node_.shape), "float")[1], view, v == found[j][1]))
         stacks.append(sides)
         after += K.emit_dot(ctx, _Dot(), grads[nx + nc + j], sides[0][0], sides[1][0])
     tag = ctx.tag()
@@ -285,8 +284,8 @@ def emit_scan_bwd(ctx, n: Node, out: K.View, *ins: K.View) -> list[str]:
     lines = ["{", *["    " + d for d in decl], *["    " + x for x in pre]]
     for v in [*(x for x in grads if x is not None), norms]:
         lines += ["    " + x for x in K.fill(v, "0", ctx.tag())]
-    if sum(hi - w for w, hi in windows) < T:  # steps no window visits add nothing to a hoisted product
-        for stack, _ in (side for sides in stacks for side in sides if side[1] is not None):
+    if sum(hi - w for w, hi in windows) != T:  # a step no window visits adds nothing; one visited twice, both
+        for stack, _, _ in (side for sides in stacks for side in sides if side[1] is not None):
             lines += ["    " + x for x in K.fill(stack, "0", ctx.tag())]
     lines += [f"    for (long {j} = {nch - 1}; {j} >= 0; {j}--) {{",
               f"        long {lo} = {j} * {k1};",
@@ -316,8 +315,9 @@ def emit_scan_bwd(ctx, n: Node, out: K.View, *ins: K.View) -> list[str]:
             step += _accumulate(ctx, grads[nx + nc + jc], dp)
     for k, v in enumerate(d_cin):  # all new cotangents first: d_carry_in may read any dc (swaps)
         step += K.copy(vnd[k], v, ctx.tag()) if v is not None else K.fill(vnd[k], "0", ctx.tag())
-    for stack, view in (side for sides in stacks for side in sides if side[1] is not None):
-        step += K.copy(at_t(stack, 0), view, ctx.tag())
+    overlap = sum(hi - w for w, hi in windows) > T
+    for stack, view, cot in (side for sides in stacks for side in sides if side[1] is not None):
+        step += _accumulate(ctx, at_t(stack, 0), view) if cot and overlap else K.copy(at_t(stack, 0), view, ctx.tag())
     lines.append(f"        for (long {T_VAR} = {hi}; {T_VAR} >= {w}; {T_VAR}--) {{")
     lines.append("            " + _outline(ctx, step, [lo], [(v.ctype, x) for v, x in zip(vdc + vnd, dc + nd)]))
     lines += ["            " + x for x in _swap(dc, nd, vdc)]
@@ -343,21 +343,6 @@ def _uses(roots: list[Node]) -> dict[int, list[Node]]:
         for i in n.inputs:
             out.setdefault(i.id, []).append(n)
     return out
-
-
-def _per_step(n: Node, cell: Cell) -> bool:
-    """Whether ``n`` (in the backward cell) changes with t: it reads a per-step placeholder."""
-    fixed = {p.id for p in cell.captured}
-    stack, seen = [n], set()
-    while stack:
-        v = stack.pop()
-        if v.id in seen:
-            continue
-        seen.add(v.id)
-        if v.op == "input" and "role" in v.attrs and v.id not in fixed:
-            return True
-        stack.extend(v.inputs)
-    return False
 
 
 def _outline(ctx, step: list[str], longs: list[str], ptrs: list[tuple[str, str]]) -> str:

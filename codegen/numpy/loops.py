@@ -7,6 +7,9 @@ and derived once, see ``symbp.ops.scan``) emitted by the same machinery as a who
 source size does not depend on T. Buffers are allocated once per batch size: carries,
 per-step outputs (batch, T, ...), and the residuals the backward reads, saved as (T, batch, ...).
 
+A weight's gradient that the reverse step computes as sum_t a_t^T b_t of two per-step values is
+one product over the stacked steps after the loop (``symbp.ops.hoist.gradient_products``).
+
 Another backend ports this by emitting the same two loops: everything it needs is on the
 ``symbp.ops.scan.Cell`` in ``node.attrs["cell"]`` (closed forward and backward graphs, whose
 placeholders are bound here to loop variables), plus ``length``, ``truncate``, ``stateful`` and,
@@ -25,6 +28,7 @@ from __future__ import annotations
 from codegen.naming import Namer
 from codegen.numpy.printer import Scratch
 from symbp.autodiff.optimise import optimise
+from symbp.ops.hoist import gradient_products
 from symbp.ops.scan import Cell, scan_outputs
 
 
@@ -127,12 +131,31 @@ def emit_scan_bwd(n, out: str, *ins: str) -> list[str]:
     bound.update({p.id: f"_F[{off + r}][t]" for r, p in enumerate(cell.saved)})
     need = n.attrs["need"]
     wanted = [r if need[k] else None for k, r in enumerate((*cell.d_xs, *cell.d_carry_in, *cell.d_captured))]
-    roots = [*cell.d_carry_in, *wanted[:nx], *wanted[nx + nc:], *cell.d_h]
+    hoist = gradient_products(cell, wanted[nx + nc:])
+    cap_roots = [None if j in hoist else r for j, r in enumerate(wanted[nx + nc:])]
+    pairs = [i for j in sorted(hoist) for i in hoist[j][0].inputs]
+    roots = [*cell.d_carry_in, *wanted[:nx], *cap_roots, *cell.d_h, *pairs]
     body, bufs, specs, unpack, names = _cell_code(roots, bound, "            ")
     d_cin, d_x = names[:nc], names[nc:nc + nx]
-    d_cap, d_h = names[nc + nx:nin], names[nin:]
+    d_cap, d_h = names[nc + nx:nin], names[nin:nin + nc]
     inputs = n.inputs[:nin]
     shapes = [(i.shape if need[k] else (), "float") for k, i in enumerate(inputs)] + [((T,), "float")]
+    # a^T b summed over t (a weight's gradient): the two sides stacked over t, one product after
+    # the loop. A side the forward loop saved is read there; the side carrying the cotangent is
+    # accumulated, since overlapping truncation windows visit a step more than once.
+    stacks, after = [], []
+    for q, j in enumerate(sorted(hoist)):
+        sides = []
+        for v, (node_, name) in enumerate(zip(hoist[j][0].inputs, names[nin + nc + 2 * q:])):
+            role = node_.attrs.get("role", ("",))
+            if node_.op == "input" and role[0] == "saved":
+                sides.append(f"_F[{off + role[1]}]")
+                continue
+            sides.append(f"_o[{len(shapes)}]")
+            stacks.append((len(shapes), name, v == hoist[j][1]))
+            shapes.append(((T, *node_.shape), "float"))
+        a_, b_ = sides
+        after.append(f"    _o[{nx + nc + j}] += {a_}.reshape(-1, {a_}.shape[-1]).T @ {b_}.reshape(-1, {b_}.shape[-1])")
     extra = [(c.shape, "float") for c in cell.carry_in] * 2
     extra += [(y.shape, "float") for y in cell.ys] if truncated else []
     fn = f"_scan_bwd_{out}"
@@ -166,11 +189,15 @@ def emit_scan_bwd(n, out: str, *ins: str) -> list[str]:
     for j, dp in enumerate(d_cap):
         if dp is not None:
             lines.append(f"            np.add(_o[{nx + nc + j}], {dp}, out=_o[{nx + nc + j}])")
+    for k, name, acc in stacks:
+        lines.append(f"            np.add(_o[{k}][t], {name}, out=_o[{k}][t])" if acc else
+                     f"            _o[{k}][t] = {name}")
     for k, dc in enumerate(d_cin):  # all new cotangents first: d_carry_in may read any _dc (swaps)
         lines.append(f"            np.copyto(_nd{k}, {dc})" if dc is not None else f"            _nd{k}.fill(0.0)")
     lines.append(f"            {_swap('_dc', '_nd', nc)}")
     d_init = [f"            np.add(_o[{nx + k}], _dc{k}, out=_o[{nx + k}])" for k in range(nc) if need[nx + k]]
     lines += ["        if _w == 0:", *d_init] if d_init else []
+    lines += after
     lines += [f"    _ws.grad_norms[{label!r}] = _norms",
               "    return _o", f"{out} = {fn}(B, {', '.join(ins)})"]
     return lines

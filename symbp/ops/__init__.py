@@ -6,6 +6,7 @@
 - ``indexing``: ``x[...]`` with NumPy's semantics over the reported shape (slice, unslice);
 - ``conv``: convolution and pooling (NHWC) with their gradient ops;
 - ``scan``: recurrences, a cell traced once and looped;
+- ``hoist``: what a step computes without its carry, moved out of the loop (``SYMBP_HOIST=0``: off);
 - ``sequence``: embedding lookups (gather, scatter-add), one-hot, argmax, batched einsum/``@``;
 - ``stats``: running statistics (buffers) and the statistic that differs between modes;
 - ``nn``: reductions with numpy's names, the softmax family and losses, from the ops above;

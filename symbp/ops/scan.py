@@ -16,9 +16,10 @@ single output. Its vector-Jacobian rule returns a ``scan_bwd`` node, the reverse
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from symbp.ir import Node, SymbpError, check_identifier, fmt_shape, topo_order
+from symbp.ops.hoist import enabled, hoist
 from symbp.ops.structural import const, node
 from symbp.registry import OpDef, register
 
@@ -37,6 +38,7 @@ class Cell:
         saved: backward placeholders standing for ``residuals`` at step t.
         d_carry_in, d_xs, d_captured: backward results (None for int inputs / no path).
         d_h: total cotangent of each carry_out (for gradient-norm diagnostics).
+        hoisted: (x_t placeholder, the step's value it stands for) per product hoisted out of the loop.
     """
 
     carry_in: tuple
@@ -52,6 +54,7 @@ class Cell:
     d_xs: tuple
     d_captured: tuple
     d_h: tuple
+    hoisted: tuple = ()
 
     def forward_roots(self) -> list[Node]:
         return [*self.carry_out, *self.ys, *self.residuals]
@@ -145,7 +148,8 @@ def trace(step, xs: tuple, init: tuple, xs_tuple: bool, init_tuple: bool, where:
     """Call ``step`` once on placeholders and derive its backward; see the module docstring.
 
     Returns:
-        (cell, the outer tensors captured, whether the step returned a tuple of y_t).
+        (cell, the outer tensors captured, whether the step returned a tuple of y_t, the
+        sequences scanned: ``xs`` and then the hoisted products over all steps, see ``hoist``).
     """
     start = Node("const", (), (), "float", {"value": 0.0}).id  # every node traced is newer
     carry_in = tuple(placeholder(c.shape, c.dtype, ("carry", k), f"h{k}") for k, c in enumerate(init))
@@ -169,6 +173,10 @@ def trace(step, xs: tuple, init: tuple, xs_tuple: bool, init_tuple: bool, where:
         if y.shape[:1] != (None,):
             raise SymbpError(f"{where}: per-step output {k} must have the batch axis first, "
                              f"got shape {fmt_shape(y.shape)}")
+    hoisted = ()
+    if enabled():  # products that do not read the carry: once over all steps, before the loop
+        roots, xs_in, xs, hoisted = hoist([*carry_out, *ys], carry_in, xs_in, xs, start, placeholder)
+        carry_out, ys = tuple(roots[:len(carry_out)]), tuple(roots[len(carry_out):])
     # Outer tensors the step reads become explicit captured inputs (constants are just copied).
     phs = {p.id for p in (*carry_in, *xs_in)}
     outer: dict[int, Node] = {}
@@ -193,8 +201,8 @@ def trace(step, xs: tuple, init: tuple, xs_tuple: bool, init_tuple: bool, where:
                      for k, n in enumerate(outer_t))
     sub = substitute([*carry_out, *ys], {o.id: c for o, c in zip(outer_t, captured)})
     carry_out, ys = tuple(sub[:len(carry_out)]), tuple(sub[len(carry_out):])
-    cell = _backward(carry_in, xs_in, captured, carry_out, ys)
-    return cell, outer_t, isinstance(out[1], (tuple, list))
+    cell = replace(_backward(carry_in, xs_in, captured, carry_out, ys), hoisted=hoisted)
+    return cell, outer_t, isinstance(out[1], (tuple, list)), xs
 
 
 def _backward(carry_in, xs_in, captured, carry_out, ys) -> Cell:
@@ -376,9 +384,11 @@ def scan(step, xs, init, truncate: tuple | None = None, stateful: bool = False, 
         if max(truncate) > T:
             raise SymbpError(f"{where}: the sequence has {T} steps, shorter than the truncation window "
                              f"(k1, k2) = {truncate}")
-    cell, outer, y_tuple = trace(step, xs_t, init_t, xs_tuple, init_tuple, where)
+    cell, outer, y_tuple, xs_t = trace(step, xs_t, init_t, xs_tuple, init_tuple, where)
     s = node("scan", (*xs_t, *init_t, *outer), label=label or "scan", cell=cell, length=T,
              truncate=truncate, stateful=bool(stateful))
+    for k, u in enumerate(xs_t[len(xs_t) - len(cell.hoisted):]):  # the equations' u_t, over all t
+        u.label = f"{label or 'scan'}_u" + (str(k + 1) if len(cell.hoisted) > 1 else "")
     outs = scan_outputs(cell, T)
     proj = [node("scan_out", (s,), index=k, shape=sh, dtype=dt) for k, (sh, dt) in enumerate(outs)]
     nc = len(cell.carry_out)

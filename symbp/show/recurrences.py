@@ -112,6 +112,16 @@ class _Printer:
         return f"{n.op}({args_t})", f"\\operatorname{{{n.op}}}({', '.join(s for _, s in a)})"
 
 
+def _reads_x(n: Node) -> bool:
+    return any(v.attrs.get("role", ("",))[0] == "x" for v in topo_order([n]))
+
+
+def _outer_name(n: Node) -> tuple[str, str]:
+    """How a tensor from outside the step reads in a hoisted value: its name (a weight)."""
+    s = n.name or n.label or n.op
+    return s, s.replace("_", r"\_")
+
+
 def _carry_names(n: int) -> list[str]:
     return ["h"] if n == 1 else ["h", "c"] if n == 2 else [f"h{k + 1}" for k in range(n)]
 
@@ -128,13 +138,26 @@ def scan_equations(scan: Node) -> list[tuple[str, str, str]]:
     cell, T = scan.attrs["cell"], scan.attrs["length"]
     nc, nx = len(cell.carry_in), len(cell.xs_in)
     hs = _carry_names(nc)
-    xs = ["x"] if nx == 1 else [f"x{k + 1}" for k in range(nx)]
+    # x_t: the user's per-step inputs, u_t: values hoisted out of the loop (symbp.ops.hoist)
+    hoisted = dict(cell.hoisted)
+    user = {p.id: p for v in (*cell.xs_in, *hoisted.values()) for p in topo_order([v])
+            if p.attrs.get("role", ("",))[0] == "x" and p not in hoisted}
+    n_user = max([p.attrs["role"][1] + 1 for p in user.values()] + [0])
+    names = {p.id: (f"x{k + 1 if n_user > 1 else ''}_t", f"x{k + 1 if n_user > 1 else ''}_{{t}}")
+             for p in user.values() for k in [p.attrs["role"][1]]}
+    us = {p.id: "u" if len(hoisted) == 1 else f"u{k + 1}" for k, p in enumerate(hoisted)}
+    names.update({i: (f"{u}_t", f"{u}_{{t}}") for i, u in us.items()})
+    before: list[tuple[str, str, str]] = []
+    for p, v in hoisted.items():
+        pre = _Printer(names, "v")
+        pre.names.update({n.id: _outer_name(n) for n in topo_order([v]) if not _reads_x(n)})
+        pre.show([v], {v.id: names[p.id]}, set())
+        before += [("forward", t + "   (before the loop, for all t at once)", latex) for t, latex in pre.lines]
+    out: list[tuple[str, str, str]] = []
     outer = scan.inputs[nx + nc:]
     cap = [(o.name or o.label or f"C{k + 1}") for k, o in enumerate(outer)]
-    names = {p.id: (f"{h}_{{t-1}}", f"{h}_{{t-1}}") for p, h in zip(cell.carry_in, hs)}
-    names.update({p.id: (f"{x}_t", f"{x}_{{t}}") for p, x in zip(cell.xs_in, xs)})
+    names.update({p.id: (f"{h}_{{t-1}}", f"{h}_{{t-1}}") for p, h in zip(cell.carry_in, hs)})
     names.update({p.id: (c, c.replace("_", r"\_")) for p, c in zip(cell.captured, cap)})
-    out: list[tuple[str, str, str]] = []
     fwd = _Printer(names, "a")
     named = {c.id: (f"{h}_t", f"{h}_{{t}}") for c, h in zip(cell.carry_out, hs)}
     ys = ["y"] if len(cell.ys) == 1 else [f"y{k + 1}" for k in range(len(cell.ys))]
@@ -144,7 +167,7 @@ def scan_equations(scan: Node) -> list[tuple[str, str, str]]:
     for y, name in zip(cell.ys, ys):  # y_t = h_t: say so
         if named[y.id][0] != f"{name}_t":
             out.append(("forward", f"{name}_t = {named[y.id][0]}", f"{name}_{{t}} = {named[y.id][1]}"))
-    out[:0] = [("forward", t, latex) for t, latex in fwd.lines]
+    out[:0] = [*before, *(("forward", t, latex) for t, latex in fwd.lines)]
     # Backward: the saved placeholders read as the forward values they stand for.
     bnames = {s.id: fwd.names[r.id] for s, r in zip(cell.saved, cell.residuals)}
     bnames.update({p.id: names[p.id] for p in (*cell.xs_in, *cell.captured)})
@@ -164,6 +187,11 @@ def scan_equations(scan: Node) -> list[tuple[str, str, str]]:
         ln = c.replace("_", r"\_")
         out.append(("gradients", f"∂L/∂{c} = Σ_t=0..{T - 1} {bnamed[r.id][0]}",
                     f"\\frac{{\\partial L}}{{\\partial {ln}}} = \\sum_{{t=0}}^{{{T - 1}}} {bnamed[r.id][1]}"))
+    for p, v in hoisted.items():
+        u, w = names[p.id][0].removesuffix("_t"), ", ".join(_outer_name(n)[0] for n in topo_order([v])
+                                                            if n.op == "param")
+        out.append(("gradients", f"δ{u}_t = ∂L/∂{u}_t is kept for every t; after the loop, ∂L/∂({w}) from it in one "
+                    f"product over all T·B rows", f"\\delta {u}_{{t}} = \\partial L / \\partial {u}_{{t}}"))
     if scan.attrs["truncate"] is not None:
         k1, k2 = scan.attrs["truncate"]
         back = max(k2 - k1, 0)  # symbp.autodiff.bptt.window_start
