@@ -34,6 +34,7 @@ from pathlib import Path
 import symbp
 from symbp.ir import Node, topo_order
 from symbp.ops.elementwise import Formula
+from symbp.ops.hoist import enabled as hoisting
 
 HOST = hashlib.sha256(platform.node().encode()).hexdigest()[:8]
 """Names this machine in temporary build folders: a process id means something only on its own host."""
@@ -218,7 +219,9 @@ def graph_key(spec) -> str:
     h = hashlib.sha256()
     for part in (code_hash(), symbp.__version__, spec.dtype, repr(spec.optimizer.key()),
                  repr(sorted(spec.optimizer.hyper)), d.name, repr(d.dtype),
-                 repr({k: b.attrs["fill"] for k, b in d.buffers.items()})):
+                 repr({k: b.attrs["fill"] for k, b in d.buffers.items()}),
+                 # read again when the backward loop is emitted (its weight-gradient products)
+                 f"hoist={hoisting()}"):
         h.update(part.encode() + b"\0")
     _digest_graph({"loss": [d.loss], "params": list(d.params.values()), "inputs": list(d.inputs.values()),
                    "outputs": list(d.outputs.values()), "buffers": list(d.buffers.values()),

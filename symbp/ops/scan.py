@@ -263,8 +263,7 @@ def _scan_vjp(nd: Node, g: Node) -> list:
     cots = _unpack(g)
     outs = scan_outputs(cell, T)
     seeds = [cots[k] if k in cots else const(0.0, s) for k, (s, _) in enumerate(outs[:nc + len(cell.ys)])]
-    # Data, constants and dropout masks (leaves that are not parameters) never need a cotangent:
-    # skip their per-step products in the loop.
+    # Leaves that are not parameters (data, constants, dropout masks) need no cotangent: skip their products.
     need = tuple(i.dtype == "float" and (i.op == "param" or bool(i.inputs)) for i in nd.inputs)
     bwd = node("scan_bwd", (*nd.inputs, nd, *seeds), label=f"d_{nd.label or 'scan'}", need=need, **nd.attrs)
     result = []
