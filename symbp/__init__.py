@@ -28,7 +28,7 @@ from symbp.ops import *  # noqa: E402,F403 - every op function is sb.<name>
 
 
 def compile(derivation: Derivation, backend: str = "numpy", optimizer=None, dtype: str | None = None,
-            seed: int = 0, params: dict | None = None):
+            seed: int = 0, params: dict | None = None, distributed: str | None = None):
     """Generate, build and load training code for a derivation.
 
     Args:
@@ -38,6 +38,9 @@ def compile(derivation: Derivation, backend: str = "numpy", optimizer=None, dtyp
         dtype: "float32" or "float64"; None: the dtype the model's inputs declare, else float32.
         seed: seeds the parameter initialisers.
         params: initial values by name, overriding the initialisers.
+        distributed: "mpi": every process ``mpiexec`` starts trains this one model on its own
+            examples, the gradients summed over all (``pip install "symbp[mpi]"``; README,
+            "More than one process"). None: this process alone.
     Returns:
         A Trainer: ``params``, ``loss``, ``gradients``, ``step``, ``predict``, ``source``.
     """
@@ -49,6 +52,8 @@ def compile(derivation: Derivation, backend: str = "numpy", optimizer=None, dtyp
         raise SymbpError(f"sb.compile expects the result of sb.derive(model), got {type(derivation).__name__}")
     if backend not in codegen.BACKENDS:
         raise SymbpError(f"unknown backend {backend!r}; choose from {', '.join(codegen.BACKENDS)}")
+    if distributed not in (None, "mpi"):
+        raise SymbpError(f"distributed must be None or 'mpi', got {distributed!r}")
     dtype = _dtype(derivation, dtype, codegen.FLOAT_DTYPES)
     optimizer = optim.check(optimizer if optimizer is not None else optim.SGD(lr=0.01))
     spec = codegen.Spec(derivation, optimizer, dtype)
@@ -58,7 +63,7 @@ def compile(derivation: Derivation, backend: str = "numpy", optimizer=None, dtyp
         if k not in values:
             raise SymbpError(f"params: the model has no parameter {k!r}")
         values[k] = v
-    tr = Trainer(module, values, optimizer.hyper, source)
+    tr = Trainer(module, values, optimizer.hyper, source, distributed)
     tr.optimizer = optimizer
     return tr
 

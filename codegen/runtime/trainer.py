@@ -22,6 +22,7 @@ import threading
 
 import numpy as np
 
+from . import distributed as _distributed
 from .workspace import Workspace
 
 FORMAT = 1
@@ -67,9 +68,12 @@ class Trainer:
         params: initial parameter values by name.
         hyper: optimiser hyperparameters (a live dict: changing a value takes effect at once).
         source: the generated source text, shown by ``tr.source``.
+        distributed: None, or "mpi": train on every process of ``mpiexec`` together (see
+            ``distributed.py``); the parameters start as rank 0's.
     """
 
-    def __init__(self, kernels, params: dict, hyper: dict | None = None, source: str | None = None):
+    def __init__(self, kernels, params: dict, hyper: dict | None = None, source: str | None = None,
+                 distributed: str | None = None):
         self.kernels = kernels
         kernels.DataError = DataError  # what the kernels' own checks (labels) raise: ours, not a bare ValueError
         self.dtype = np.dtype(kernels.DTYPE)
@@ -84,6 +88,9 @@ class Trainer:
         # step count, so they take turns (separate trainers run in parallel).
         self._lock = threading.RLock()
         self.reset_optimizer()
+        self.dist = _distributed.group(distributed)  # None, or the MPI processes training together
+        if self.dist is not None:
+            self.dist.broadcast_params(self)
 
     def reset_optimizer(self) -> None:
         """Zero the optimiser state and the step count."""
@@ -167,6 +174,9 @@ class Trainer:
     def step(self, /, **batch) -> float:
         """One optimiser update on ``batch``; returns the loss before the update.
 
+        Distributed, every rank calls it with its own examples, and the update (the same on every
+        rank) is that of the mean loss over all of them, which it returns.
+
         Raises:
             NonFiniteLoss: the loss is NaN or Inf (the parameters are left unchanged).
         """
@@ -179,7 +189,10 @@ class Trainer:
             self.t += 1
             before = dict(self.carries)
             try:
-                loss = self.kernels.step(self.params, self.state, data, self.hyper, self.t, self.workspace)
+                if self.dist is None:
+                    loss = self.kernels.step(self.params, self.state, data, self.hyper, self.t, self.workspace)
+                else:  # gradients, reduced over the ranks, then the update
+                    loss = self.dist.step(self, data)
             except DataError:  # found by the kernels' own checks (labels), before any update
                 self.t -= 1
                 self._set_carries(before)
