@@ -8,6 +8,7 @@ to OUT (JSON), which the tests read. Skipped when mpi4py or mpiexec is missing
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import pathlib
@@ -77,25 +78,28 @@ def _identical(comm, params: dict) -> bool:
 
 
 def case_steps(comm) -> dict:
-    """Several steps on per-rank shards against one process on the whole batch."""
+    """Several steps on per-rank shards against one process on the whole batch, with each of
+    the two ways of summing (distributed.GATHER_UP_TO)."""
+    from codegen.runtime import distributed
     from codegen.runtime.distributed import shard
 
     out = {}
-    for backend in ("numpy", "cython"):
-        for model in MODELS:
-            for split, n in (("equal", 8), ("unequal", 7)):
-                tr = _compile(model, backend, "mpi", seed=comm.rank)  # rank 0's weights reach every rank
-                ref = _compile(model, backend, None) if comm.rank == 0 else None
-                losses = []
-                for k in range(4):
-                    batch = data(model, n, seed=k)
-                    part = shard(n, comm.rank, comm.size)
-                    loss = tr.step(**{key: v[part] for key, v in batch.items()})
-                    if ref is not None:
-                        losses.append(abs(loss - ref.step(**batch)))
-                identical = _identical(comm, tr.params)
-                if ref is not None:
-                    out[f"{backend}-{model}-{split}"] = {"params": _max_err(tr.params, ref.params),
+    for backend, model, split, how in itertools.product(("numpy", "cython"), MODELS, ("equal", "unequal"),
+                                                         ("allgather", "allreduce")):
+        n = 8 if split == "equal" else 7
+        distributed.GATHER_UP_TO = 4 if how == "allgather" else 1
+        tr = _compile(model, backend, "mpi", seed=comm.rank)  # rank 0's weights reach every rank
+        ref = _compile(model, backend, None) if comm.rank == 0 else None
+        losses = []
+        for k in range(4):
+            batch = data(model, n, seed=k)
+            part = shard(n, comm.rank, comm.size)
+            loss = tr.step(**{key: v[part] for key, v in batch.items()})
+            if ref is not None:
+                losses.append(abs(loss - ref.step(**batch)))
+        identical = _identical(comm, tr.params)
+        if ref is not None:
+            out[f"{backend}-{model}-{split}-{how}"] = {"params": _max_err(tr.params, ref.params),
                                                          "loss": max(losses), "identical": identical}
     return out
 
@@ -217,8 +221,9 @@ def fitted(tmp_path_factory):
 @pytest.mark.parametrize("backend", ["numpy", "cython"])
 @pytest.mark.parametrize("model", ["mlp", "lstm"])
 @pytest.mark.parametrize("split", ["equal", "unequal"])
-def test_two_ranks_step_like_one_process_on_the_whole_batch(steps, backend, model, split):
-    got = steps[f"{backend}-{model}-{split}"]
+@pytest.mark.parametrize("how", ["allgather", "allreduce"])
+def test_two_ranks_step_like_one_process_on_the_whole_batch(steps, backend, model, split, how):
+    got = steps[f"{backend}-{model}-{split}-{how}"]
     assert got["params"] <= TOL and got["loss"] <= TOL, got
     assert got["identical"], "the ranks' parameters differ"
 

@@ -10,13 +10,22 @@ loss and the count itself, reduces it, and runs the generated ``update`` on the 
 divided by the total count: the update of the mean loss over all ranks' examples, clipped by
 the global norm of that reduced gradient.
 
-The reduction is ``Reduce`` (sum) to rank 0 followed by ``Bcast`` from rank 0. MPI does not
-promise that ``Allreduce`` hands every rank the same bits (an implementation may sum in a
-different order on each rank); one sum broadcast does, so all ranks hold bitwise-identical
-parameters after every step. It moves the same bytes per rank as a ring or tree allreduce (a
-reduce and a broadcast of the buffer), at the price of one more latency term; an allgather
-with a fixed-order sum would also be reproducible from run to run, but moves (ranks - 1)
-buffers into every rank and stops scaling at a handful of ranks.
+How the sum is taken so that all ranks hold bitwise-identical parameters after every step:
+MPI does not promise that ``Allreduce`` hands every rank the same bits (an implementation may
+add in a different order on each rank), so the sum is made identical by construction:
+
+- up to ``GATHER_UP_TO`` ranks, ``Allgather`` of every rank's buffer, then each rank adds them
+  in rank order. Elementwise IEEE additions in a fixed order: the same bits on every rank and
+  in every run, on any CPU. Each rank receives (ranks - 1) buffers, no more than the ~3 buffers
+  of the other way at these sizes.
+- beyond, ``Allreduce`` (the library's bandwidth-optimal algorithm: ~2 buffers per rank)
+  followed by ``Bcast`` of rank 0's result (~1 more). Identical bits on every rank; from run
+  to run as reproducible as the library's algorithm choice (fixed for a fixed rank count and
+  size in MPICH and Open MPI).
+
+``Reduce`` to rank 0 then ``Bcast`` would also be identical by construction, but MPICH's
+``Reduce`` of a 340 kB buffer took ~1.2 ms on 2 ranks of this machine against ~0.2 ms for
+``Allreduce`` and ~0.1 ms for ``Allgather`` (``benchmarks/mpi.py`` measures the step's).
 """
 
 from __future__ import annotations
@@ -34,6 +43,9 @@ Intel MPI, Open MPI, MVAPICH, PMIx): (size, rank)."""
 
 INSTALL = 'distributed="mpi" needs mpi4py and an MPI: pip install "symbp[mpi]" (or, in a package symbp built, ' \
           'pip install "PACKAGE[mpi]"), or pip install mpi4py to use the MPI already on this machine'
+
+GATHER_UP_TO = 4
+"""Largest rank count summed by allgather and a fixed-order sum (see above)."""
 
 _warned = False
 
@@ -90,6 +102,7 @@ class Group:
         self.comm = MPI.COMM_WORLD if comm is None else comm
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self._flat: tuple | None = None
+        self._gathered: dict = {}  # every rank's buffer by (shape, dtype), for the allgather sum
         if self.size > 1:
             abort_on_exception(self.comm)
 
@@ -105,13 +118,21 @@ class Group:
         return out
 
     def _reduce(self, send: np.ndarray, out: np.ndarray) -> None:
-        """Sum ``send`` over ranks into ``out`` on every rank: reduce to rank 0, then broadcast
-        its result (one sum, so every rank gets the same bits; see the module docstring)."""
+        """Sum ``send`` over ranks into ``out``, the same bits on every rank (see the module docstring)."""
         if self.size == 1:
             np.copyto(out, send)
-            return
-        self.comm.Reduce(send, out, op=self.MPI.SUM, root=0)
-        self.comm.Bcast(out, root=0)
+        elif self.size <= GATHER_UP_TO:
+            key = (send.shape, send.dtype.str)
+            got = self._gathered.get(key)
+            if got is None:
+                got = self._gathered[key] = np.empty((self.size, *send.shape), send.dtype)
+            self.comm.Allgather(send, got)
+            np.add(got[0], got[1], out=out)
+            for r in range(2, self.size):  # in rank order, on every rank
+                np.add(out, got[r], out=out)
+        else:
+            self.comm.Allreduce(send, out, op=self.MPI.SUM)
+            self.comm.Bcast(out, root=0)  # rank 0's bits for all
 
     def broadcast_params(self, tr) -> None:
         """Give every rank rank 0's parameters (in one flat message)."""
