@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -280,6 +281,18 @@ def test_cli_and_package_train_under_mpiexec(tmp_path):
     assert res.returncode == 0, res.stderr
     assert res.stdout.count("trained 1 epochs") == 1, res.stdout
     assert (tmp_path / "p.npz").exists()
+
+
+def test_readme_script_runs_as_written(tmp_path):
+    """The README's train.py under its `mpiexec -n 2 python train.py`."""
+    readme = (HERE.parents[1] / "README.md").read_text()
+    section = readme[readme.index("## More than one process"):]
+    assert "mpiexec -n 2 python train.py" in section
+    (tmp_path / "train.py").write_text(re.search(r"```py\n(.*?)```", section, re.S).group(1))
+    res = launch("train.py", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "ck.npz").exists()
+    assert res.stderr.count("epoch 3/3") >= 1 and "[rank" not in res.stderr
 
 
 def test_mpiexec_without_distributed_warns_once(monkeypatch):

@@ -87,7 +87,7 @@ def test_package_layout(package):
     names = {str(p.relative_to(package)) for p in package.rglob("*") if p.is_file()}
     assert names == {"pyproject.toml", "README.md", "src/tiny_mlp/__init__.py", "src/tiny_mlp/__main__.py",
                      "src/tiny_mlp/trainer.py", "src/tiny_mlp/training.py", "src/tiny_mlp/workspace.py",
-                     "src/tiny_mlp/plots.py", "src/tiny_mlp/schedules.py",
+                     "src/tiny_mlp/plots.py", "src/tiny_mlp/schedules.py", "src/tiny_mlp/distributed.py",
                      "src/tiny_mlp/_kernels.py",
                      "src/tiny_mlp/_kernels64.py", "src/tiny_mlp/weights.npz"}
     for p in (package / "src" / "tiny_mlp").glob("*.py"):

@@ -172,10 +172,8 @@ class Trainer:
         return self._run("gradients", self._batch(batch, self._needs("gradients"), "gradients"))[1]
 
     def step(self, /, **batch) -> float:
-        """One optimiser update on ``batch``; returns the loss before the update.
-
-        Distributed, every rank calls it with its own examples, and the update (the same on every
-        rank) is that of the mean loss over all of them, which it returns.
+        """One optimiser update on ``batch``; returns the loss before the update. (Distributed: each
+        rank's own examples; the update and the loss returned are those of all ranks' examples.)
 
         Raises:
             NonFiniteLoss: the loss is NaN or Inf (the parameters are left unchanged).
@@ -189,10 +187,8 @@ class Trainer:
             self.t += 1
             before = dict(self.carries)
             try:
-                if self.dist is None:
-                    loss = self.kernels.step(self.params, self.state, data, self.hyper, self.t, self.workspace)
-                else:  # gradients, reduced over the ranks, then the update
-                    loss = self.dist.step(self, data)
+                loss = self.kernels.step(self.params, self.state, data, self.hyper, self.t, self.workspace) \
+                    if self.dist is None else self.dist.step(self, data)  # gradients, summed over ranks, update
             except DataError:  # found by the kernels' own checks (labels), before any update
                 self.t -= 1
                 self._set_carries(before)
