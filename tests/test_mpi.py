@@ -110,8 +110,15 @@ def case_fit(comm, folder: str) -> dict:
     out = {}
     train, val = data("mlp", 11, seed=1), data("mlp", 5, seed=2)
     opts = {"epochs": 2, "batch_size": 5, "validation": val, "progress": False, "seed": 3}
+    from codegen.runtime import training
+
+    evaluated, evaluate = [], training.evaluate  # what each rank validates: its part
+    training.evaluate = lambda t, d, *a: (evaluated.append(len(d["y"])), evaluate(t, d, *a))[1]
     tr = _compile("mlp", "numpy", "mpi")  # batches of 5, 5, 1: the last leaves rank 1 nothing
     hist = tr.fit(train, checkpoint=f"{folder}/mlp.npz", **opts)
+    training.evaluate = evaluate
+    everyone = comm.allgather(evaluated)
+    out["validated"] = [sum(e) for e in everyone], max(max(e) for e in everyone)
     out["mlp_identical"] = _identical(comm, tr.params)
     first = _compile("mlp", "numpy", "mpi")
     first.fit(train, checkpoint=f"{folder}/mlp_half.npz", **{**opts, "epochs": 1})
@@ -164,11 +171,17 @@ def case_fail(comm) -> dict:
     return {}
 
 
+def case_mismatch(comm) -> dict:
+    """The ranks compile different models: every rank stops at once, saying which."""
+    _compile("mlp" if comm.rank == 0 else "lstm", "numpy", "mpi")
+    return {}
+
+
 def worker(case: str, out: str) -> None:
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
-    found = {"steps": case_steps, "fail": case_fail}[case](comm) if case != "fit" else \
+    found = {"steps": case_steps, "fail": case_fail, "mismatch": case_mismatch}[case](comm) if case != "fit" else \
         case_fit(comm, os.path.dirname(out))
     if comm.rank == 0:
         pathlib.Path(out).write_text(json.dumps(found))
@@ -234,6 +247,7 @@ def test_fit_on_two_ranks_like_one_process(fitted):
     assert got["mlp_history_keys"], got
     assert got["mlp_params"] <= TOL and got["mlp_history"] <= TOL, got
     assert got["mlp_identical"], got
+    assert got["validated"] == [[6, 4], 3], got  # 2 epochs of 5 examples: 3 on rank 0, 2 on rank 1
     assert got["lstm_params"] <= TOL and got["lstm_carry"] <= TOL, got  # each rank carried its own rows
 
 
@@ -259,6 +273,10 @@ def test_a_failing_rank_ends_the_job(tmp_path):
     assert "rank one broke on purpose" in res.stderr
     assert "[rank 1 of 2] failed" in res.stderr
     assert time.monotonic() - start < 120
+    res = launch(HERE, "mismatch", tmp_path / "mismatch.json", timeout=120)
+    assert res.returncode != 0
+    assert "rank 1 compiled 'mpi_lstm' (float64) with other parameters or optimiser than rank 0's 'mpi_mlp'" \
+        in res.stderr, res.stderr
 
 
 def test_cli_and_package_train_under_mpiexec(tmp_path):

@@ -16,7 +16,8 @@ add in a different order on each rank), so the sum is made identical by construc
 
 - up to ``GATHER_UP_TO`` ranks, ``Allgather`` of every rank's buffer, then each rank adds them
   in rank order. Elementwise IEEE additions in a fixed order: the same bits on every rank and
-  in every run, on any CPU. Each rank receives (ranks - 1) buffers, no more than the ~3 buffers
+  in every run, on any CPU (the update after it is the same on ranks of one CPU type: the
+  Cython backend compiles for the CPU it runs on). Each rank receives (ranks - 1) buffers, no more than the ~3 buffers
   of the other way at these sizes.
 - beyond, ``Allreduce`` (the library's bandwidth-optimal algorithm: ~2 buffers per rank)
   followed by ``Bcast`` of rank 0's result (~1 more). Identical bits on every rank; from run
@@ -134,10 +135,25 @@ class Group:
             self.comm.Allreduce(send, out, op=self.MPI.SUM)
             self.comm.Bcast(out, root=0)  # rank 0's bits for all
 
-    def broadcast_params(self, tr) -> None:
-        """Give every rank rank 0's parameters (in one flat message)."""
+    def join(self, tr) -> None:
+        """Check that every rank compiled the same model, then give every rank rank 0's
+        parameters (one flat message): from here on all ranks step in lockstep.
+
+        Raises:
+            DataError: on every rank, when the ranks' models, dtypes or optimisers differ.
+        """
         if self.size == 1:
             return
+        from .trainer import DataError
+
+        mine = (tr.kernels.MODEL, str(tr.dtype), sorted((k, tuple(v)) for k, v in tr.kernels.PARAMS.items()),
+                sorted(tr.kernels.SLOTS), sorted(tr.hyper))
+        theirs = self.comm.allgather(mine)
+        if any(t != theirs[0] for t in theirs):
+            odd = next(r for r, t in enumerate(theirs) if t != theirs[0])
+            raise DataError(f"distributed: rank {odd} compiled {theirs[odd][0]!r} ({theirs[odd][1]}) with other "
+                            f"parameters or optimiser than rank 0's {theirs[0][0]!r} ({theirs[0][1]}); every rank "
+                            "must compile the same model with the same optimiser and dtype")
         flat = np.concatenate([v.reshape(-1) for v in tr.params.values()]) if tr.params else np.empty(0, tr.dtype)
         self.comm.Bcast(flat, root=0)
         at = 0
@@ -149,10 +165,6 @@ class Group:
         """Every rank's ``obj`` on rank 0 (a list by rank), None on the others."""
         return self.comm.gather(obj, root=0)
 
-    def same_everywhere(self, value) -> bool:
-        """Whether ``value`` (picklable, comparable) is the same on every rank; True on every rank or on none."""
-        return len({repr(v) for v in self.comm.allgather(value)}) == 1
-
     # -- the training loop's (training.fit) ------------------------------------------------
     def evaluate(self, tr, data: dict) -> dict:
         """``training.evaluate`` over ``data`` (the whole set, on every rank), each rank taking
@@ -160,11 +172,12 @@ class Group:
         from .training import accuracy_pair, evaluate
 
         batched = [k for k, (shape, _) in tr.kernels.INPUTS.items() if shape[:1] == (None,) and k in data]
-        n = len(data[batched[0]]) if batched else 0
-        part = shard(n, self.rank, self.size)
+        if not batched:  # nothing to share out (evaluate says what is missing)
+            return evaluate(tr, data)
+        part = shard(len(data[batched[0]]), self.rank, self.size)
         local = {k: np.asarray(v)[part] if k in batched else v for k, v in data.items()}
         m = part.stop - part.start
-        out = evaluate(tr, local) if m or not batched else {}
+        out = evaluate(tr, local) if m else {}
         keys = ["loss"] + (["accuracy"] if accuracy_pair(tr) else [])
         sums = self.sum([out.get(k, 0.0) * m for k in keys] + [m])
         return {k: float(sums[i] / sums[-1]) for i, k in enumerate(keys)}
@@ -205,8 +218,8 @@ class Group:
     # -- the step -------------------------------------------------------------------------
     def _buffers(self, tr):
         """The flat send and receive buffers (gradients, then loss and example count) and the
-        gradient views into the receive buffer, made once per trainer."""
-        if self._flat is None or self._flat[0] is not tr:
+        gradient views into both, made at the first step (a Group serves one trainer)."""
+        if self._flat is None:
             shapes = tr.kernels.PARAMS
             total = sum(int(np.prod(s, dtype=np.int64)) for s in shapes.values())
             send, recv = np.zeros(total + 2, tr.dtype), np.zeros(total + 2, tr.dtype)
@@ -215,8 +228,8 @@ class Group:
                 n = int(np.prod(s, dtype=np.int64))
                 views[k] = (send[at:at + n].reshape(s), recv[at:at + n].reshape(s))
                 at += n
-            self._flat = (tr, send, recv, views, total)
-        return self._flat[1:]
+            self._flat = (send, recv, views, total)
+        return self._flat
 
     def step(self, tr, data: dict) -> float:
         """One optimiser update of ``tr`` from the gradient of the mean loss over every rank's

@@ -90,7 +90,7 @@ class Trainer:
         self.reset_optimizer()
         self.dist = _distributed.group(distributed)  # None, or the MPI processes training together
         if self.dist is not None:
-            self.dist.broadcast_params(self)
+            self.dist.join(self)
 
     def reset_optimizer(self) -> None:
         """Zero the optimiser state and the step count."""
