@@ -327,3 +327,14 @@ def test_mpiexec_without_distributed_warns_once(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         sb.compile(d)  # once
+
+
+def test_distributed_asks_for_what_it_needs(monkeypatch):
+    import symbp as sb
+
+    d = sb.derive(mlp())
+    with pytest.raises(sb.SymbpError, match="distributed must be None or 'mpi', got 'tcp'"):
+        sb.compile(d, distributed="tcp")
+    monkeypatch.setitem(sys.modules, "mpi4py", None)  # as if not installed
+    with pytest.raises(ImportError, match=r'needs mpi4py and an MPI: pip install "symbp\[mpi\]"'):
+        sb.compile(d, distributed="mpi")
