@@ -196,6 +196,7 @@ def main() -> None:
     ap.add_argument("--ranks", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--rounds", type=int, default=3, help="runs of every configuration (median over them)")
     ap.add_argument("--backends", default="cython,numpy")
     ap.add_argument("--torch-python", help="a Python with torch (CPU) for the DDP rows")
     args = ap.parse_args()
@@ -204,17 +205,25 @@ def main() -> None:
     if args.worker:
         return symbp_worker(args.worker.split("_", 1)[1], args.workload, args.steps, args.repeats)
     mpiexec = str(Path(sys.executable).parent / "mpiexec")
-    rows = []
+    timing = ["--steps", str(args.steps), "--repeats", str(args.repeats)]
+    commands = []
     for wl in WORKLOADS:
         for backend in args.backends.split(","):
-            for r in (1, 2):
-                rows.append(_run([mpiexec, "-n", str(r), sys.executable, __file__, "--worker", f"symbp_{backend}",
-                                  "--workload", wl, "--steps", str(args.steps), "--repeats", str(args.repeats)]))
+            commands += [[mpiexec, "-n", str(r), sys.executable, __file__, "--worker", f"symbp_{backend}",
+                          "--workload", wl, *timing] for r in (1, 2)]
         if args.torch_python:
-            for r in (1, 2):
-                rows.append(_run([args.torch_python, __file__, "--worker", "torch", "--workload", wl, "--ranks", str(r),
-                                  "--steps", str(args.steps), "--repeats", str(args.repeats)]))
-    rows = [r for r in rows if r]
+            commands += [[args.torch_python, __file__, "--worker", "torch", "--workload", wl, "--ranks", str(r),
+                          *timing] for r in (1, 2)]
+    # rounds over every configuration, 1 and 2 ranks next to each other: the load of a shared
+    # machine drifts over minutes, so each figure is the median over rounds
+    runs = [[_run(c) for c in commands] for _ in range(args.rounds)]
+    rows = []
+    for k in range(len(commands)):
+        got = [r[k] for r in runs if r[k]]
+        if got:
+            medians = {key: statistics.median(g[key] for g in got) for key in ("steps_per_s", "reduce_us")
+                       if key in got[0]}
+            rows.append({**got[0], **medians})
     one = {(r["framework"], r["workload"]): r["steps_per_s"] for r in rows if r["ranks"] == 1}
     print(f"{'framework':<16}{'workload':<10}{'ranks':>6}{'steps/s':>10}{'speed-up':>10}{'reduce us':>11}")
     for r in rows:
