@@ -150,6 +150,7 @@ def torch_worker(rank: int, size: int, workload: str, steps: int, repeats: int, 
         print(json.dumps({"framework": "torch_ddp_gloo", "workload": workload, "ranks": size,
                           "steps_per_s": statistics.median(rates)}), flush=True)
     if size > 1:
+        dist.barrier()  # every rank done before gloo is torn down (it aborted otherwise, now and then)
         dist.destroy_process_group()
 
 
