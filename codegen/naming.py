@@ -9,7 +9,7 @@ from symbp.ir import Node, sanitise
 
 MODULE_GLOBALS = {
     "DTYPE", "MODEL", "INPUTS", "PARAMS", "OUTPUTS", "BUFFERS", "CLASSES", "SLOTS", "HYPER", "NEEDS", "TRUNCATED",
-    "FUNCTIONS", "STATE", "GRAD_NORMS", "gradients", "loss", "predict", "step",
+    "FUNCTIONS", "STATE", "GRAD_NORMS", "gradients", "loss", "predict", "step", "update",
 }
 """What a generated module defines at its top level: a local of the same name inside one of its
 functions (a nested loop function reads ``STATE``) would hide it."""

@@ -28,7 +28,7 @@ from symbp.ops import *  # noqa: E402,F403 - every op function is sb.<name>
 
 
 def compile(derivation: Derivation, backend: str = "numpy", optimizer=None, dtype: str | None = None,
-            seed: int = 0, params: dict | None = None):
+            seed: int = 0, params: dict | None = None, distributed: str | None = None):
     """Generate, build and load training code for a derivation.
 
     Args:
@@ -38,6 +38,9 @@ def compile(derivation: Derivation, backend: str = "numpy", optimizer=None, dtyp
         dtype: "float32" or "float64"; None: the dtype the model's inputs declare, else float32.
         seed: seeds the parameter initialisers, and keys the random numbers of the step (dropout).
         params: initial values by name, overriding the initialisers.
+        distributed: "mpi": every process ``mpiexec`` starts trains this one model on its own
+            examples, the gradients summed over all (``pip install "symbp[mpi]"``; README,
+            "More than one process"). None: this process alone.
     Returns:
         A Trainer: ``params``, ``loss``, ``gradients``, ``step``, ``predict``, ``source``. A model
         with outputs and no loss compiles for inference: its trainer has ``predict`` only.
@@ -50,6 +53,8 @@ def compile(derivation: Derivation, backend: str = "numpy", optimizer=None, dtyp
         raise SymbpError(f"sb.compile expects the result of sb.derive(model), got {type(derivation).__name__}")
     if backend not in codegen.BACKENDS:
         raise SymbpError(f"unknown backend {backend!r}; choose from {', '.join(codegen.BACKENDS)}")
+    if distributed not in (None, "mpi"):
+        raise SymbpError(f"distributed must be None or 'mpi', got {distributed!r}")
     dtype = _dtype(derivation, dtype, codegen.FLOAT_DTYPES)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
         raise SymbpError(f"seed must be an int in [0, 2**64), got {seed!r}")
@@ -61,7 +66,7 @@ def compile(derivation: Derivation, backend: str = "numpy", optimizer=None, dtyp
         if k not in values:
             raise SymbpError(f"params: the model has no parameter {k!r}")
         values[k] = v
-    tr = Trainer(module, values, optimizer.hyper, source, seed=seed)
+    tr = Trainer(module, values, optimizer.hyper, source, seed=seed, distributed=distributed)
     tr.optimizer = optimizer
     # predict(outputs=[...]) runs a module computing only those, built the first time it is asked for
     tr.predictor = lambda names: codegen.emit_and_load(spec.for_outputs(names), backend)[1]

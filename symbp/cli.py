@@ -156,6 +156,7 @@ def cmd_build(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from codegen.runtime.distributed import is_root
     from codegen.runtime.plots import need_matplotlib, plot_history
     from codegen.runtime.schedules import from_command_line
 
@@ -166,11 +167,14 @@ def cmd_train(args) -> int:
     val = load_npz(args.validation) if args.validation else None
     schedule, stopping = from_command_line(args.lr_schedule, args.warmup, args.patience, args.monitor, args.epochs,
                                            val is not None)
-    tr = sb.compile(d, backend=args.backend, optimizer=_optimizer(args), dtype=args.dtype, seed=args.seed)
+    tr = sb.compile(d, backend=args.backend, optimizer=_optimizer(args), dtype=args.dtype, seed=args.seed,
+                    distributed="mpi" if args.mpi else None)
     hist = tr.fit(data, epochs=args.epochs, batch_size=args.batch_size, validation=val, seed=args.seed,
                   checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
                   resume=args.checkpoint if args.resume else None, progress=not args.quiet,
                   lr_schedule=schedule, early_stopping=stopping)
+    if not is_root(tr):  # under mpiexec, rank 0 alone saves and reports
+        return 0
     last = {k: v[-1] for k, v in hist.items() if k not in ("epoch", "step", "step_loss") and v}
     print(f"trained {d.name!r}: {hist['epoch'][-1] if hist['epoch'] else 0} epochs, {tr.t} steps; "
           + "  ".join(f"{k} {v:.4f}" for k, v in last.items()))
@@ -270,6 +274,8 @@ def parser() -> argparse.ArgumentParser:
                    "(default: <model name>_trained.npz)")
     p.add_argument("--plot", help="save loss curves to this PNG (needs matplotlib)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--mpi", action="store_true", help="train on every process of mpiexec together "
+                   "(mpiexec -n 4 symbp train ... --mpi; needs mpi4py: pip install \"symbp[mpi]\")")
     training_options(p)
     p = command("gradcheck", cmd_gradcheck, "check derived gradients against central finite differences "
                 "(float64)")
@@ -288,6 +294,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``symbp`` command; returns the exit status."""
+    from codegen.runtime.distributed import stop_all
     from codegen.runtime.trainer import DataError, NonFiniteLoss
 
     args = parser().parse_args(argv)
@@ -297,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except (CliError, SymbpError, DataError, NonFiniteLoss, ImportError) as e:
         print(f"symbp {args.command}: {e}", file=sys.stderr)
-        return 1
+        return stop_all(1)  # one rank of several failing: stop them all
 
 
 if __name__ == "__main__":

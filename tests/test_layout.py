@@ -169,8 +169,8 @@ def test_the_rule_fails_on_a_forbidden_import(module, source, expect, tmp_path, 
 
 def test_runtime_is_self_contained():
     """The files copied into standalone packages import only NumPy, the standard library, the
-    optional tqdm/matplotlib, and each other (relatively)."""
-    allowed = {"numpy", "tqdm", "matplotlib", "__future__"}
+    optional tqdm/matplotlib/mpi4py, and each other (relatively)."""
+    allowed = {"numpy", "tqdm", "matplotlib", "mpi4py", "__future__"}
     runtime, files = ROOT / "codegen" / "runtime", ROOT / "codegen" / "standalone" / "files"
     copied = [*runtime.glob("[!_]*.py"), *files.glob("*.py")]
     assert len(copied) >= 4  # trainer, training, ... and the two package templates

@@ -216,12 +216,16 @@ def _step(spec, pnames: list[str]) -> list[str]:
              "def step(P, S, D, H, t, _ws):",
              '    """One training step: gradients, then the optimiser update in place. Returns the loss;',
              '    when the loss is not finite the parameters are left untouched."""',
-             f"    cdef double io[{len(hyper) + 1}]",
              "    loss, G = gradients(P, D, _ws)",
-             "    if not isfinite(loss):",
-             "        return loss"]
+             "    if isfinite(loss):",
+             "        update(P, S, G, H, t, _ws)",
+             "    return loss", "", "",
+             # apart from step, so that a distributed trainer can reduce the gradients over its
+             # processes in between (codegen/runtime/distributed.py)
+             "def update(P, S, G, H, t, _ws):",
+             '    """The optimiser update of the parameters P and the state S, in place, from the gradients G."""',
+             f"    cdef double io[{len(hyper) + 1}]"]
     lines += [f"    io[{i}] = H[{k!r}]" for i, k in enumerate(hyper)]
     lines.append(f"    io[{len(hyper)}] = t")
     lines.append(f"    _run(3, [{', '.join(arrays)}], _UPDATE_META, b'', io, 1)")
-    lines.append("    return loss")
     return lines

@@ -236,12 +236,17 @@ def _function(f: Function, namer: Namer, scratch: Scratch, d, result, spec: Spec
 
 def _step(spec: Spec, namer: Namer, pnames: list[str]) -> list[str]:
     opt = spec.optimizer
+    # step = gradients, then update: two functions, so that a distributed trainer can reduce
+    # the gradients over its processes in between (codegen/runtime/distributed.py)
     lines = ["def step(P, S, D, H, t, _ws):",
              '    """One training step: gradients, then the optimiser update in place. Returns the loss;',
              '    when the loss is not finite the parameters are left untouched."""',
              "    loss, G = gradients(P, D, _ws)",
-             "    if not math.isfinite(loss):",
-             "        return loss"]
+             "    if math.isfinite(loss):",
+             "        update(P, S, G, H, t, _ws)",
+             "    return loss", "", "",
+             "def update(P, S, G, H, t, _ws):",
+             '    """The optimiser update of the parameters P and the state S, in place, from the gradients G."""']
     for k in sorted(opt.hyper):
         lines.append(f"    {k} = H[{k!r}]")
     gexpr = opt.gradient()
@@ -273,7 +278,7 @@ def _step(spec: Spec, namer: Namer, pnames: list[str]) -> list[str]:
     if specs:
         lines.append(f"    {', '.join(n for n, _ in specs)}, = _update_scratch(_ws.fixed)")
     lines += ["    " + b for b in body]
-    lines += ["    return loss", ""]
+    lines += [""]
     if specs:
         lines += ["", "", "def _update_scratch(_mem):",
                   "    if 'update' not in _mem:",

@@ -23,6 +23,7 @@ import threading
 
 import numpy as np
 
+from . import distributed as _distributed
 from .inference import NoLoss
 from .values import (  # noqa: F401 - re-exported
     DataError,
@@ -48,9 +49,12 @@ class Trainer:
         source: the generated source text, shown by ``tr.source``.
         seed: keys the random numbers of the step (dropout): step t draws the numbers of
             (seed, t), so they come again from a checkpoint (which stores both).
+        distributed: None, or "mpi": train on every process of ``mpiexec`` together (see
+            ``distributed.py``); the parameters start as rank 0's.
     """
 
-    def __init__(self, kernels, params: dict, hyper: dict | None = None, source: str | None = None, seed: int = 0):
+    def __init__(self, kernels, params: dict, hyper: dict | None = None, source: str | None = None, seed: int = 0,
+                 distributed: str | None = None):
         self.kernels = kernels
         kernels.DataError = DataError  # what the kernels' own checks (labels) raise: ours, not a bare ValueError
         self.dtype = np.dtype(kernels.DTYPE)
@@ -76,6 +80,9 @@ class Trainer:
         # step count, so they take turns (separate trainers run in parallel).
         self._lock = threading.RLock()
         self.reset_optimizer()
+        self.dist = _distributed.group(distributed)  # None, or the MPI processes training together
+        if self.dist is not None:
+            self.dist.join(self)
 
     def reset_optimizer(self) -> None:
         """Zero the optimiser state and the step count."""
@@ -164,7 +171,8 @@ class Trainer:
         return self._run("gradients", self._batch(batch, self._needs("gradients"), "gradients"))[1]
 
     def step(self, /, **batch) -> float:
-        """One optimiser update on ``batch``; returns the loss before the update.
+        """One optimiser update on ``batch``; returns the loss before the update. (Distributed: each
+        rank's own examples; the update and the loss returned are those of all ranks' examples.)
 
         Raises:
             NonFiniteLoss: the loss is NaN or Inf (the parameters are left unchanged).
@@ -181,7 +189,8 @@ class Trainer:
             self.workspace.rng = (self.seed, self.t)  # step t draws the numbers of (seed, t)
             before, buffers = dict(self.carries), dict(self.buffers)
             try:
-                loss = self.kernels.step(self.params, self.state, data, self.hyper, self.t, self.workspace)
+                loss = self.kernels.step(self.params, self.state, data, self.hyper, self.t, self.workspace) \
+                    if self.dist is None else self.dist.step(self, data)  # gradients, summed over ranks, update
             except DataError:  # found by the kernels' own checks (labels), before any update
                 self.t -= 1
                 self._set_carries(before)

@@ -32,6 +32,7 @@ import zlib
 
 import numpy as np
 
+from .distributed import shard
 from .schedules import Controls
 from .trainer import DataError, NonFiniteLoss, check_hyper, to_numbers
 
@@ -157,7 +158,11 @@ def fit(tr, data: dict, epochs: int = 1, batch_size: int = 32, validation: dict 
     data = tr._batch(data, names, "fit")
     n = len(next(iter(data.values())))
     per_epoch = math.ceil(n / batch_size)
-    config = {"examples": n, "batch_size": batch_size, "shuffle": bool(shuffle), "seed": seed}
+    dist = tr.dist if getattr(tr, "dist", None) is not None and tr.dist.size > 1 else None
+    # distributed: every rank holds the whole data set and draws the same permutation; each
+    # global batch of batch_size is cut into one contiguous part per rank (distributed.shard)
+    config = {"examples": n, "batch_size": batch_size, "shuffle": bool(shuffle), "seed": seed,
+              "ranks": 1 if dist is None else dist.size}
     rng = np.random.default_rng(seed)
     hist = {"epoch": [], "step": [], "loss": []}
     if pair:
@@ -173,17 +178,24 @@ def fit(tr, data: dict, epochs: int = 1, batch_size: int = 32, validation: dict 
     if resume is not None:
         epoch, done, correct, hist, step_loss = _resume(tr, resume, config, rng, ctl)
     saved = tr.t if resume is not None else None  # the step of the last checkpoint written or read
-    bar, completed = _Progress(progress), False
+    bar, completed = _Progress(progress and (dist is None or dist.rank == 0)), False
+
+    def local(b: int, order) -> np.ndarray:  # this rank's examples of batch b
+        idx = order[b * batch_size:(b + 1) * batch_size]
+        return idx if dist is None else idx[shard(len(idx), dist.rank, dist.size)]
+
     try:
         while epoch < epochs and not ctl.stopped:
             start_state = rng.bit_generator.state
             order = rng.permutation(n) if shuffle else np.arange(n)
             first = len(step_loss) - done  # index of this epoch's first step in step_loss
+            seen = sum(len(local(b, order)) for b in range(done))  # this rank's examples so far
             bar.start(epoch + 1, epochs, per_epoch, done)
             for b in range(done, per_epoch):
-                idx = order[b * batch_size:(b + 1) * batch_size]
+                idx = local(b, order)
                 batch = {k: v[idx] for k, v in data.items()}
-                if pair:
+                seen += len(idx)
+                if pair and len(idx):
                     correct += _correct(tr, batch, pair)
                 ctl.before_step(epoch, len(step_loss))
                 try:
@@ -194,19 +206,19 @@ def fit(tr, data: dict, epochs: int = 1, batch_size: int = 32, validation: dict 
                     raise NonFiniteLoss(f"fit stopped in epoch {epoch + 1}, batch {b + 1} of {per_epoch}: {e}"
                                         + where) from None
                 step_loss.append(loss)
-                seen = min((b + 1) * batch_size, n)
                 metrics = {"loss": float(np.mean(step_loss[first:]))}
-                if pair:
-                    metrics["accuracy"] = correct / seen
+                if pair:  # distributed: on rank 0's examples (the epoch's figure counts all)
+                    metrics["accuracy"] = correct / max(seen, 1)
                 bar.update(metrics)
                 if checkpoint is not None and checkpoint_every and len(step_loss) % checkpoint_every == 0:
                     _save(tr, checkpoint, config, start_state, epoch, b + 1, correct, hist, step_loss, ctl)
                     saved = tr.t
             metrics = {"loss": float(np.mean(step_loss[first:]))}
             if pair:
-                metrics["accuracy"] = correct / n
+                metrics["accuracy"] = (correct if dist is None else float(dist.sum([correct])[0])) / n
             if validation is not None:
-                metrics.update({f"val_{k}": v for k, v in evaluate(tr, validation).items()})
+                val = evaluate(tr, validation) if dist is None else dist.evaluate(tr, validation)
+                metrics.update({f"val_{k}": v for k, v in val.items()})
             for k, v in metrics.items():
                 hist[k].append(v)
             hist["epoch"].append(epoch + 1)
@@ -226,9 +238,18 @@ def fit(tr, data: dict, epochs: int = 1, batch_size: int = 32, validation: dict 
 
 def _save(tr, path, config, rng_state, epoch, done, correct, hist, step_loss, ctl) -> None:
     controls, arrays = ctl.state()
+    dist = tr.dist if config["ranks"] > 1 else None
+    if dist is not None:  # rank 0 writes every rank's accuracy count and carried state
+        correct, more = dist.rank_state(tr, correct)
+        if dist.rank:
+            dist.comm.Barrier()
+            return
+        arrays.update(more)
     fit_meta = {"config": config, "rng": rng_state, "epoch": epoch, "done": done, "correct": correct,
                 "history": hist, "controls": controls}
     tr.save(path, extra={"_step_loss": np.array(step_loss, dtype=np.float64), **arrays}, meta={"fit": fit_meta})
+    if dist is not None:  # the file is complete before any rank goes on (and might read it)
+        dist.comm.Barrier()
 
 
 def _resume(tr, path, config: dict, rng, ctl):
@@ -239,13 +260,18 @@ def _resume(tr, path, config: dict, rng, ctl):
     if state is None:
         raise DataError(f"resume: {path} holds weights but no training-loop state; pass it to tr.load() instead")
     for k, v in config.items():
-        if state["config"].get(k) != v:  # files from before schedules have neither: None, as when not given
-            raise DataError(f"resume: {path} was written with {k}={state['config'].get(k)!r}, "
+        # files from before schedules have neither: None, as when not given; from before MPI, 1 rank
+        written = state["config"].get(k, 1 if k == "ranks" else None)
+        if written != v:
+            raise DataError(f"resume: {path} was written with {k}={written!r}, "
                             f"this run has {k}={v!r}; resuming needs the same data and settings")
     rng.bit_generator.state = state["rng"]
     ctl.restore(path, state.get("controls", {}), meta["arrays"])
     step_loss = [float(x) for x in meta["arrays"]["_step_loss"]]
-    return state["epoch"], state["done"], state["correct"], state["history"], step_loss
+    correct = state["correct"]
+    if config["ranks"] > 1:  # this rank's count and carried state
+        correct = tr.dist.restore_rank_state(tr, path, correct, meta["arrays"])
+    return state["epoch"], state["done"], correct, state["history"], step_loss
 
 
 # -- weights files (Trainer.save / load, checkpoints) ---------------------------------------

@@ -952,12 +952,16 @@ _UPDATE_META = _prepare({}, 3, 1)[1]
 def step(P, S, D, H, t, _ws):
     """One training step: gradients, then the optimiser update in place. Returns the loss;
     when the loss is not finite the parameters are left untouched."""
-    cdef double io[3]
     loss, G = gradients(P, D, _ws)
-    if not isfinite(loss):
-        return loss
+    if isfinite(loss):
+        update(P, S, G, H, t, _ws)
+    return loss
+
+
+def update(P, S, G, H, t, _ws):
+    """The optimiser update of the parameters P and the state S, in place, from the gradients G."""
+    cdef double io[3]
     io[0] = H['lr']
     io[1] = H['momentum']
     io[2] = t
     _run(3, [P['W1'], P['b1'], P['W2'], G['W1'], G['b1'], G['W2'], S['v']['W1'], S['v']['b1'], S['v']['W2']], _UPDATE_META, b'', io, 1)
-    return loss

@@ -6,6 +6,7 @@
     history = tr.fit({"x": X, "y": Y}, epochs=5, batch_size=32)
     tr.fit(..., lr_schedule=mymodel.schedules.Cosine(5), early_stopping=mymodel.schedules.EarlyStopping())
     tr.save("trained.npz")                 # weights and optimiser state
+    tr = mymodel.trainer(distributed="mpi")  # under mpiexec: all ranks train one model (the [mpi] extra)
 
 (This file is copied verbatim into every package symbp builds.)
 """
@@ -34,17 +35,19 @@ def initial_weights() -> dict:
         return {k: f[k] for k in f.files}
 
 
-def trainer(weights=None, float64: bool = False) -> Trainer:
+def trainer(weights=None, float64: bool = False, distributed: str | None = None) -> Trainer:
     """A Trainer for the model.
 
     Args:
         weights: a ``.npz`` written by ``tr.save`` or a checkpoint (default: initial weights).
         float64: use the float64 kernels (the self-test's reference) instead of the compiled dtype.
+        distributed: "mpi": every process of ``mpiexec`` trains this one model on its own
+            examples, the gradients summed over all (needs mpi4py: the package's ``[mpi]`` extra).
     Returns:
         A Trainer: ``params``, ``loss``, ``gradients``, ``step``, ``predict``, ``fit``, ``save``, ``load``.
     """
     kernels = importlib.import_module(__name__ + "._kernels64") if float64 else _kernels
-    tr = Trainer(kernels, initial_weights())
+    tr = Trainer(kernels, initial_weights(), distributed=distributed)
     if weights is not None:
         tr.load(weights)
     return tr

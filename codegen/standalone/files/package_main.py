@@ -12,6 +12,7 @@ import sys
 import numpy as np
 
 from . import DTYPE, INPUTS, MODEL, plot_history, trainer
+from .distributed import is_root, stop_all
 from .inference import NoLoss
 from .plots import need_matplotlib
 from .schedules import add_command_line, from_command_line
@@ -104,7 +105,7 @@ def train(args) -> int:
         except ImportError as e:
             print(f"train: {e}", file=sys.stderr)
             return 1
-    tr = trainer(args.weights)
+    tr = trainer(args.weights, distributed="mpi" if args.mpi else None)
     if args.lr is not None:
         tr.hyper["lr"] = args.lr
     data = _load(args.data, "train")
@@ -118,7 +119,9 @@ def train(args) -> int:
                       lr_schedule=schedule, early_stopping=stopping)
     except (DataError, NonFiniteLoss, NoLoss) as e:
         print(f"train: {e}", file=sys.stderr)
-        return 1
+        return stop_all(1)  # one rank of several failing: stop them all
+    if not is_root(tr):  # under mpiexec, rank 0 alone saves and reports
+        return 0
     tr.save(args.out)
     last = {k: v[-1] for k, v in hist.items() if k not in ("epoch", "step", "step_loss") and v}
     print(f"trained {hist['epoch'][-1] if hist['epoch'] else 0} epochs ({tr.t} steps): "
@@ -150,6 +153,8 @@ def main(argv=None) -> int:
     t.add_argument("--resume", action="store_true", help="continue from --checkpoint")
     t.add_argument("--plot", help="save loss curves to this PNG (needs matplotlib)")
     t.add_argument("--quiet", action="store_true", help="no progress output")
+    t.add_argument("--mpi", action="store_true", help="train on every process of mpiexec together "
+                   "(mpiexec -n 4 python -m PACKAGE train ... --mpi; needs the package's [mpi] extra)")
     args = ap.parse_args(argv)
     if args.selftest:
         return 0 if selftest() else 1
