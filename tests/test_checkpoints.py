@@ -16,7 +16,7 @@ import pytest
 
 import symbp as sb
 from codegen.runtime.trainer import DataError
-from codegen.runtime.training import write_npz
+from codegen.runtime.weights import write_npz
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -175,14 +175,14 @@ def test_a_write_killed_midway_leaves_no_temporary_file_after_the_next_write(tmp
     script = textwrap.dedent(f"""
         import os, sys, time
         import numpy as np
-        from codegen.runtime import training
+        from codegen.runtime import weights
 
         def hang(fd):
             print("writing", flush=True)
             time.sleep(600)
 
-        training.os.fsync = hang
-        training.write_npz({str(ck)!r}, {{"W": np.ones(1000)}})
+        weights.os.fsync = hang
+        weights.write_npz({str(ck)!r}, {{"W": np.ones(1000)}})
     """)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)

@@ -272,7 +272,7 @@ def test_resume_refuses_another_schedule(tmp_path):
 
 
 def test_damaged_best_weights_are_named(ramp_model, tmp_path):
-    from codegen.runtime.training import write_npz
+    from codegen.runtime.weights import write_npz
 
     ck = tmp_path / "ck.npz"
     kw = dict(epochs=2, batch_size=4, validation=ramp_data(4, val=True, target=-3.4), progress=False)

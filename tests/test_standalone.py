@@ -88,7 +88,7 @@ def test_package_layout(package):
     assert names == {"pyproject.toml", "README.md", "src/tiny_mlp/__init__.py", "src/tiny_mlp/__main__.py",
                      "src/tiny_mlp/trainer.py", "src/tiny_mlp/training.py", "src/tiny_mlp/workspace.py",
                      "src/tiny_mlp/plots.py", "src/tiny_mlp/schedules.py", "src/tiny_mlp/values.py",
-                     "src/tiny_mlp/inference.py", "src/tiny_mlp/distributed.py",
+                     "src/tiny_mlp/inference.py", "src/tiny_mlp/distributed.py", "src/tiny_mlp/weights.py",
                      "src/tiny_mlp/_kernels.py",
                      "src/tiny_mlp/_kernels64.py", "src/tiny_mlp/weights.npz"}
     for p in (package / "src" / "tiny_mlp").glob("*.py"):

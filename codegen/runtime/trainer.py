@@ -11,8 +11,8 @@ occur in a parameter name), the carries of stateful recurrences under ``carry.<l
 buffers (running statistics, which are weights too) under ``buffer.<name>``, and a JSON
 string under ``_meta`` (step count, hyperparameters, and for checkpoints the training loop's
 position). They are written atomically: a reader
-sees the previous file or the new one, never half of one (``training.write_npz``). Loading
-checks the whole file before it changes anything (``training.read_npz`` and the readers beside it).
+sees the previous file or the new one, never half of one (``weights.write_npz``). Loading
+checks the whole file before it changes anything (``weights.read_npz`` and the readers beside it).
 """
 
 from __future__ import annotations
@@ -256,7 +256,7 @@ class Trainer:
                 **(meta or {})}
         arrays["_meta"] = np.array(json.dumps(info, sort_keys=True))
         arrays.update(extra or {})
-        from .training import write_npz
+        from .weights import write_npz
 
         write_npz(path, arrays)
 
@@ -277,7 +277,7 @@ class Trainer:
         Raises:
             DataError: the file is damaged or does not fit this trainer (the message names it).
         """
-        from .training import read_buffers, read_carries, read_npz, read_optimiser
+        from .weights import read_buffers, read_carries, read_npz, read_optimiser
 
         arrays, meta = read_npz(path)
         if meta.get("model", self.kernels.MODEL) != self.kernels.MODEL:
