@@ -158,7 +158,7 @@ def trainers(name: str, dtype: str) -> tuple:
     """(numpy trainer, cython trainer, batch) for zoo model ``name``, same initial parameters."""
     m, batch, params = MODELS[name](np.random.default_rng(0))
     d = sb.derive(m)
-    kw = dict(dtype=dtype, params=params, seed=0, optimizer=sb.optim.Momentum(lr=0.05))
+    kw = dict(dtype=dtype, params=params, seed=0, optimizer=sb.optim.Momentum(lr=0.01))
     return sb.compile(d, backend="numpy", **kw), sb.compile(d, backend="cython", **kw), batch
 
 
