@@ -56,8 +56,7 @@ def compile(derivation: Derivation, backend: str = "numpy", optimizer=None, dtyp
     if distributed not in (None, "mpi"):
         raise SymbpError(f"distributed must be None or 'mpi', got {distributed!r}")
     dtype = _dtype(derivation, dtype, codegen.FLOAT_DTYPES)
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
-        raise SymbpError(f"seed must be an int in [0, 2**64), got {seed!r}")
+    _check_seed(seed)
     optimizer = optim.check(optimizer if optimizer is not None else optim.SGD(lr=0.01))
     spec = codegen.Spec(derivation, optimizer, dtype)
     source, module = codegen.emit_and_load(spec, backend)
@@ -83,7 +82,8 @@ def build(derivation: Derivation, out: str, backend: str = "numpy", optimizer=No
         backend: a backend with standalone packaging (``codegen.standalone.PACKAGERS``).
         optimizer: an ``sb.optim`` optimiser (default SGD with lr=0.01).
         dtype: "float32" or "float64"; None: the dtype the model's inputs declare, else float32.
-        seed: seeds the initial weights.
+        seed: seeds the initial weights, and keys the random numbers of the package's step
+            (dropout): its trainer draws the numbers ``sb.compile(..., seed=seed)``'s does.
         name: the package's import name (default: the model's name).
         params: initial values by name, overriding the initialisers.
     Returns:
@@ -97,13 +97,14 @@ def build(derivation: Derivation, out: str, backend: str = "numpy", optimizer=No
     if not isinstance(derivation, Derivation):
         raise SymbpError(f"sb.build expects the result of sb.derive(model), got {type(derivation).__name__}")
     dtype = _dtype(derivation, dtype, codegen.FLOAT_DTYPES)
+    _check_seed(seed)
     optimizer = optim.check(optimizer if optimizer is not None else optim.SGD(lr=0.01))
     values = initial_values(derivation.params, seed)
     for k, v in (params or {}).items():
         if k not in values:
             raise SymbpError(f"params: the model has no parameter {k!r}")
         values[k] = v
-    return standalone.write(codegen.Spec(derivation, optimizer, dtype), out, backend, values, name)
+    return standalone.write(codegen.Spec(derivation, optimizer, dtype), out, backend, values, name, seed)
 
 
 def __getattr__(name: str):
@@ -117,6 +118,12 @@ def __getattr__(name: str):
 
         return schedules if name == "schedules" else schedules.EarlyStopping
     raise AttributeError(f"module 'symbp' has no attribute {name!r}")
+
+
+def _check_seed(seed) -> None:
+    """Refuse a seed the step's generator cannot take (it also goes into a package's source)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise SymbpError(f"seed must be an int in [0, 2**64), got {seed!r}")
 
 
 def _dtype(derivation: Derivation, dtype: str | None, choices: tuple) -> str:

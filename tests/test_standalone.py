@@ -89,7 +89,7 @@ def test_package_layout(package):
                      "src/tiny_mlp/trainer.py", "src/tiny_mlp/training.py", "src/tiny_mlp/workspace.py",
                      "src/tiny_mlp/plots.py", "src/tiny_mlp/schedules.py", "src/tiny_mlp/values.py",
                      "src/tiny_mlp/inference.py", "src/tiny_mlp/distributed.py", "src/tiny_mlp/weights.py",
-                     "src/tiny_mlp/_kernels.py",
+                     "src/tiny_mlp/_kernels.py", "src/tiny_mlp/_build.py",
                      "src/tiny_mlp/_kernels64.py", "src/tiny_mlp/weights.npz"}
     for p in (package / "src" / "tiny_mlp").glob("*.py"):
         assert not re.search(r"^\s*(import|from)\s+(symbp|sympy|networkx|codegen)\b", p.read_text(), re.M), p

@@ -11,6 +11,7 @@
       src/<name>/trainer.py     copies of the modules of codegen/runtime (trainer.py,
       src/<name>/training.py      training.py, plots.py, workspace.py, ...): they import only NumPy
       src/<name>/weights.npz    the initial weights
+      src/<name>/_build.py      the seed it was built with, the self-test's int ranges (``draws``)
       ...                       the backend's own files (see PACKAGERS)
 
 The package sits under ``src/`` so that ``python -m <name>`` run in the folder itself (the
@@ -38,6 +39,7 @@ import numpy as np
 
 import symbp
 from codegen.spec import BackendFiles, Spec
+from codegen.standalone import draws
 from symbp.ir import SymbpError, check_identifier
 
 FILES = pathlib.Path(__file__).parent / "files"
@@ -67,7 +69,7 @@ def _cython_files(spec: Spec, name: str) -> BackendFiles:
 PACKAGERS: dict[str, Callable[[Spec, str], BackendFiles]] = {"numpy": _numpy_files, "cython": _cython_files}
 
 
-def write(spec: Spec, folder, backend: str, values: dict, name: str | None = None) -> pathlib.Path:
+def write(spec: Spec, folder, backend: str, values: dict, name: str | None = None, seed: int = 0) -> pathlib.Path:
     """Write a standalone package for ``spec`` into ``folder``.
 
     Args:
@@ -76,6 +78,7 @@ def write(spec: Spec, folder, backend: str, values: dict, name: str | None = Non
         backend: a key of ``PACKAGERS``.
         values: initial parameter values by name.
         name: the Python package name (default: the model's name).
+        seed: keys the step's random numbers (dropout) in the package's trainer, as in ``sb.compile``'s.
     Returns:
         The folder, ready for ``pip install FOLDER``.
     """
@@ -93,6 +96,7 @@ def write(spec: Spec, folder, backend: str, values: dict, name: str | None = Non
         "README.md": _template("README.md.in", subs),
         f"{SRC}/{name}/__init__.py": (FILES / "package_init.py").read_text(),
         f"{SRC}/{name}/__main__.py": (FILES / "package_main.py").read_text(),
+        f"{SRC}/{name}/_build.py": draws.module(spec.derivation, seed),
         **{f"{SRC}/{name}/{p.name}": p.read_text() for p in runtime_modules()},
         **{f"{SRC}/{name}/{k}": v for k, v in files.files.items()},
     }

@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from . import _kernels, schedules
+from . import _build, _kernels, schedules
 from .inference import NoLoss
 from .plots import plot_history
 from .trainer import DataError, NonFiniteLoss, Trainer
@@ -27,6 +27,7 @@ WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights.npz"
 MODEL = _kernels.MODEL
 DTYPE = np.dtype(_kernels.DTYPE).name
 INPUTS, PARAMS, OUTPUTS = _kernels.INPUTS, _kernels.PARAMS, _kernels.OUTPUTS
+SEED = _build.SEED  # the seed sb.build was given
 
 
 def initial_weights() -> dict:
@@ -35,23 +36,26 @@ def initial_weights() -> dict:
         return {k: f[k] for k in f.files}
 
 
-def trainer(weights=None, float64: bool = False, distributed: str | None = None) -> Trainer:
+def trainer(weights=None, float64: bool = False, seed: int | None = None,
+            distributed: str | None = None) -> Trainer:
     """A Trainer for the model.
 
     Args:
         weights: a ``.npz`` written by ``tr.save`` or a checkpoint (default: initial weights).
         float64: use the float64 kernels (the self-test's reference) instead of the compiled dtype.
+        seed: keys the step's random numbers (dropout); default ``SEED``, the one the package was
+            built with, so it draws what ``sb.compile(..., seed=SEED)`` does. A checkpoint's own wins.
         distributed: "mpi": every process of ``mpiexec`` trains this one model on its own
             examples, the gradients summed over all (needs mpi4py: the package's ``[mpi]`` extra).
     Returns:
         A Trainer: ``params``, ``loss``, ``gradients``, ``step``, ``predict``, ``fit``, ``save``, ``load``.
     """
     kernels = importlib.import_module(__name__ + "._kernels64") if float64 else _kernels
-    tr = Trainer(kernels, initial_weights(), distributed=distributed)
+    tr = Trainer(kernels, initial_weights(), seed=SEED if seed is None else seed, distributed=distributed)
     if weights is not None:
         tr.load(weights)
     return tr
 
 
-__all__ = ["DTYPE", "DataError", "INPUTS", "MODEL", "NoLoss", "NonFiniteLoss", "OUTPUTS", "PARAMS", "Trainer",
+__all__ = ["DTYPE", "DataError", "INPUTS", "MODEL", "NoLoss", "NonFiniteLoss", "OUTPUTS", "PARAMS", "SEED", "Trainer",
            "initial_weights", "plot_history", "schedules", "trainer"]

@@ -25,17 +25,31 @@ AGREEMENT = {"float64": 1e-12, "float32": 1e-3}
 
 
 def random_batch(rng, batch: int) -> dict:
-    """Random data for every input: standard normal floats; labels within each input's classes."""
-    from . import _kernels
+    """Random data for every input: standard normal floats; ints within what the model accepts
+    (``_build.INT_RANGES``: classes, lengths, embedding rows; CTC labels never the blank), and
+    CTC label sequences shortened until they fit in their examples' steps."""
+    from . import _build
 
     out = {}
     for name, (shape, kind) in INPUTS.items():
         dims = tuple(batch if d is None else d for d in shape)
         if kind == "int64":
-            out[name] = rng.integers(0, _kernels.CLASSES.get(name, 2), dims)
+            low, high = _build.INT_RANGES.get(name, (0, 2))
+            out[name] = rng.integers(low, max(high, low + 1), dims)
         else:
             out[name] = rng.normal(0.0, 1.0, dims)
+    if _build.CTC:
+        steps = np.min([out[k] for k in _build.CTC["steps"]], axis=0)
+        for labels, lengths in _build.CTC["labels"]:
+            for b in range(batch):  # a repeated label needs a blank between: one more step
+                while out[lengths][b] > 0 and _ctc_steps(out[labels][b, :out[lengths][b]]) > steps[b]:
+                    out[lengths][b] -= 1
     return out
+
+
+def _ctc_steps(labels) -> int:
+    """The fewest steps CTC aligns ``labels`` to: one each, and one blank between repeats."""
+    return len(labels) + int(np.sum(labels[1:] == labels[:-1]))
 
 
 def selftest(batch: int = 4, entries: int = 16, eps: float = 1e-5, tolerance: float = 1e-5, seed: int = 0) -> bool:
@@ -143,7 +157,7 @@ def main(argv=None) -> int:
     t.add_argument("--epochs", type=int, default=1)
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--lr", type=float, default=None, help="learning rate (default: as built)")
-    t.add_argument("--seed", type=int, default=0, help="seeds the shuffling")
+    t.add_argument("--seed", type=int, default=0, help="seeds the shuffling (dropout draws from the package's SEED)")
     add_command_line(t)  # --lr-schedule, --warmup, --patience, --monitor
     t.add_argument("--validation", help=".npz evaluated after each epoch")
     t.add_argument("--weights", help="start from these weights (.npz from a previous run)")
