@@ -64,3 +64,16 @@ def test_predict_outputs_and_a_model_without_a_loss_read_the_running_statistics(
     inference.reset_state()
     np.testing.assert_allclose(inference.predict(x=batch["x"])["logits"], first["logits"], rtol=1e-12)
     np.testing.assert_allclose(inference.predict(x=batch["x"], outputs=["h"])["h"], second["h"], rtol=1e-12)
+
+
+def test_explain_of_a_model_without_a_loss_costs_its_predict():
+    """A model without a loss compiles predict alone, in inference mode: explain counts no
+    dropout, no batch statistics and no backward pass (seen failing: it read the outputs in
+    training mode and titled the table a training step saving residuals)."""
+    d = combo(loss=False)
+    data = d.explain(batch=16).data
+    assert data["flops"]["backward"] == data["flops"]["update"] == 0 and data["loops"] == []
+    assert not [o for o in data["costliest"] if "drop" in o["what"] or o["op"] in ("dropout_mask", "batch_stat")]
+    assert data["flops"]["forward"] < combo().explain(batch=16).data["flops"]["forward"]
+    text = str(d.explain(batch=16))
+    assert "predict" in text.splitlines()[0] and "training step" not in text and "backward pass" not in text

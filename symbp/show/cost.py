@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from symbp.autodiff.modes import inference_form
 from symbp.autodiff.optimise import optimise
 from symbp.autodiff.schedule import schedule
 from symbp.ir import Node, topo_order
@@ -220,7 +221,8 @@ def explain(d, batch: int, optimizer=None, dtype: str | None = None) -> Explanat
         {forward, backward: {products, elementwise, other}}; params {count, bytes};
         optimizer_state_bytes; peak_bytes (the step's buffers as the backends allocate them,
         kernel temporaries aside); costliest (ops, largest first); loops (per recurrence:
-        saved_bytes_per_step, T, saved_bytes).
+        saved_bytes_per_step, T, saved_bytes); training: False for a model without a loss,
+        whose figures are those of ``predict`` (no backward pass, no update, no loops saved).
     """
     from symbp import optim
     from symbp.ir import SymbpError
@@ -233,7 +235,8 @@ def explain(d, batch: int, optimizer=None, dtype: str | None = None) -> Explanat
     optimizer = optim.check(optimizer if optimizer is not None else optim.SGD(lr=0.01))
     itemsize = ITEMSIZE[dtype]
     training = d.loss is not None
-    roots = optimise([d.loss, *d.grads.values()] if training else list(d.outputs.values()))
+    # a model without a loss compiles predict alone, in inference mode: no dropout, running statistics
+    roots = optimise([d.loss, *d.grads.values()] if training else inference_form(list(d.outputs.values())))
     forward = {n.id for n in topo_order(roots[:1] if training else roots)}
     kinds = {"forward": dict.fromkeys(KINDS, 0), "backward": dict.fromkeys(KINDS, 0)}
     ops = []
@@ -259,7 +262,8 @@ def explain(d, batch: int, optimizer=None, dtype: str | None = None) -> Explanat
         "optimizer_state_bytes": len(optimizer.slots) * count * itemsize,
         "peak_bytes": buffer_bytes(roots, batch, itemsize),
         "costliest": ops[:TOP],
-        "loops": [_loop(n, batch, itemsize) for n in topo_order(roots) if n.op == "scan"],
+        "loops": [_loop(n, batch, itemsize) for n in topo_order(roots) if n.op == "scan"] if training else [],
+        "training": training,
     })
 
 
@@ -313,8 +317,9 @@ def si(x: float, unit: str) -> str:
 def table(data: dict) -> str:
     """The readable form of ``Explanation.data``."""
     f = data["flops"]
-    lines = [f"model {data['model']!r}: one training step at batch {data['batch']}, {data['dtype']}, "
-             f"{data['optimizer']} update",
+    what = f"{data['optimizer']} update" if data.get("training", True) else "no loss: predict only"
+    lines = [f"model {data['model']!r}: one {'training step' if data.get('training', True) else 'predict'} at batch "
+             f"{data['batch']}, {data['dtype']}, {what}",
              "",
              f"  {'FLOPs':<22}{'forward':>12}{'backward':>12}{'update':>12}{'total':>12}",
              f"  {'':<22}" + "".join(f"{si(f[k], 'FLOP'):>12}" for k in ("forward", "backward", "update", "total")),
