@@ -77,3 +77,34 @@ def test_explain_of_a_model_without_a_loss_costs_its_predict():
     assert data["flops"]["forward"] < combo().explain(batch=16).data["flops"]["forward"]
     text = str(d.explain(batch=16))
     assert "predict" in text.splitlines()[0] and "training step" not in text and "backward pass" not in text
+
+
+def _key(d: sb.Derivation) -> str:
+    import codegen
+    from codegen.cython.cache import graph_key
+
+    return graph_key(codegen.Spec(d, sb.optim.Adam(lr=1e-2), "float64"))
+
+
+def test_the_warm_start_key_misses_on_every_change_of_the_code_and_hits_across_processes(monkeypatch):
+    """A wrong hit of the Cython cache is silently wrong code: every option that changes the
+    generated module changes the key, and the same model gives the same key in a new process
+    (node ids differ there: a key reading ids or addresses would never hit)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    base = _key(combo())
+    keys = {"base": base, "dropout rate": _key(combo(rate=0.25)), "recurrent dropout": _key(combo(recurrent=0.1)),
+            "momentum": _key(combo(momentum=0.2)), "eps": _key(combo(eps=1e-3)), "no loss": _key(combo(loss=False)),
+            "outputs": _key(combo().for_outputs(["logits"])), "no dropout": _key(combo(rate=0.0, recurrent=0.0))}
+    traced = combo()  # SYMBP_HOIST is read when the step is traced and again when its loops are emitted
+    monkeypatch.setenv("SYMBP_HOIST", "0")
+    keys["no hoisting"], keys["no hoisting when emitted"] = _key(combo()), _key(traced)
+    monkeypatch.delenv("SYMBP_HOIST")
+    assert len(set(keys.values())) == len(keys), keys
+    assert _key(combo(loss=False).for_outputs(["logits"])) == keys["outputs"]  # the same predict-only module
+    code = ("import sys; sys.path.insert(0, 'tests'); import test_seams as t; print(t._key(t.combo()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == base == _key(combo())  # here built after many models: other node ids
