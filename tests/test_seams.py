@@ -108,3 +108,12 @@ def test_the_warm_start_key_misses_on_every_change_of_the_code_and_hits_across_p
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == base == _key(combo())  # here built after many models: other node ids
+
+
+def test_gradcheck_passes_a_bias_that_batchnorm_cancels(rng):
+    """A Dense bias before BatchNorm has a zero gradient (the batch mean removes it), so its
+    finite differences are the loss's rounding alone: gradcheck must not judge that noise
+    (seen failing: 1e-3 against the 1e-8 floor for one rounding step of the loss)."""
+    tr = sb.compile(combo(), dtype="float64", seed=3)
+    errors = tr.finite_difference_errors(data(rng, 8))
+    assert max(errors.values()) < 1e-5, errors

@@ -345,7 +345,8 @@ class Trainer:
 
         An entry's error is relative to the larger of the two values, floored at 1% of the
         parameter's largest gradient entry, so a near-zero entry is not judged by the finite
-        difference's rounding noise (~1e-16 * loss / eps).
+        difference's rounding noise (~1e-16 * loss / eps); and floored at 1e5 times that noise,
+        so neither is a parameter whose gradient is zero throughout (a bias before BatchNorm).
 
         Args:
             batch: input arrays by name.
@@ -358,6 +359,10 @@ class Trainer:
         """
         rng = np.random.default_rng(0) if rng is None else rng
         analytic = self.gradients(**batch)
+        # one rounding step of the loss, seen through the central difference: an error judged
+        # against a smaller value would be the loss's rounding, not the gradient's
+        noise = float(np.finfo(self.dtype).eps) * abs(self.loss(**batch)) / (2 * eps)
+        noise = noise if math.isfinite(noise) else 0.0  # a non-finite loss is reported below, not floored away
         errors = {}
         for name, g in analytic.items():
             flat = self.params[name].reshape(-1)
@@ -367,7 +372,7 @@ class Trainer:
             if not np.isfinite(g).all():
                 errors[name] = math.inf
                 continue
-            worst, floor = 0.0, max(1e-2 * float(np.abs(g).max()), 1e-8)
+            worst, floor = 0.0, max(1e-2 * float(np.abs(g).max()), 1e-8, 1e5 * noise)
             for i in idx:
                 old = flat[i]
                 flat[i] = old + eps
