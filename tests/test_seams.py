@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import symbp as sb
+from codegen.runtime import DataError
 
 BACKENDS = ["numpy", "cython"]
 
@@ -131,3 +132,14 @@ def test_a_model_without_a_loss_loads_a_training_checkpoint(tmp_path, rng):
     inference.load(tmp_path / "w.npz")
     tr.reset_state()
     np.testing.assert_array_equal(inference.predict(x=batch["x"])["logits"], tr.predict(x=batch["x"])["logits"])
+
+
+def test_fit_refuses_up_front_a_last_batch_of_one_example_that_batchnorm_cannot_take(rng):
+    """25 examples in batches of 8 leave a last batch of one, which BatchNorm's step refuses:
+    fit says so before training, naming the layer (seen failing: the epoch died at its 4th step)."""
+    tr = sb.compile(combo(), dtype="float64", seed=3)
+    batches = data(rng, 25)
+    with pytest.raises(DataError, match=r"layer 'bn' .* 25 examples in batches of 8 .* batch of 1 example"):
+        tr.fit(batches, epochs=1, batch_size=8, progress=False)
+    assert tr.t == 0
+    assert len(tr.fit({k: v[:24] for k, v in batches.items()}, epochs=1, batch_size=8, progress=False)["step_loss"]) == 3
