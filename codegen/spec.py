@@ -141,7 +141,10 @@ class Spec:
 
     def batch_stats(self) -> dict[str, int]:
         """For each layer whose step normalises over the batch (``batch_stat``), how many values
-        of each feature one example gives: the runtime refuses a step whose batch gives one."""
+        of each feature one example gives: the runtime refuses a step whose batch gives one; empty
+        for a model without a loss (or a predict-only module): it has no step."""
+        if self.derivation.loss is None:
+            return {}
         return {n.label: n.attrs["per_example"] for n in topo_order([self.derivation.loss])
                 if n.op == "batch_stat"}
 

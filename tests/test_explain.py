@@ -97,7 +97,9 @@ def _rnn(T, H=8, F=3, truncate=None):
     return m
 
 
-def test_recurrence_memory_and_work_grow_with_T():
+@pytest.mark.parametrize("hoist", ["1", "0"])
+def test_recurrence_memory_and_work_grow_with_T(hoist, monkeypatch):
+    monkeypatch.setenv("SYMBP_HOIST", hoist)  # read when the step is traced and when its loops are costed
     a, b = (sb.derive(_rnn(T)).explain(batch=5) for T in (4, 8))
     (la,), (lb,) = a.data["loops"], b.data["loops"]
     assert la["saved_bytes_per_step"] == lb["saved_bytes_per_step"] > 0
@@ -107,6 +109,8 @@ def test_recurrence_memory_and_work_grow_with_T():
     # T = 8 reaches back 4 steps from each of 4 chunks (2 + 4 + 4 + 4 = 14 cell runs, not 8)
     t = sb.derive(_rnn(8, truncate=(2, 4))).explain(batch=5)
     outside = 2 * mm(5 * 8, 8, 4)  # dWy and dL/dhs, after the loop
+    if hoist == "1":  # dWx (x_t Wx hoisted before the loop) and dWh: one product each over the stacked steps
+        outside += mm(5 * 8, 3, 8) + mm(5 * 8, 8, 8)
     assert products(t)["backward"] - outside == (products(b)["backward"] - outside) * 14 // 8
 
 

@@ -271,7 +271,8 @@ class Trainer:
         Args:
             path: the ``.npz`` file.
             weights_only: take the parameters alone and keep this trainer's optimiser state,
-                step count and hyperparameters (to go on with another optimiser).
+                step count and hyperparameters (to go on with another optimiser). Always so
+                for a model without a loss: it has no training to resume.
         Returns:
             The file's metadata (empty for a bare weights file) and its ``_``-prefixed arrays.
         Raises:
@@ -292,6 +293,7 @@ class Trainer:
                 + ([f"unknown parameter(s) {', '.join(map(repr, extra))}"] if extra else [])))
         state = carries = None
         buffers = read_buffers(self, path, arrays, meta)  # running statistics belong to the weights
+        weights_only = weights_only or "loss" not in self.kernels.NEEDS  # inference: no optimiser, no step
         if not weights_only:
             state = read_optimiser(self, path, arrays, meta)
             carries = read_carries(path, arrays, meta)

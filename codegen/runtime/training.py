@@ -157,6 +157,7 @@ def fit(tr, data: dict, epochs: int = 1, batch_size: int = 32, validation: dict 
     # global batch of batch_size is cut into one contiguous part per rank (distributed.shard)
     config = {"examples": n, "batch_size": batch_size, "shuffle": bool(shuffle), "seed": seed,
               "ranks": 1 if dist is None else dist.size}
+    _check_batch_stats(tr, n, batch_size, config["ranks"])
     rng = np.random.default_rng(seed)
     hist = {"epoch": [], "step": [], "loss": []}
     if pair:
@@ -228,6 +229,24 @@ def fit(tr, data: dict, epochs: int = 1, batch_size: int = 32, validation: dict 
         ctl.finish(completed)
     hist["step_loss"] = step_loss
     return hist
+
+
+def _check_batch_stats(tr, n: int, batch_size: int, ranks: int) -> None:
+    """Refuse before training a run whose smallest step (the last batch, or a rank's part of one)
+    gives a layer normalising over the batch (BatchNorm) one value per feature: that step would
+    fail mid-epoch (``values.check_batch_stats``)."""
+    stats = getattr(tr.kernels, "BATCH_STATS", None)
+    if not stats:
+        return
+    last = n - (math.ceil(n / batch_size) - 1) * batch_size
+    smallest = min(k for b in (min(batch_size, n), last) for r in range(ranks)
+                   if (k := len(range(b)[shard(b, r, ranks)])))
+    for label, per_example in stats.items():
+        if smallest * per_example < 2:
+            where = f" on {ranks} ranks" if ranks > 1 else ""
+            raise DataError(f"fit(): layer {label!r} normalises each feature over the batch, and {n} examples in "
+                            f"batches of {batch_size}{where} make a step with a batch of {smallest} example, one "
+                            "value per feature; choose a batch_size (or drop examples) so that no step has one")
 
 
 def _save(tr, path, config, rng_state, epoch, done, correct, hist, step_loss, ctl) -> None:

@@ -19,9 +19,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from symbp.autodiff.modes import inference_form
 from symbp.autodiff.optimise import optimise
 from symbp.autodiff.schedule import schedule
 from symbp.ir import Node, topo_order
+from symbp.ops.hoist import gradient_products
 from symbp.ops.scan import scan_outputs
 
 VIEW_OPS = frozenset({"transpose", "expand_dims", "broadcast_like", "reshape", "slice", "stop_gradient", "scan_out",
@@ -83,20 +85,40 @@ def _scan(n: Node, b: int) -> dict:
 
 
 def _scan_bwd(n: Node, b: int) -> dict:
-    return _times(backward_steps(n.attrs["length"], n.attrs["truncate"]), graph_flops(_bwd_roots(n), b))
+    out = _times(backward_steps(n.attrs["length"], n.attrs["truncate"]), graph_flops(_bwd_roots(n), b))
+    for product in _gradient_products(n):  # once after the loop, over the T stacked steps
+        out["products"] += n.attrs["length"] * _dot(product, b)
+    return out
 
 
 def _times(k: int, kinds: dict) -> dict:
     return {kind: k * f for kind, f in kinds.items()}
 
 
+def _wanted(n: Node) -> tuple[list, dict]:
+    """A reverse loop's wanted cotangents (None where ``need`` says not) and, of those of its
+    captured inputs, the weight gradients hoisted after the loop (``gradient_products``)."""
+    cell, need = n.attrs["cell"], n.attrs["need"]
+    wanted = [r if need[k] else None for k, r in enumerate((*cell.d_xs, *cell.d_carry_in, *cell.d_captured))]
+    return wanted, gradient_products(cell, wanted[len(cell.xs_in) + len(cell.carry_in):])
+
+
+def _gradient_products(n: Node) -> list[Node]:
+    """The products a reverse loop runs once after it, over its stacked steps."""
+    hoisted = _wanted(n)[1]
+    return [hoisted[j][0] for j in sorted(hoisted)]
+
+
 def _bwd_roots(n: Node) -> list:
     """What a reverse loop's cell computes: the carries' cotangents, those of the inputs that
-    want one (``need``), and dL/dh_t (as ``codegen``'s loops emit it)."""
-    cell, need = n.attrs["cell"], n.attrs["need"]
+    want one (``need``), dL/dh_t, and the two sides of each product hoisted after the loop
+    instead of its gradient (as ``codegen``'s loops emit it)."""
+    cell = n.attrs["cell"]
     nx, nc = len(cell.xs_in), len(cell.carry_in)
-    wanted = [r if need[k] else None for k, r in enumerate((*cell.d_xs, *cell.d_carry_in, *cell.d_captured))]
-    return [*cell.d_carry_in, *wanted[:nx], *wanted[nx + nc:], *cell.d_h]
+    wanted, hoisted = _wanted(n)
+    captured = [None if j in hoisted else r for j, r in enumerate(wanted[nx + nc:])]
+    pairs = [i for j in sorted(hoisted) for i in hoisted[j][0].inputs]
+    return [*cell.d_carry_in, *wanted[:nx], *captured, *cell.d_h, *pairs]
 
 
 def backward_steps(T: int, truncate: tuple | None) -> int:
@@ -191,7 +213,10 @@ def _scan_bwd_bytes(n: Node, b: int, itemsize: int) -> int:
     cots = sum(_bytes(i.shape if need[k] else (), "float", b, itemsize) for k, i in enumerate(n.inputs[:nin]))
     carries = 2 * sum(_bytes(c.shape, "float", b, itemsize) for c in cell.carry_in)
     norms = n.attrs["length"] * itemsize  # |dL/dh_t| for every t
-    return cots + carries + norms + _cell_bytes(_bwd_roots(n), b, itemsize)
+    # each side of a hoisted product is stacked over t, unless it is a residual the forward saved
+    stacks = sum(n.attrs["length"] * _bytes(side.shape, "float", b, itemsize) for p in _gradient_products(n)
+                 for side in p.inputs if not (side.op == "input" and side.attrs.get("role", ("",))[0] == "saved"))
+    return cots + carries + norms + stacks + _cell_bytes(_bwd_roots(n), b, itemsize)
 
 
 @dataclass
@@ -220,7 +245,8 @@ def explain(d, batch: int, optimizer=None, dtype: str | None = None) -> Explanat
         {forward, backward: {products, elementwise, other}}; params {count, bytes};
         optimizer_state_bytes; peak_bytes (the step's buffers as the backends allocate them,
         kernel temporaries aside); costliest (ops, largest first); loops (per recurrence:
-        saved_bytes_per_step, T, saved_bytes).
+        saved_bytes_per_step, T, saved_bytes); training: False for a model without a loss,
+        whose figures are those of ``predict`` (no backward pass, no update, no loops saved).
     """
     from symbp import optim
     from symbp.ir import SymbpError
@@ -233,7 +259,8 @@ def explain(d, batch: int, optimizer=None, dtype: str | None = None) -> Explanat
     optimizer = optim.check(optimizer if optimizer is not None else optim.SGD(lr=0.01))
     itemsize = ITEMSIZE[dtype]
     training = d.loss is not None
-    roots = optimise([d.loss, *d.grads.values()] if training else list(d.outputs.values()))
+    # a model without a loss compiles predict alone, in inference mode: no dropout, running statistics
+    roots = optimise([d.loss, *d.grads.values()] if training else inference_form(list(d.outputs.values())))
     forward = {n.id for n in topo_order(roots[:1] if training else roots)}
     kinds = {"forward": dict.fromkeys(KINDS, 0), "backward": dict.fromkeys(KINDS, 0)}
     ops = []
@@ -259,7 +286,8 @@ def explain(d, batch: int, optimizer=None, dtype: str | None = None) -> Explanat
         "optimizer_state_bytes": len(optimizer.slots) * count * itemsize,
         "peak_bytes": buffer_bytes(roots, batch, itemsize),
         "costliest": ops[:TOP],
-        "loops": [_loop(n, batch, itemsize) for n in topo_order(roots) if n.op == "scan"],
+        "loops": [_loop(n, batch, itemsize) for n in topo_order(roots) if n.op == "scan"] if training else [],
+        "training": training,
     })
 
 
@@ -313,8 +341,9 @@ def si(x: float, unit: str) -> str:
 def table(data: dict) -> str:
     """The readable form of ``Explanation.data``."""
     f = data["flops"]
-    lines = [f"model {data['model']!r}: one training step at batch {data['batch']}, {data['dtype']}, "
-             f"{data['optimizer']} update",
+    what = f"{data['optimizer']} update" if data.get("training", True) else "no loss: predict only"
+    lines = [f"model {data['model']!r}: one {'training step' if data.get('training', True) else 'predict'} at batch "
+             f"{data['batch']}, {data['dtype']}, {what}",
              "",
              f"  {'FLOPs':<22}{'forward':>12}{'backward':>12}{'update':>12}{'total':>12}",
              f"  {'':<22}" + "".join(f"{si(f[k], 'FLOP'):>12}" for k in ("forward", "backward", "update", "total")),
