@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import warnings
 
 import numpy as np
@@ -163,9 +164,11 @@ class Group:
         theirs = self.comm.allgather(mine)
         if any(t != theirs[0] for t in theirs):
             odd = next(r for r, t in enumerate(theirs) if t != theirs[0])
-            raise DataError(f"distributed: rank {odd} compiled {theirs[odd][0]!r} ({theirs[odd][1]}) with other "
+            err = DataError(f"distributed: rank {odd} compiled {theirs[odd][0]!r} ({theirs[odd][1]}) with other "
                             f"parameters or optimiser than rank 0's {theirs[0][0]!r} ({theirs[0][1]}); every rank "
                             "must compile the same model with the same optimiser and dtype")
+            err.collective = True  # found by every rank at once: no rank waits for another, nothing to abort
+            raise err
         flat = np.concatenate([v.reshape(-1) for v in tr.params.values()]) if tr.params else np.empty(0, tr.dtype)
         self.comm.Bcast(flat, root=0)
         at = 0
@@ -305,9 +308,15 @@ def abort_on_exception(comm) -> None:
         return
 
     def hook(kind, value, tb):
+        if getattr(value, "collective", False):  # every rank raised it together: each exits by itself
+            previous(kind, value, tb)
+            return
         sys.stderr.write(f"[rank {comm.Get_rank()} of {comm.Get_size()}] failed; stopping all ranks\n")
         previous(kind, value, tb)
         sys.stderr.flush()
+        # Abort tears the job down at once: give the launcher a moment to pass the message on
+        # (without it, MPICH's mpiexec was seen to lose every rank's output)
+        time.sleep(0.5)
         comm.Abort(1)
 
     hook._symbp_abort = True
