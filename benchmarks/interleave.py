@@ -92,9 +92,11 @@ def main() -> None:
     for fw in a.frameworks.split(","):
         python = sys.executable if fw.startswith(("symbp", "base:")) else a.peer_python
         script = Path(a.base) / "benchmarks" / "interleave.py" if fw.startswith("base:") else Path(__file__)
-        workers[fw] = subprocess.Popen([python, str(script.resolve()), "--serve", fw.removeprefix("base:"),
+        # fw+NAME=VALUE: that worker alone runs with NAME set (e.g. symbp_cython+OMP_WAIT_POLICY=PASSIVE)
+        name, *extra = fw.split("+")
+        workers[fw] = subprocess.Popen([python, str(script.resolve()), "--serve", name.removeprefix("base:"),
                                         a.workload, str(a.threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                       text=True, env=env)
+                                       text=True, env=dict(env, **dict(e.split("=", 1) for e in extra)))
         if workers[fw].stdout.readline().strip() != "ready":  # build one at a time: no overlap
             raise SystemExit(f"{fw}: worker failed to start")
     times: dict[str, list[float]] = {fw: [] for fw in workers}
@@ -110,8 +112,9 @@ def main() -> None:
     med = {fw: statistics.median(v) * 1e6 for fw, v in times.items()}
     for fw, v in times.items():
         q = statistics.quantiles(v, n=10)
+        # the mean too: a step that waits for a thread another process holds shows in the tail, not the median
         print(f"{a.workload} t={a.threads} {a.clock} {fw:13s} median {med[fw]:7.0f} us  p10 {q[0] * 1e6:7.0f}  "
-              f"p90 {q[-1] * 1e6:7.0f}  min {min(v) * 1e6:7.0f}")
+              f"p90 {q[-1] * 1e6:7.0f}  min {min(v) * 1e6:7.0f}  mean {statistics.fmean(v) * 1e6:7.0f}")
     first = names[0]
     for fw in names[1:]:
         print(f"{first} / {fw}: median {med[first] / med[fw]:.2f}, min {min(times[first]) / min(times[fw]):.2f}")

@@ -128,12 +128,44 @@ static inline __attribute__((always_inline)) void sb_micro(int mr, long K, const
     }}
 }}
 {pack}
+#ifdef _OPENMP
+#include <omp.h>
+/* A parallel region ends when its last thread does: one that starts late, because another
+   process holds its core, holds up the product (1-10 ms each, 10-100x the product, on a shared
+   machine). A region whose helper started more than SB_LATE s late makes the products of the
+   next SB_BACKOFF s run on one thread; then threads are tried again. */
+#define SB_LATE 1e-4
+#define SB_BACKOFF 0.1
+static double sb_serial_until;
+#endif
 static int sb_mm(long M, long N, long K, const sb_real *A, long ars, long acs, const sb_real *B, long brs,
-                  long bcs, sb_real *C) {{
+                  long bcs, sb_real *C, int par) {{
     int failed = 0;
     /* Column panels are independent: with OpenMP they are shared among threads, for products
-       big enough to pay for waking them (measured 1.7x on 128x256x256 with two free cores). */
-    #pragma omp parallel for schedule(static) if (M * N * K >= (1L << 20))
+       big enough to pay for waking them (measured 1.7x on 128x256x256 with two free cores).
+       par = 0 inside a loop's time step: T regions per loop, each a chance to wait for a late
+       thread, for products of a few us. Panels are handed out dynamically, so a late thread
+       finds less (or nothing) left to do. */
+    par = par && M * N * K >= (1L << 20);
+#ifdef _OPENMP
+    double t0 = 0, until;
+    if (par) {{
+        t0 = omp_get_wtime();
+        #pragma omp atomic read
+        until = sb_serial_until;
+        par = t0 >= until;
+    }}
+#endif
+    #pragma omp parallel if (par)
+    {{
+#ifdef _OPENMP
+    if (omp_get_thread_num() > 0 && omp_get_wtime() - t0 > SB_LATE) {{
+        double later = omp_get_wtime() + SB_BACKOFF;
+        #pragma omp atomic write
+        sb_serial_until = later;
+    }}
+#endif
+    #pragma omp for schedule(dynamic)
     for (long j = 0; j < N; j += SB_NR) {{
         const sb_real *Bj = B + j * bcs;
         long ldb = brs;
@@ -163,6 +195,7 @@ static int sb_mm(long M, long N, long K, const sb_real *A, long ars, long acs, c
             }}
         }}
         free(panel);
+    }}
     }}
     return failed;  /* on an allocation failure the caller recomputes C with BLAS */
 }}

@@ -125,12 +125,44 @@ cdef extern from *:
         for (long jj = 0; jj < SB_NR; jj++)
             for (long k = k0; k < K; k++) panel[k * SB_NR + jj] = B[jj * bcs + k * brs];
     }
+    #ifdef _OPENMP
+    #include <omp.h>
+    /* A parallel region ends when its last thread does: one that starts late, because another
+       process holds its core, holds up the product (1-10 ms each, 10-100x the product, on a shared
+       machine). A region whose helper started more than SB_LATE s late makes the products of the
+       next SB_BACKOFF s run on one thread; then threads are tried again. */
+    #define SB_LATE 1e-4
+    #define SB_BACKOFF 0.1
+    static double sb_serial_until;
+    #endif
     static int sb_mm(long M, long N, long K, const sb_real *A, long ars, long acs, const sb_real *B, long brs,
-                      long bcs, sb_real *C) {
+                      long bcs, sb_real *C, int par) {
         int failed = 0;
         /* Column panels are independent: with OpenMP they are shared among threads, for products
-           big enough to pay for waking them (measured 1.7x on 128x256x256 with two free cores). */
-        #pragma omp parallel for schedule(static) if (M * N * K >= (1L << 20))
+           big enough to pay for waking them (measured 1.7x on 128x256x256 with two free cores).
+           par = 0 inside a loop's time step: T regions per loop, each a chance to wait for a late
+           thread, for products of a few us. Panels are handed out dynamically, so a late thread
+           finds less (or nothing) left to do. */
+        par = par && M * N * K >= (1L << 20);
+    #ifdef _OPENMP
+        double t0 = 0, until;
+        if (par) {
+            t0 = omp_get_wtime();
+            #pragma omp atomic read
+            until = sb_serial_until;
+            par = t0 >= until;
+        }
+    #endif
+        #pragma omp parallel if (par)
+        {
+    #ifdef _OPENMP
+        if (omp_get_thread_num() > 0 && omp_get_wtime() - t0 > SB_LATE) {
+            double later = omp_get_wtime() + SB_BACKOFF;
+            #pragma omp atomic write
+            sb_serial_until = later;
+        }
+    #endif
+        #pragma omp for schedule(dynamic)
         for (long j = 0; j < N; j += SB_NR) {
             const sb_real *Bj = B + j * bcs;
             long ldb = brs;
@@ -160,6 +192,7 @@ cdef extern from *:
                 }
             }
             free(panel);
+        }
         }
         return failed;  /* on an allocation failure the caller recomputes C with BLAS */
     }
@@ -208,7 +241,7 @@ cdef extern from *:
         /* (1) Z₁ = x W1 + b1 */
         /* t_1 = dot */
         #ifdef SB_MM
-        if (sb_mm(B, 32, 4, D_x, 4, 1, P_W1, 32, 1, b1))
+        if (sb_mm(B, 32, 4, D_x, 4, 1, P_W1, 32, 1, b1, 1))
         #endif
         {
             int m_ = (int)(32), n_ = (int)(B), k_ = (int)(4);
@@ -491,7 +524,7 @@ cdef extern from *:
         /* (6) δZ₁ = (δZ₂ W2ᵀ) ⊙ (1 − H₁⊙H₁) */
         /* d_tanh = dot */
         #ifdef SB_MM
-        if (sb_mm(B, 32, 3, b4, 3, 1, P_W2, 1, 3, b1))
+        if (sb_mm(B, 32, 3, b4, 3, 1, P_W2, 1, 3, b1, 1))
         #endif
         {
             int m_ = (int)(32), n_ = (int)(B), k_ = (int)(3);
@@ -534,7 +567,7 @@ cdef extern from *:
         /* (7) ∂L/∂W1 = xᵀ δZ₁ */
         /* dW1 = dot */
         #ifdef SB_MM
-        if (sb_mm(4, 32, B, D_x, 1, 4, b16, 32, 1, b18))
+        if (sb_mm(4, 32, B, D_x, 1, 4, b16, 32, 1, b18, 1))
         #endif
         {
             int m_ = (int)(32), n_ = (int)(4), k_ = (int)(B);
@@ -571,7 +604,7 @@ cdef extern from *:
         /* (1) Z₁ = x W1 + b1 */
         /* t_1 = dot */
         #ifdef SB_MM
-        if (sb_mm(B, 32, 4, D_x, 4, 1, P_W1, 32, 1, b0))
+        if (sb_mm(B, 32, 4, D_x, 4, 1, P_W1, 32, 1, b0, 1))
         #endif
         {
             int m_ = (int)(32), n_ = (int)(B), k_ = (int)(4);
