@@ -6,6 +6,10 @@ chains fused), and sizes the step's buffers with the plan the backends allocate 
 schedule's liveness (``symbp.autodiff.schedule``), one buffer per reuse class, allocated once
 per batch size, views (``VIEW_OPS``) taking none. A recurrence counts its cell T times and
 saves its residuals for the backward pass: (T, batch, ...) arrays, so that memory grows with T.
+Its reverse loop counts what the backends emit (``symbp.ops.hoist.gradient_products``, read
+when explaining as when emitting, so ``SYMBP_HOIST=0`` counts the plain loops): the cell once per
+step of each truncation window, without the weight gradients hoisted after the loop, which
+count once per step (one product over the T stacked steps) and add their stacked sides.
 
 FLOPs: a product (B, K) @ (K, N) is 2·B·K·N, a convolution 2·(output elements)·kh·kw·C_in,
 a reduction one per input element, an elementwise formula one per operation SymPy counts in
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 from symbp.autodiff.optimise import optimise
 from symbp.autodiff.schedule import schedule
 from symbp.ir import Node, topo_order
+from symbp.ops.hoist import gradient_products
 from symbp.ops.scan import scan_outputs
 
 VIEW_OPS = frozenset({"transpose", "expand_dims", "broadcast_like", "reshape", "slice", "stop_gradient", "scan_out",
@@ -83,20 +88,41 @@ def _scan(n: Node, b: int) -> dict:
 
 
 def _scan_bwd(n: Node, b: int) -> dict:
-    return _times(backward_steps(n.attrs["length"], n.attrs["truncate"]), graph_flops(_bwd_roots(n), b))
+    T = n.attrs["length"]
+    out = _times(backward_steps(T, n.attrs["truncate"]), graph_flops(_bwd_roots(n), b))
+    # each hoisted weight gradient: one product over the T stacked steps (K = T*B) after the loop,
+    # however often overlapping truncation windows ran the cell
+    out["products"] += T * sum(_dot(r, b) for r, _ in _hoisted(n).values())
+    return out
 
 
 def _times(k: int, kinds: dict) -> dict:
     return {kind: k * f for kind, f in kinds.items()}
 
 
+def _wanted(n: Node) -> list:
+    """The reverse step's cotangent of each input of a ``scan_bwd`` (None where ``need`` says no)."""
+    cell, need = n.attrs["cell"], n.attrs["need"]
+    return [r if need[k] else None for k, r in enumerate((*cell.d_xs, *cell.d_carry_in, *cell.d_captured))]
+
+
+def _hoisted(n: Node) -> dict:
+    """The weight gradients a reverse loop computes after the loop, as ``codegen``'s loops choose
+    them (``gradient_products``; none when ``SYMBP_HOIST=0``): {captured index: (product, side)}."""
+    cell = n.attrs["cell"]
+    return gradient_products(cell, _wanted(n)[len(cell.xs_in) + len(cell.carry_in):])
+
+
 def _bwd_roots(n: Node) -> list:
     """What a reverse loop's cell computes: the carries' cotangents, those of the inputs that
-    want one (``need``), and dL/dh_t (as ``codegen``'s loops emit it)."""
-    cell, need = n.attrs["cell"], n.attrs["need"]
+    want one (``need``) but are not hoisted after the loop, dL/dh_t, and both sides of each
+    hoisted product (as ``codegen``'s loops emit it)."""
+    cell = n.attrs["cell"]
     nx, nc = len(cell.xs_in), len(cell.carry_in)
-    wanted = [r if need[k] else None for k, r in enumerate((*cell.d_xs, *cell.d_carry_in, *cell.d_captured))]
-    return [*cell.d_carry_in, *wanted[:nx], *wanted[nx + nc:], *cell.d_h]
+    wanted, hoisted = _wanted(n), _hoisted(n)
+    cap = [None if j in hoisted else r for j, r in enumerate(wanted[nx + nc:])]
+    pairs = [i for j in sorted(hoisted) for i in hoisted[j][0].inputs]
+    return [*cell.d_carry_in, *wanted[:nx], *cap, *cell.d_h, *pairs]
 
 
 def backward_steps(T: int, truncate: tuple | None) -> int:
@@ -190,8 +216,15 @@ def _scan_bwd_bytes(n: Node, b: int, itemsize: int) -> int:
     # an input that wants no cotangent keeps a one-element placeholder in the loop's results
     cots = sum(_bytes(i.shape if need[k] else (), "float", b, itemsize) for k, i in enumerate(n.inputs[:nin]))
     carries = 2 * sum(_bytes(c.shape, "float", b, itemsize) for c in cell.carry_in)
-    norms = n.attrs["length"] * itemsize  # |dL/dh_t| for every t
-    return cots + carries + norms + _cell_bytes(_bwd_roots(n), b, itemsize)
+    # truncated, the loop copies dL/dy_t into a buffer per output (zero in a window's look-back)
+    if n.attrs["truncate"] is not None:
+        carries += sum(_bytes(y.shape, "float", b, itemsize) for y in cell.ys)
+    T = n.attrs["length"]
+    norms = T * itemsize  # |dL/dh_t| for every t
+    # a hoisted product's sides stacked over t, (T, batch, ...), but for one the forward loop saved
+    stacks = sum(T * _bytes(i.shape, "float", b, itemsize) for r, _ in _hoisted(n).values() for i in r.inputs
+                 if not (i.op == "input" and i.attrs.get("role", ("",))[0] == "saved"))
+    return cots + carries + norms + stacks + _cell_bytes(_bwd_roots(n), b, itemsize)
 
 
 @dataclass
