@@ -69,7 +69,10 @@ def test_cnn_flops_match_hand_count():
     assert other >= B * 3 * 3 * 16 * 4  # the 2x2 max-pool's comparisons
 
 
-def test_lstm_flops_match_hand_count():
+@pytest.mark.parametrize("hoist", ["1", "0"])
+def test_lstm_flops_match_hand_count(hoist, monkeypatch):
+    # hoisted (x·Wx before the loop, dWx and dWh after it, over T*B rows) or not, the same products
+    monkeypatch.setenv("SYMBP_HOIST", hoist)
     B, T, H, V = W.BR, W.T, W.H, W.V
     e = sb.derive(W.lstm_model()).explain(batch=B)
     fwd = T * (mm(B, V, 4 * H) + mm(B, H, 4 * H) + mm(B, H, V))  # x·Wx, h·Wh, h·Why
@@ -99,19 +102,27 @@ def _rnn(T, H=8, F=3, truncate=None):
 
 @pytest.mark.parametrize("hoist", ["1", "0"])
 def test_recurrence_memory_and_work_grow_with_T(hoist, monkeypatch):
-    monkeypatch.setenv("SYMBP_HOIST", hoist)  # read when the step is traced and when its loops are costed
+    monkeypatch.setenv("SYMBP_HOIST", hoist)  # before deriving: the step is hoisted when it is traced
     a, b = (sb.derive(_rnn(T)).explain(batch=5) for T in (4, 8))
     (la,), (lb,) = a.data["loops"], b.data["loops"]
     assert la["saved_bytes_per_step"] == lb["saved_bytes_per_step"] > 0
     assert (la["saved_bytes"], lb["saved_bytes"]) == (4 * la["saved_bytes_per_step"], 8 * la["saved_bytes_per_step"])
     assert products(b) == {k: 2 * v for k, v in products(a).items()}
+    # B = 5, T = 8, F = 3, H = 8. Per step: x_t·Wx and its dWx = x_tᵀ dz_t are 2·5·3·8 = 240 each,
+    # h·Wh, dWh = h_{t-1}ᵀ dz_t and dh = dz_t Whᵀ 2·5·8·8 = 640 each; after the loop dWy and
+    # dL/dhs are 2·40·8·4 each. Hoisted or not, the backward runs each product once per step:
+    xw, hw, outside = mm(5, 3, 8), mm(5, 8, 8), 2 * mm(5 * 8, 8, 4)
+    assert products(b)["backward"] == outside + 8 * (xw + 2 * hw) == 17_280
     # a truncated reverse loop runs its cell once per step of each window: (k1, k2) = (2, 4) on
-    # T = 8 reaches back 4 steps from each of 4 chunks (2 + 4 + 4 + 4 = 14 cell runs, not 8)
+    # T = 8 reaches back 4 steps from each of 4 chunks (2 + 4 + 4 + 4 = 14 cell runs, not 8).
     t = sb.derive(_rnn(8, truncate=(2, 4))).explain(batch=5)
-    outside = 2 * mm(5 * 8, 8, 4)  # dWy and dL/dhs, after the loop
-    if hoist == "1":  # dWx (x_t Wx hoisted before the loop) and dWh: one product each over the stacked steps
-        outside += mm(5 * 8, 3, 8) + mm(5 * 8, 8, 8)
-    assert products(t)["backward"] - outside == (products(b)["backward"] - outside) * 14 // 8
+    if hoist == "1":
+        # Only dh stays in the cell (14 runs). dWx is the outer product xsᵀ·dus over the T steps'
+        # cotangents, and dWh one product over the T stacked steps (cotangents accumulated where
+        # windows overlap) after the loop: both once per step, not once per cell run.
+        assert products(t)["backward"] == outside + 8 * (xw + hw) + 14 * hw == 21_120
+    else:
+        assert products(t)["backward"] == outside + 14 * (xw + 2 * hw) == 26_400
 
 
 def test_every_op_has_a_flop_rule_and_views_match_the_backends():
@@ -153,13 +164,17 @@ def test_peak_bytes_are_what_the_generated_code_allocates(rng):
     assert sb.derive(m).explain(batch=B, dtype="float64").data["peak_bytes"] > peak
 
 
-def test_peak_bytes_count_a_loops_arrays(rng):
+@pytest.mark.parametrize("hoist", ["1", "0"])
+@pytest.mark.parametrize("truncate", [None, (2, 4)])
+def test_peak_bytes_count_a_loops_arrays(hoist, truncate, rng, monkeypatch):
+    monkeypatch.setenv("SYMBP_HOIST", hoist)
     B = 3
-    d = sb.derive(_rnn(6))
+    d = sb.derive(_rnn(6, truncate=truncate))
     peak = d.explain(batch=B).data["peak_bytes"]
     mem = _step(d, "numpy", B, rng)
-    # the step's buffers, then each loop's: its results and saved residuals, the cell's buffers
-    # and two per carry; every table's kernel temporaries (scratch) are left out
+    # the step's buffers, then each loop's: its results and saved residuals (the reverse loop's:
+    # the cotangents, and hoisted, dWh's sides stacked over t), the cell's buffers and two per
+    # carry; every table's kernel temporaries (scratch) are left out
     got = _buffer_bytes(mem["gradients"][0])
     got += sum(_buffer_bytes(v[:2]) + _buffer_bytes(v[3]) for k, v in mem.items() if k[0] in ("scan", "scan_bwd"))
     assert peak == got

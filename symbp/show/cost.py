@@ -6,6 +6,10 @@ chains fused), and sizes the step's buffers with the plan the backends allocate 
 schedule's liveness (``symbp.autodiff.schedule``), one buffer per reuse class, allocated once
 per batch size, views (``VIEW_OPS``) taking none. A recurrence counts its cell T times and
 saves its residuals for the backward pass: (T, batch, ...) arrays, so that memory grows with T.
+Its reverse loop counts what the backends emit (``symbp.ops.hoist.gradient_products``, read
+when explaining as when emitting, so ``SYMBP_HOIST=0`` counts the plain loops): the cell once per
+step of each truncation window, without the weight gradients hoisted after the loop, which
+count once per step (one product over the T stacked steps) and add their stacked sides.
 
 FLOPs: a product (B, K) @ (K, N) is 2·B·K·N, a convolution 2·(output elements)·kh·kw·C_in,
 a reduction one per input element, an elementwise formula one per operation SymPy counts in
@@ -85,9 +89,11 @@ def _scan(n: Node, b: int) -> dict:
 
 
 def _scan_bwd(n: Node, b: int) -> dict:
-    out = _times(backward_steps(n.attrs["length"], n.attrs["truncate"]), graph_flops(_bwd_roots(n), b))
-    for product in _gradient_products(n):  # once after the loop, over the T stacked steps
-        out["products"] += n.attrs["length"] * _dot(product, b)
+    T = n.attrs["length"]
+    out = _times(backward_steps(T, n.attrs["truncate"]), graph_flops(_bwd_roots(n), b))
+    # each hoisted weight gradient: one product over the T stacked steps (K = T*B) after the loop,
+    # however often overlapping truncation windows ran the cell
+    out["products"] += T * sum(_dot(r, b) for r, _ in _hoisted(n).values())
     return out
 
 
@@ -95,30 +101,29 @@ def _times(k: int, kinds: dict) -> dict:
     return {kind: k * f for kind, f in kinds.items()}
 
 
-def _wanted(n: Node) -> tuple[list, dict]:
-    """A reverse loop's wanted cotangents (None where ``need`` says not) and, of those of its
-    captured inputs, the weight gradients hoisted after the loop (``gradient_products``)."""
+def _wanted(n: Node) -> list:
+    """The reverse step's cotangent of each input of a ``scan_bwd`` (None where ``need`` says no)."""
     cell, need = n.attrs["cell"], n.attrs["need"]
-    wanted = [r if need[k] else None for k, r in enumerate((*cell.d_xs, *cell.d_carry_in, *cell.d_captured))]
-    return wanted, gradient_products(cell, wanted[len(cell.xs_in) + len(cell.carry_in):])
+    return [r if need[k] else None for k, r in enumerate((*cell.d_xs, *cell.d_carry_in, *cell.d_captured))]
 
 
-def _gradient_products(n: Node) -> list[Node]:
-    """The products a reverse loop runs once after it, over its stacked steps."""
-    hoisted = _wanted(n)[1]
-    return [hoisted[j][0] for j in sorted(hoisted)]
+def _hoisted(n: Node) -> dict:
+    """The weight gradients a reverse loop computes after the loop, as ``codegen``'s loops choose
+    them (``gradient_products``; none when ``SYMBP_HOIST=0``): {captured index: (product, side)}."""
+    cell = n.attrs["cell"]
+    return gradient_products(cell, _wanted(n)[len(cell.xs_in) + len(cell.carry_in):])
 
 
 def _bwd_roots(n: Node) -> list:
     """What a reverse loop's cell computes: the carries' cotangents, those of the inputs that
-    want one (``need``), dL/dh_t, and the two sides of each product hoisted after the loop
-    instead of its gradient (as ``codegen``'s loops emit it)."""
+    want one (``need``) but are not hoisted after the loop, dL/dh_t, and both sides of each
+    hoisted product (as ``codegen``'s loops emit it)."""
     cell = n.attrs["cell"]
     nx, nc = len(cell.xs_in), len(cell.carry_in)
-    wanted, hoisted = _wanted(n)
-    captured = [None if j in hoisted else r for j, r in enumerate(wanted[nx + nc:])]
+    wanted, hoisted = _wanted(n), _hoisted(n)
+    cap = [None if j in hoisted else r for j, r in enumerate(wanted[nx + nc:])]
     pairs = [i for j in sorted(hoisted) for i in hoisted[j][0].inputs]
-    return [*cell.d_carry_in, *wanted[:nx], *captured, *cell.d_h, *pairs]
+    return [*cell.d_carry_in, *wanted[:nx], *cap, *cell.d_h, *pairs]
 
 
 def backward_steps(T: int, truncate: tuple | None) -> int:
@@ -212,10 +217,14 @@ def _scan_bwd_bytes(n: Node, b: int, itemsize: int) -> int:
     # an input that wants no cotangent keeps a one-element placeholder in the loop's results
     cots = sum(_bytes(i.shape if need[k] else (), "float", b, itemsize) for k, i in enumerate(n.inputs[:nin]))
     carries = 2 * sum(_bytes(c.shape, "float", b, itemsize) for c in cell.carry_in)
-    norms = n.attrs["length"] * itemsize  # |dL/dh_t| for every t
-    # each side of a hoisted product is stacked over t, unless it is a residual the forward saved
-    stacks = sum(n.attrs["length"] * _bytes(side.shape, "float", b, itemsize) for p in _gradient_products(n)
-                 for side in p.inputs if not (side.op == "input" and side.attrs.get("role", ("",))[0] == "saved"))
+    # truncated, the loop copies dL/dy_t into a buffer per output (zero in a window's look-back)
+    if n.attrs["truncate"] is not None:
+        carries += sum(_bytes(y.shape, "float", b, itemsize) for y in cell.ys)
+    T = n.attrs["length"]
+    norms = T * itemsize  # |dL/dh_t| for every t
+    # a hoisted product's sides stacked over t, (T, batch, ...), but for one the forward loop saved
+    stacks = sum(T * _bytes(i.shape, "float", b, itemsize) for r, _ in _hoisted(n).values() for i in r.inputs
+                 if not (i.op == "input" and i.attrs.get("role", ("",))[0] == "saved"))
     return cots + carries + norms + stacks + _cell_bytes(_bwd_roots(n), b, itemsize)
 
 
