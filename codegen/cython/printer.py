@@ -132,11 +132,20 @@ static inline __attribute__((always_inline)) void sb_micro(int mr, long K, const
 #include <omp.h>
 /* A parallel region ends when its last thread does: one that starts late, because another
    process holds its core, holds up the product (1-10 ms each, 10-100x the product, on a shared
-   machine). A region whose helper started more than SB_LATE s late makes the products of the
-   next SB_BACKOFF s run on one thread; then threads are tried again. */
+   machine). A region whose helper starts more than SB_LATE s late makes the products of the next
+   sb_backoff s run on one thread; then threads are tried again. The back-off doubles with each
+   late region, from SB_BACKOFF_MIN up to SB_BACKOFF_MAX, and halves with each one on time: a quiet
+   machine preempts a helper now and then (1-2 ms, a few times a minute here), which should cost a
+   few ms on one thread, not 0.1 s (the MLP's 2-thread median was 1.1-1.5x slower for it), while
+   another process that keeps the core busy keeps the back-off long. Only a region that follows
+   another within SB_WARM s is judged: its helper should still be spinning (libgomp spins for a
+   few ms), while one asleep takes 50-200 us to wake on an idle core, which is no sign of another
+   process. */
 #define SB_LATE 1e-4
-#define SB_BACKOFF 0.1
-static double sb_serial_until;
+#define SB_BACKOFF_MIN 4e-3
+#define SB_BACKOFF_MAX 0.1
+#define SB_WARM 1e-3
+static double sb_serial_until, sb_par_end, sb_backoff;
 #endif
 static int sb_mm(long M, long N, long K, const sb_real *A, long ars, long acs, const sb_real *B, long brs,
                   long bcs, sb_real *C, int par) {{
@@ -148,21 +157,34 @@ static int sb_mm(long M, long N, long K, const sb_real *A, long ars, long acs, c
        finds less (or nothing) left to do. */
     par = par && M * N * K >= (1L << 20);
 #ifdef _OPENMP
-    double t0 = 0, until;
+    double t0 = 0, until, last;
+    int warm = 0;
     if (par) {{
         t0 = omp_get_wtime();
         #pragma omp atomic read
         until = sb_serial_until;
+        #pragma omp atomic read
+        last = sb_par_end;
         par = t0 >= until;
+        warm = t0 - last < SB_WARM;
     }}
 #endif
     #pragma omp parallel if (par)
     {{
 #ifdef _OPENMP
-    if (omp_get_thread_num() > 0 && omp_get_wtime() - t0 > SB_LATE) {{
-        double later = omp_get_wtime() + SB_BACKOFF;
+    if (warm && omp_get_thread_num() > 0) {{
+        double now = omp_get_wtime(), len;
+        #pragma omp atomic read
+        len = sb_backoff;
+        if (now - t0 > SB_LATE) {{
+            len = len * 2 < SB_BACKOFF_MIN ? SB_BACKOFF_MIN : len * 2 > SB_BACKOFF_MAX ? SB_BACKOFF_MAX : len * 2;
+            now += len;
+            #pragma omp atomic write
+            sb_serial_until = now;
+        }} else
+            len = len / 2;
         #pragma omp atomic write
-        sb_serial_until = later;
+        sb_backoff = len;
     }}
 #endif
     #pragma omp for schedule(dynamic)
@@ -197,6 +219,13 @@ static int sb_mm(long M, long N, long K, const sb_real *A, long ars, long acs, c
         free(panel);
     }}
     }}
+#ifdef _OPENMP
+    if (par) {{
+        double t1 = omp_get_wtime();
+        #pragma omp atomic write
+        sb_par_end = t1;
+    }}
+#endif
     return failed;  /* on an allocation failure the caller recomputes C with BLAS */
 }}
 #endif
