@@ -1,8 +1,9 @@
 """The Cython backend at 2 OpenMP threads against the NumPy backend: products big enough to open
-a parallel region (``sb_mm``: M*N*K >= 2^20) in an MLP and around a recurrence's loop, once with
-two cores and once with both threads pinned to one core, where the helper thread starts late and
-``sb_mm`` falls back to one thread for a while. OpenMP reads OMP_NUM_THREADS when it is loaded,
-so each case runs in its own process."""
+a parallel region (``sb_mm``: M*N*K >= 2^20) in an MLP, around a recurrence's loop and inside its
+time steps (32 x 256 x 256, forward and reverse), once with two cores and once with both threads
+pinned to one core, where the helper thread starts late and ``sb_mm`` falls back to one thread
+for a while. OpenMP reads OMP_NUM_THREADS when it is loaded, so each case runs in its own
+process."""
 
 from __future__ import annotations
 
@@ -23,12 +24,12 @@ import symbp as sb
 
 if sys.argv[1] == "one-core":
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-F, H, T, B = 64, 128, 8, 32
+F, H, T, B = 64, 256, 8, 32
 m = sb.Model("threads")
 x, y = m.input("x", (T, F)), m.input("y", (T,), dtype="int64")
 W, U, b = m.param("W", (F, H)), m.param("U", (H, H)), m.param("b", (H,))
 _, hs = sb.scan(lambda h, u: (lambda h2: (h2, h2))(sb.tanh(u + h @ U)), x @ W + b, sb.zeros((H,)))
-z = sb.relu(hs @ m.param("W1", (H, 256)))  # (T*B) x 256 x 128: one region per product
+z = sb.relu(hs @ m.param("W1", (H, 256)))  # (T*B) x 256 x 256: one region per product
 m.minimize(sb.softmax_cross_entropy(z @ m.param("W2", (256, 32)), y))
 d = sb.derive(m)
 rng = np.random.default_rng(0)

@@ -258,12 +258,10 @@ def emit_dot(ctx, n: Node, out: View, a: View, b: View) -> list[str]:
     nr = 2 * 64 // ctx.itemsize
     if n_[1] == 0 and n_[0] % nr == 0:
         # static width: symbp's own kernel (see sb_mm); BLAS where the C compiler has no
-        # vector extensions. No parallel region inside a loop's time step (a CellBody's ctx): the
-        # hoisted products before and after the loop keep theirs (see sb_mm)
-        par = 0 if getattr(ctx, "in_loop", False) else 1
+        # vector extensions
         lines.append("#ifdef SB_MM")
         lines.append(f"if (sb_mm({cexpr(m_)}, {cexpr(n_)}, {cexpr(k_)}, {a.base()}, {cexpr(am[2])}, {cexpr(am[3])}, "
-                     f"{b.base()}, {cexpr(bm[2])}, {cexpr(bm[3])}, {out.base()}, {par}))")
+                     f"{b.base()}, {cexpr(bm[2])}, {cexpr(bm[3])}, {out.base()}))")
         lines.append("#endif")
     lines.append("{")
     lines.append(f"    int m_ = (int)({cexpr(n_)}), n_ = (int)({cexpr(m_)}), k_ = (int)({cexpr(k_)});")

@@ -85,9 +85,6 @@ class CellBody:
     whose emitters this reuses; ``views`` maps each root to the view holding its value.
     """
 
-    in_loop = True
-    """Read by ``kernels.emit_dot``: a time step's products open no OpenMP parallel region."""
-
     def __init__(self, parent, roots: list, bound: dict[int, K.View]):
         from codegen.cython.emitter import Function
 

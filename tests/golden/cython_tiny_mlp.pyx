@@ -130,29 +130,30 @@ cdef extern from *:
     /* A parallel region ends when its last thread does: one that starts late, because another
        process holds its core, holds up the product (1-10 ms each, 10-100x the product, on a shared
        machine). A region whose helper starts more than SB_LATE s late makes the products of the next
-       sb_backoff s run on one thread; then threads are tried again. The back-off doubles with each
-       late region, from SB_BACKOFF_MIN up to SB_BACKOFF_MAX, and halves with each one on time: a quiet
-       machine preempts a helper now and then (1-2 ms, a few times a minute here), which should cost a
-       few ms on one thread, not 0.1 s (the MLP's 2-thread median was 1.1-1.5x slower for it), while
-       another process that keeps the core busy keeps the back-off long. Only a region that follows
+       sb_backoff s run on one thread; then threads are tried again. The back-off is twice the last
+       one, halved for each SB_MEMORY s since, within SB_BACKOFF_MIN..SB_BACKOFF_MAX: another process
+       that keeps a core busy makes it 0.1 s within a few late regions, while a quiet machine that
+       preempts a helper a few times a minute (1-2 ms each, here) costs 4 ms on one thread each time,
+       not 0.1 s (which made ~20 % of the MLP's 2-thread steps serial). Only a region that follows
        another within SB_WARM s is judged: its helper should still be spinning (libgomp spins for a
        few ms), while one asleep takes 50-200 us to wake on an idle core, which is no sign of another
        process. */
     #define SB_LATE 1e-4
     #define SB_BACKOFF_MIN 4e-3
     #define SB_BACKOFF_MAX 0.1
+    #define SB_MEMORY 1.0
     #define SB_WARM 1e-3
-    static double sb_serial_until, sb_par_end, sb_backoff;
+    static double sb_serial_until, sb_par_end, sb_backoff, sb_late_at;
     #endif
     static int sb_mm(long M, long N, long K, const sb_real *A, long ars, long acs, const sb_real *B, long brs,
-                      long bcs, sb_real *C, int par) {
+                      long bcs, sb_real *C) {
         int failed = 0;
         /* Column panels are independent: with OpenMP they are shared among threads, for products
-           big enough to pay for waking them (measured 1.7x on 128x256x256 with two free cores).
-           par = 0 inside a loop's time step: T regions per loop, each a chance to wait for a late
-           thread, for products of a few us. Panels are handed out dynamically, so a late thread
-           finds less (or nothing) left to do. */
-        par = par && M * N * K >= (1L << 20);
+           big enough to pay for waking them (measured 1.7x on 128x256x256 with two free cores), the
+           LSTM's 32-row products in its time steps included (3.3 against 3.8-4.8 ms a step at 2
+           threads). Panels are handed out dynamically, so a late thread finds less (or nothing) left
+           to do. */
+        int par = M * N * K >= (1L << 20);
     #ifdef _OPENMP
         double t0 = 0, until, last;
         int warm = 0;
@@ -169,19 +170,21 @@ cdef extern from *:
         #pragma omp parallel if (par)
         {
     #ifdef _OPENMP
-        if (warm && omp_get_thread_num() > 0) {
-            double now = omp_get_wtime(), len;
+        if (warm && omp_get_thread_num() > 0 && omp_get_wtime() - t0 > SB_LATE) {
+            double now = omp_get_wtime(), len, at;
             #pragma omp atomic read
             len = sb_backoff;
-            if (now - t0 > SB_LATE) {
-                len = len * 2 < SB_BACKOFF_MIN ? SB_BACKOFF_MIN : len * 2 > SB_BACKOFF_MAX ? SB_BACKOFF_MAX : len * 2;
-                now += len;
-                #pragma omp atomic write
-                sb_serial_until = now;
-            } else
-                len = len / 2;
+            #pragma omp atomic read
+            at = sb_late_at;
+            len *= 2 * exp2((at - now) / SB_MEMORY);
+            len = len < SB_BACKOFF_MIN ? SB_BACKOFF_MIN : len > SB_BACKOFF_MAX ? SB_BACKOFF_MAX : len;
             #pragma omp atomic write
             sb_backoff = len;
+            #pragma omp atomic write
+            sb_late_at = now;
+            now += len;
+            #pragma omp atomic write
+            sb_serial_until = now;
         }
     #endif
         #pragma omp for schedule(dynamic)
@@ -270,7 +273,7 @@ cdef extern from *:
         /* (1) Z₁ = x W1 + b1 */
         /* t_1 = dot */
         #ifdef SB_MM
-        if (sb_mm(B, 32, 4, D_x, 4, 1, P_W1, 32, 1, b1, 1))
+        if (sb_mm(B, 32, 4, D_x, 4, 1, P_W1, 32, 1, b1))
         #endif
         {
             int m_ = (int)(32), n_ = (int)(B), k_ = (int)(4);
@@ -553,7 +556,7 @@ cdef extern from *:
         /* (6) δZ₁ = (δZ₂ W2ᵀ) ⊙ (1 − H₁⊙H₁) */
         /* d_tanh = dot */
         #ifdef SB_MM
-        if (sb_mm(B, 32, 3, b4, 3, 1, P_W2, 1, 3, b1, 1))
+        if (sb_mm(B, 32, 3, b4, 3, 1, P_W2, 1, 3, b1))
         #endif
         {
             int m_ = (int)(32), n_ = (int)(B), k_ = (int)(3);
@@ -596,7 +599,7 @@ cdef extern from *:
         /* (7) ∂L/∂W1 = xᵀ δZ₁ */
         /* dW1 = dot */
         #ifdef SB_MM
-        if (sb_mm(4, 32, B, D_x, 1, 4, b16, 32, 1, b18, 1))
+        if (sb_mm(4, 32, B, D_x, 1, 4, b16, 32, 1, b18))
         #endif
         {
             int m_ = (int)(32), n_ = (int)(4), k_ = (int)(B);
@@ -633,7 +636,7 @@ cdef extern from *:
         /* (1) Z₁ = x W1 + b1 */
         /* t_1 = dot */
         #ifdef SB_MM
-        if (sb_mm(B, 32, 4, D_x, 4, 1, P_W1, 32, 1, b0, 1))
+        if (sb_mm(B, 32, 4, D_x, 4, 1, P_W1, 32, 1, b0))
         #endif
         {
             int m_ = (int)(32), n_ = (int)(B), k_ = (int)(4);
