@@ -336,7 +336,7 @@ def emit_onehot(ctx, n: Node, out: View, y: View) -> list[str]:
     return fill(out, "0", ctx.tag()) + loop_nest(y.shape, [rows, y], body, ctx.tag())
 
 
-def emit_unslice(ctx, n: Node, out: View, g: View, ref: View) -> list[str]:
+def emit_unslice(ctx, n: Node, out: View, g: View) -> list[str]:
     return fill(out, "0", ctx.tag()) + copy(slice_view(out, n.attrs["index"]), g, ctx.tag())
 
 

@@ -99,7 +99,7 @@ EMIT = {
     "max": _reduce("max"),
     "size": _size,
     "const": lambda n, out: [f"{out}.fill({literal(n.attrs['value'])})"],
-    "unslice": lambda n, out, g, ref: [f"{out}.fill(0.0)", f"{out}[{_index(n.attrs['index'])}] = {g}"],
+    "unslice": lambda n, out, g: [f"{out}.fill(0.0)", f"{out}[{_index(n.attrs['index'])}] = {g}"],
     "concat": lambda n, out, *xs: [f"np.concatenate(({', '.join(xs)},), axis={n.attrs['axis']}, out={out})"],
     "onehot": _onehot,
     # views: the result is an expression over the input, bound to a name
