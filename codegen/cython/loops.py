@@ -304,8 +304,7 @@ def emit_scan_bwd(ctx, n: Node, out: K.View, *ins: K.View) -> list[str]:
     step += body.body
     step += ["{", "    double ss_ = 0;"]
     for h in d_h:
-        step += ["    " + x for x in K.loop_nest(h.shape, [h], lambda r: [f"ss_ += (double){r[0]} * {r[0]};"],
-                                                 ctx.tag())]
+        step += ["    " + x for x in _sum_squares(h, ctx.tag())]
     step += [f"    if ({T_VAR} >= {lo}) {norms.ptr}[{T_VAR}] = (sb_real)sqrt(ss_);", "}"]
     for i, dx in enumerate(d_x):
         if dx is not None:
@@ -361,6 +360,27 @@ def _outline(ctx, step: list[str], longs: list[str], ptrs: list[tuple[str, str]]
     fn += ["    " + x for x in step] + ["    (void)a; (void)B;", "}", ""]
     ctx.helper_fns += fn
     return f"{name}(a, B, {T_VAR}{''.join(', ' + x for x in longs)}{''.join(', ' + p for _, p in ptrs)});"
+
+
+def _sum_squares(h: K.View, tag: str) -> list[str]:
+    """C adding the sum of squares of h to ``ss_`` (a double): ||dL/dh_t||, at every reverse step.
+
+    One chain of additions in order cannot be vectorised (without -ffast-math) and waits ~4
+    cycles an element: 8 us a step for an LSTM's h and c at B=32, H=128, 6 % of its training step.
+    Eight partial sums are independent lanes the compiler vectorises, in a fixed order.
+    """
+    if not h.is_contiguous():
+        return K.loop_nest(h.shape, [h], lambda r: [f"ss_ += (double){r[0]} * {r[0]};"], tag)
+    n, p = K.cexpr(K.size(h.shape)), f"{tag}q"
+    return ["{",
+            f"    const sb_real *restrict {p} = {h.base()};",
+            f"    double {p}s[8] = {{0}};",
+            f"    long {p}i = 0;",
+            f"    for (; {p}i + 8 <= {n}; {p}i += 8)",
+            f"        for (int {p}r = 0; {p}r < 8; {p}r++) {p}s[{p}r] += (double){p}[{p}i + {p}r] * {p}[{p}i + {p}r];",
+            f"    for (; {p}i < {n}; {p}i++) {p}s[0] += (double){p}[{p}i] * {p}[{p}i];",
+            f"    for (int {p}r = 0; {p}r < 8; {p}r++) ss_ += {p}s[{p}r];",
+            "}"]
 
 
 def _accumulate(ctx, dst: K.View, src: K.View) -> list[str]:
