@@ -67,8 +67,12 @@ def emit_and_load(spec: Spec, backend: str = "numpy") -> tuple[str, types.Module
         hit = build.lookup(key)
         if hit is not None:
             return hit[1], hit[0]
-        source = emit(spec, backend)
-        module = load(source, backend, spec.derivation.name)
+        build.prestart()  # Cython warms up in a process of its own while we derive and emit
+        try:
+            source = emit(spec, backend)
+            module = load(source, backend, spec.derivation.name)
+        finally:
+            build.discard_warm()  # unless the build took it
         build.remember(key, module)
         return source, module
     source = emit(spec, backend)

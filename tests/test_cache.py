@@ -279,3 +279,57 @@ def test_a_sanitized_start_never_takes_a_plain_entry(cache, monkeypatch):
     monkeypatch.setenv("LD_PRELOAD", "/fake/libasan.so")  # only read to decide; nothing is built here
     assert build.lookup("graph-key", ("-O0",)) is None
     assert build.cache_key("x", build._flags(("-O0",))) != build.cache_key("x", ("-O0",))
+
+
+def test_a_warm_cython_process_writes_what_a_fresh_one_writes(tmp_path, monkeypatch):
+    """build.prestart starts Cython early (it warms up on a one-line file while the model is
+    derived); the next build hands it its .pyx, and the C is the same as a fresh Cython's."""
+    import codegen
+
+    source = codegen.emit(Spec(sb.derive(_tiny()), sb.optim.SGD(), "float32"), "cython")
+    monkeypatch.setattr(build.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    for d in ("fresh", "warm"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "m.pyx").write_text(source)
+    build._cythonize(tmp_path / "fresh" / "m.pyx", tmp_path / "fresh" / "m.c")
+    build.prestart()
+    assert len(build._warm) == 1
+    with monkeypatch.context() as m:  # no fresh Cython now: the warm process must write the C
+        m.setattr(build.subprocess, "run", lambda *a, **k: pytest.fail(f"a fresh process ran: {a}"))
+        build._cythonize(tmp_path / "warm" / "m.pyx", tmp_path / "warm" / "m.c")
+    assert build._warm == []
+    fresh, warm = ((tmp_path / d / "m.c").read_text().replace(str(tmp_path / d), "DIR") for d in ("fresh", "warm"))
+    assert warm == fresh
+
+
+def test_a_warm_cython_process_fails_as_a_fresh_one_does_and_ends_when_unused(tmp_path, monkeypatch):
+    monkeypatch.setattr(build.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    build.prestart()
+    assert build._warm == []  # one core: Cython and the caller would only take turns
+    monkeypatch.setattr(build.os, "sched_getaffinity", lambda pid: {0, 1})
+    (tmp_path / "bad.pyx").write_text("def f(:\n    pass\n")
+    build.prestart()
+    with pytest.raises(build.BuildError, match="Cython failed on the generated module bad.pyx"):
+        build._cythonize(tmp_path / "bad.pyx", tmp_path / "bad.c")
+    assert build._warm == []
+    # a compile that fails before building (here: emitting) ends the process it started
+    import codegen
+
+    def broken(spec, backend):
+        (proc,) = build._warm
+        seen.append(proc)
+        raise RuntimeError("emit failed")
+
+    seen: list = []
+    monkeypatch.setenv("SYMBP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(codegen, "emit", broken)
+    with pytest.raises(RuntimeError, match="emit failed"):
+        sb.compile(sb.derive(_tiny()), backend="cython")
+    assert build._warm == [] and seen[0].poll() is not None
+
+
+def _tiny():
+    m = sb.Model("warm")
+    x, y = m.input("x", (3,)), m.input("y", (), dtype="int64")
+    m.minimize(sb.softmax_cross_entropy(x @ m.param("W", (3, 2)), y))
+    return m

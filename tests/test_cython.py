@@ -245,7 +245,7 @@ def test_emission_is_deterministic_and_the_kernels_are_plain_c():
     first, second = codegen.emit(spec, "cython"), codegen.emit(codegen.Spec(sb.derive(mlp((8, 16, 3))),
                                                                             sb.optim.Adam(), "float32"), "cython")
     assert first == second
-    from codegen.cython.build import kernels_of
+    from codegen.cython.module import kernels_of
 
     kernels = kernels_of(first)
     assert "sb_gemm(" in kernels and "tanhf(" in kernels and "double x" not in kernels

@@ -12,11 +12,17 @@ whose utility code would triple the C that gcc has to compile.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+import sysconfig
+import types
+from pathlib import Path
+
 from codegen.spec import LABEL_ERROR
 
 NAMES = {"gradients": 0, "loss": 1, "predict": 2, "update": 3, "evaluate": 4}
 BEGIN, END = "/* symbp:kernels-begin */", "/* symbp:kernels-end */"
-"""Markers around the C kernels, which codegen.cython.build compiles as their own file."""
+"""Markers around the C kernels, which codegen.cython.build compiles as their own file (:func:`kernels_of`)."""
 
 _PRELUDE = '''\
 from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_WRITABLE, PyBuffer_Release,
@@ -229,3 +235,40 @@ def _step(spec, pnames: list[str]) -> list[str]:
     lines.append(f"    io[{len(hyper)}] = t")
     lines.append(f"    _run(3, [{', '.join(arrays)}], _UPDATE_META, b'', io, 1)")
     return lines
+
+
+def kernels_of(source: str) -> str | None:
+    """The C kernels embedded in a generated ``.pyx`` (between the emitter's markers)."""
+    a, b = source.find(BEGIN), source.find(END)
+    if a < 0 or b < a:
+        return None
+    return "\n".join(line[4:] if line.startswith("    ") else line for line in source[a:b].splitlines()) + "\n"
+
+
+def _preload_blas() -> None:
+    """Import ``scipy.linalg.cython_blas`` (whose gemm the modules call) from its file.
+
+    A module that cimports it imports it at load time, and the usual way drags in all of
+    ``scipy.linalg`` (~0.25 s, most of a warm start); the extension alone takes ~30 ms.
+    """
+    name = "scipy.linalg.cython_blas"
+    if name in sys.modules:
+        return
+    try:
+        scipy_dir = Path(importlib.util.find_spec("scipy").origin).parent
+        path = scipy_dir / "linalg" / f"cython_blas{sysconfig.get_config_var('EXT_SUFFIX')}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    except Exception:  # noqa: BLE001 - any surprise: the normal import path still works
+        sys.modules.pop(name, None)
+
+
+def load_extension(modname: str, path: Path) -> types.ModuleType:
+    """Import the built extension ``modname`` from ``path``."""
+    _preload_blas()
+    spec = importlib.util.spec_from_file_location(modname, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
