@@ -305,8 +305,12 @@ def _build_entry(source: str, modname: str, flags, key: str, root: Path, entry: 
 
 _WARM = """\
 import json, os, sys, tempfile
+import Cython
 from Cython.Compiler.Main import main
-def run(pyx, out):
+BASE = [os.path.dirname(os.path.dirname(os.path.realpath(Cython.__file__)))], sys.path[1:]
+def run(pyx, out, cwd):  # as `python -m cython` in cwd would: it looks up cimported .pxd files along sys.path
+    os.chdir(cwd)
+    sys.path[:] = [*BASE[0], cwd, *BASE[1]]
     sys.argv = ["cython", "-3", "--fast-fail", pyx, "-o", out]
     try:
         main(command_line=1)
@@ -315,7 +319,7 @@ def run(pyx, out):
     return 0
 with tempfile.TemporaryDirectory() as d:
     open(os.path.join(d, "w.pyx"), "w").write("def f(x):\\n    return x\\n")
-    run(os.path.join(d, "w.pyx"), os.path.join(d, "w.c"))
+    run(os.path.join(d, "w.pyx"), os.path.join(d, "w.c"), d)
 line = sys.stdin.readline()
 sys.exit(run(*json.loads(line)) if line else 0)
 """
@@ -324,22 +328,22 @@ _warm_lock = threading.Lock()
 
 
 def prestart() -> None:
-    """Start a Cython process for the next build while the caller derives and emits its source.
-
-    Cython's first file in a process takes ~0.4 s more than the next (it loads its pipeline and
-    utility code): this process compiles a one-line file while the caller works, then waits for
-    the real ``.pyx`` on stdin (0.16 s instead of 0.65 s for the MLP's): a cold MLP compile
-    takes 1.15 instead of 1.33 s on two cores. On one core the two only take turns (and cost
-    ~0.2 s more), so it starts only where the process may use two. Call :func:`discard_warm`
-    when no build follows.
-    """
+    """Start Cython for the next build while the caller derives and emits (call :func:`discard_warm`
+    when no build follows). Its first file in a process costs ~0.4 s more than the next, so this
+    process compiles a one-line file meanwhile, then the real ``.pyx`` from stdin: 0.16 s instead
+    of 0.65 s for the MLP's, a cold MLP compile 1.15 s instead of 1.33 on two cores. Only where
+    two cores may be used: on one, the two take turns and cost ~0.2 s more."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if cores < 2 or importlib.util.find_spec("Cython") is None:
         return
     with _warm_lock:
         if not _warm:
-            _warm.append(subprocess.Popen([sys.executable, "-c", _WARM], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, text=True, env=sanitize.tool_env()))
+            try:
+                _warm.append(subprocess.Popen([sys.executable, "-c", _WARM], stdin=subprocess.PIPE,
+                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                              env=sanitize.tool_env()))
+            except OSError:
+                pass  # no process to spare: the build starts Cython itself
 
 
 def discard_warm() -> None:
@@ -360,10 +364,13 @@ def _cythonize(pyx: Path, c_file: Path) -> None:
     with _warm_lock:
         warm = _warm.pop() if _warm else None
     if warm is not None:
-        warm.communicate(json.dumps([str(pyx), str(c_file)]) + "\n")
+        try:
+            warm.communicate(json.dumps([str(pyx), str(c_file), os.getcwd()]) + "\n")
+        except BaseException:  # interrupted: it must not write into a folder being removed
+            warm.kill(), warm.communicate()
+            raise
         if warm.returncode == 0 and c_file.exists():
-            return
-        # the warm process failed (or was killed): a fresh one gives Cython's own message
+            return  # else it failed or was killed: a fresh Cython gives its own message
     cmd = [sys.executable, "-m", "cython", "-3", "--fast-fail", str(pyx), "-o", str(c_file)]
     res = subprocess.run(cmd, capture_output=True, text=True, env=sanitize.tool_env())
     if res.returncode:

@@ -173,7 +173,7 @@ static int sb_mm(long M, long N, long K, const sb_real *A, long ars, long acs, c
     #pragma omp parallel if (par)
     {{
 #ifdef _OPENMP
-    if (warm && omp_get_thread_num() > 0 && omp_get_wtime() - t0 > SB_LATE) {{
+    if (warm && omp_get_thread_num() == 1 && omp_get_wtime() - t0 > SB_LATE) {{  /* once a region */
         double now = omp_get_wtime(), len, at;
         #pragma omp atomic read
         len = sb_backoff;
@@ -197,7 +197,11 @@ static int sb_mm(long M, long N, long K, const sb_real *A, long ars, long acs, c
         sb_real *panel = NULL;
         if (bcs != 1) {{  /* a transposed B is packed one panel at a time, as BLAS would */
             panel = (sb_real *)malloc((size_t)K * SB_NR * sizeof(sb_real));
-            if (!panel) {{ failed = 1; continue; }}
+            if (!panel) {{
+                #pragma omp atomic write
+                failed = 1;
+                continue;
+            }}
             sb_pack_t(K, Bj, brs, bcs, panel);
             Bj = panel;
             ldb = SB_NR;
