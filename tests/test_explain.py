@@ -216,3 +216,23 @@ def test_readme_shows_real_output(capsys):
     shown = section[section.index("```text\n") + 8:section.index("```\n", section.index("```text\n") + 8)]
     assert main(["explain", str(ROOT / "examples" / "mlp_model.py"), "--batch", "128"]) == 0
     assert capsys.readouterr().out == shown
+
+
+def test_a_reduction_in_a_step_saves_no_tensor_for_its_shape():
+    # an RMS-normalised cell: mean(a*a)'s gradient broadcasts back to the shape of a*a, which
+    # broadcast_like keeps as an attribute, so a*a is not saved at every step (it was, 25 % more)
+    T, F, H, B = 16, 8, 32, 8
+    m = sb.Model("rms_rnn")
+    x, y = m.input("x", (T, F)), m.input("y", (T,), dtype="int64")
+    W, U = m.param("W", (F, H)), m.param("U", (H, H))
+
+    def step(h, x_t):
+        a = sb.tanh(x_t @ W + h @ U)
+        h = a / sb.sqrt(sb.mean(a * a, axis=-1, keepdims=True) + 1e-5)
+        return h, h
+
+    _, hs = sb.scan(step, x, sb.zeros((H,)))
+    m.minimize(sb.softmax_cross_entropy(hs @ m.param("Wy", (H, 4)), y))
+    (loop,) = sb.derive(m).explain(batch=B).data["loops"]
+    # h in, tanh(.) and the normalised h (H wide each), the root mean square (1 wide)
+    assert loop["saved_bytes_per_step"] == B * (3 * H + 1) * 4

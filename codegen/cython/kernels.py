@@ -378,7 +378,7 @@ EMIT = {
 VIEWS = {
     "transpose": lambda n, x: transpose_view(x, n.attrs["perm"]),
     "expand_dims": lambda n, x: expand_view(x, n.attrs["axes"]),
-    "broadcast_like": lambda n, g, ref: broadcast_view(expand_view(g, n.attrs["axes"]), n.shape),
+    "broadcast_like": lambda n, g: broadcast_view(expand_view(g, n.attrs["axes"]), n.shape),
     "slice": lambda n, x: slice_view(x, n.attrs["index"]),
     "stop_gradient": lambda n, x: x,
     "batch_stat": lambda n, x, running: x,  # the training form; inference mode reads the running value

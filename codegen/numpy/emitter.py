@@ -105,8 +105,8 @@ EMIT = {
     # views: the result is an expression over the input, bound to a name
     "transpose": lambda n, x: f"np.transpose({x}, {n.attrs['perm']})",
     "expand_dims": lambda n, x: f"np.expand_dims({x}, {n.attrs['axes']})",
-    "broadcast_like": lambda n, g, ref: (f"np.broadcast_to(np.expand_dims({g}, {n.attrs['axes']}), {ref}.shape)"
-                                         if n.attrs["axes"] else f"np.broadcast_to({g}, {ref}.shape)"),
+    "broadcast_like": lambda n, g: (f"np.broadcast_to(np.expand_dims({g}, {n.attrs['axes']}), {_dims(n.shape)})"
+                                         if n.attrs["axes"] else f"np.broadcast_to({g}, {_dims(n.shape)})"),
     "reshape": lambda n, x: f"{x}.reshape({_dims(tuple(-1 if d is None else d for d in n.shape))})",
     "slice": lambda n, x: f"{x}[{_index(n.attrs['index'])}]",
     "stop_gradient": lambda n, x: x,

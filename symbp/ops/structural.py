@@ -208,23 +208,26 @@ def expand_dims(x: Node, axes: tuple) -> Node:
     return node("expand_dims", (x,), axes=tuple(sorted(axes)))
 
 
-def _broadcast_shape(inputs, axes):
-    g, ref = inputs
-    return ref.shape, g.dtype
+def _broadcast_shape(inputs, axes, shape):
+    (g,) = inputs
+    return tuple(shape), g.dtype
 
 
 def _broadcast_vjp(nd, g):
     x = nd.inputs[0]
-    return reshape_batched(reduce_to(g, _expand_shape((x,), nd.attrs["axes"])[0]), x.shape), None
+    return (reshape_batched(reduce_to(g, _expand_shape((x,), nd.attrs["axes"])[0]), x.shape),)
 
 
+# The target shape is an attribute, not an input read for its shape (the batch size is the
+# step's): the gradient of a sum inside a recurrence's step then does not make the step save
+# the summed tensor (see unslice in symbp.ops.indexing).
 register(OpDef("broadcast_like", "structural", shape=_broadcast_shape, vjp=_broadcast_vjp,
-               sample={"shapes": [(3,), (None, 3)], "attrs": {"axes": ()}}))
+               sample={"shapes": [(3,)], "attrs": {"axes": (), "shape": (None, 3)}}))
 
 
 def broadcast_like(g: Node, ref: Node, axes: tuple = ()) -> Node:
     """``g`` with new axes inserted at ``axes``, broadcast to the shape of ``ref``."""
-    return node("broadcast_like", (g, ref), axes=tuple(axes))
+    return node("broadcast_like", (g,), axes=tuple(axes), shape=ref.shape)
 
 
 def reduce_to(c: Node, shape: tuple, drop: tuple = ()) -> Node:

@@ -26,7 +26,7 @@ from symbp.show.reading import COMPOSITES, match_cross_entropy, show_op
 TRANSPARENT = {"stop_gradient", "expand_dims", "broadcast_like"}
 """Ops that leave values as they are (up to broadcasting): shown as their input."""
 
-SHAPE_ONLY = {"broadcast_like": (1,), "size": (0,)}
+SHAPE_ONLY = {"size": (0,)}
 """Inputs read only for their shape, which equations do not mention."""
 
 ROLE = {"dot": "Z", "exp": "E", "sum": "S", "max": "M", "tanh": "H", "sigmoid": "H", "relu": "H", "elu": "H",

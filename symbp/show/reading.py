@@ -26,7 +26,7 @@ def show_op(n: Node, args: list) -> sp.Basic:
     Args:
         n: a graph node.
         args: the display forms of its inputs, in order (None for inputs read only for
-            their shape, such as the reference of ``broadcast_like``).
+            their shape, such as the tensor ``size`` counts).
     Returns:
         A SymPy expression: a matrix expression, or a scalar for a shape-() result.
     """
