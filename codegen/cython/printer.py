@@ -153,8 +153,8 @@ static int sb_mm(long M, long N, long K, const sb_real *A, long ars, long acs, c
     int failed = 0;
     /* Column panels are independent: with OpenMP they are shared among threads, for products
        big enough to pay for waking them (measured 1.7x on 128x256x256 with two free cores), the
-       LSTM's 32-row products in its time steps included (3.3 against 3.8-4.8 ms a step at 2
-       threads). Panels are handed out dynamically, so a late thread finds less (or nothing) left
+       LSTM's 32-row products in its time steps included (2.8-3.1 against 3.1-3.9 ms a step at 2
+       threads, quiet machine). Panels are handed out dynamically, so a late thread finds less (or nothing) left
        to do. */
     int par = M * N * K >= (1L << 20);
 #ifdef _OPENMP
