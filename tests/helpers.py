@@ -1,6 +1,10 @@
-"""Shared test helpers: build a model around one registered op, so every op is checked."""
+"""Shared test helpers: build a model around one registered op, so every op is checked; load
+an example script; the README's quick-start model."""
 
 from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
 
 import numpy as np
 
@@ -9,6 +13,40 @@ from symbp.ops.structural import node as structural_node
 from symbp.registry import OPS
 
 BATCH = 3
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+README_MLP = """\
+m = sb.Model("mlp")
+x = m.input("x", (64,))
+y = m.input("y", (), dtype="int64")
+W1 = m.param("W1", (64, 256), init="glorot_uniform")
+b1 = m.param("b1", (256,), init="zeros")
+h = sb.tanh(x @ W1 + b1)
+logits = h @ m.param("W2", (256, 10)) + m.param("b2", (10,), init="zeros")
+m.minimize(sb.softmax_cross_entropy(logits, y))
+"""
+"""The README quick-start model as source (``sb`` imported, the model bound to ``m``): tests
+that need a new process run it as text."""
+
+
+def readme_mlp() -> sb.Model:
+    """The README quick-start model."""
+    scope = {"sb": sb}
+    exec(README_MLP, scope)  # noqa: S102 - our own fixed source
+    return scope["m"]
+
+
+def load_file(path: Path, name: str):
+    """Import the Python file at ``path`` as a fresh module called ``name``."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def example(name: str, module_name: str | None = None):
+    """A fresh import of ``examples/<name>.py``."""
+    return load_file(EXAMPLES / f"{name}.py", module_name or name)
 
 
 def op_names(kind: str | None = None) -> list[str]:

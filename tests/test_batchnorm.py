@@ -233,14 +233,9 @@ def test_a_failed_step_leaves_the_running_statistics(rng):
 
 
 def load_cnn_example():
-    import importlib.util
-    import pathlib
+    from tests.helpers import example
 
-    path = pathlib.Path(__file__).resolve().parent.parent / "examples" / "cnn_digits.py"
-    spec = importlib.util.spec_from_file_location("cnn_digits_regularised", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return example("cnn_digits", "cnn_digits_regularised")
 
 
 def test_the_regularised_cnn_example_learns_and_its_gradients_check_out(rng):

@@ -223,13 +223,9 @@ def test_bad_values_are_named_at_run_time(backend, rng):
 
 
 def test_the_speech_example_learns_from_label_sequences_alone(capsys):
-    import importlib.util
-    from pathlib import Path
+    from tests.helpers import example as load
 
-    path = Path(__file__).resolve().parent.parent / "examples" / "ctc_speech.py"
-    spec = importlib.util.spec_from_file_location("ctc_speech", path)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load("ctc_speech")
     assert example.edit_distance([1, 2, 2, 3], [1, 2, 3]) == 1 and example.greedy(
         np.array([[0, 1], [0, 1], [1, 0], [0, 1]]), 4) == [1, 1]
     rate = example.main(steps=80, T=16, S=3, phonemes=4, hidden=16, batch=16)

@@ -19,20 +19,7 @@ import symbp as sb
 from symbp import notation as D
 from symbp.notation import B, symbol
 from symbp.show.equations import Equations
-from tests.helpers import BATCH, op_model, op_names
-
-
-def readme_mlp():
-    """The README quick-start model."""
-    m = sb.Model("mlp")
-    x = m.input("x", (64,))
-    y = m.input("y", (), dtype="int64")
-    W1 = m.param("W1", (64, 256), init="glorot_uniform")
-    b1 = m.param("b1", (256,), init="zeros")
-    h = sb.tanh(x @ W1 + b1)
-    logits = h @ m.param("W2", (256, 10)) + m.param("b2", (10,), init="zeros")
-    m.minimize(sb.softmax_cross_entropy(logits, y))
-    return m
+from tests.helpers import BATCH, op_model, op_names, readme_mlp
 
 
 def dense_mse():

@@ -1,17 +1,8 @@
 """The recurrent examples run, briefly, at a tiny size."""
 
-import importlib.util
 import math
-from pathlib import Path
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-def load(name: str):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers import example as load
 
 
 def test_char_rnn_learns_and_samples(capsys):

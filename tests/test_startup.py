@@ -18,20 +18,14 @@ from symbp.ir import topo_order
 from symbp.ops import scalar as S
 from symbp.ops.elementwise import Formula
 from symbp.registry import OPS
+from tests.helpers import README_MLP
 
 MLP = textwrap.dedent("""
     import json, sys
     import numpy as np
     import symbp as sb
 
-    m = sb.Model("mlp")
-    x = m.input("x", (64,))
-    y = m.input("y", (), dtype="int64")
-    W1 = m.param("W1", (64, 256), init="glorot_uniform")
-    b1 = m.param("b1", (256,), init="zeros")
-    h = sb.tanh(x @ W1 + b1)
-    logits = h @ m.param("W2", (256, 10)) + m.param("b2", (10,), init="zeros")
-    m.minimize(sb.softmax_cross_entropy(logits, y))
+""") + README_MLP + textwrap.dedent("""
     d = sb.derive(m)
     built = "sympy" in sys.modules
     tr = sb.compile(d, backend="cython", optimizer=sb.optim.SGD(lr=0.1), dtype="float32", seed=0)

@@ -2,24 +2,15 @@
 greedily at a tiny size on both backends."""
 
 import datetime
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-PATH = Path(__file__).resolve().parent.parent / "examples" / "translate.py"
-
-
-def load():
-    spec = importlib.util.spec_from_file_location("translate_example", PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers import example
 
 
 def test_the_sentences_say_their_date():
-    t = load()
+    t = example("translate")
     assert [f(datetime.date(1991, 3, 3)) for f in t.FORMATS] == [
         "the third of march, nineteen ninety-one", "third march nineteen ninety-one",
         "march the third, nineteen ninety-one", "3 Mar 1991", "March 3rd, 1991", "03/03/1991", "3.3.1991",
@@ -43,7 +34,7 @@ def test_the_sentences_say_their_date():
 
 
 def test_translate_trains_and_decodes_greedily_on_both_backends(monkeypatch, capsys):
-    t = load()
+    t = example("translate")
     decoded, greedy = [], t.greedy
 
     def spy(tr, src):  # keeps each run's trainer and decodings

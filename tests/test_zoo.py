@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +20,7 @@ import pytest
 import symbp as sb
 from symbp.ir import topo_order
 from symbp.ops import elementwise as E
+from tests.helpers import example
 from tests.test_cython import all_ops_model, close
 
 pytestmark = [pytest.mark.zoo, pytest.mark.skipif(importlib.util.find_spec("Cython") is None, reason="needs Cython")]
@@ -29,7 +29,6 @@ BATCH = 5  # no multiple of a vector width
 CIN = (1, 3, 8, 12, 16, 17, 32)
 COUT = (1, 4, 16, 17)
 GEOMETRY = [(k, s, p) for k in (1, 3, 5) for s in (1, 2) for p in ("same", "valid")]
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -119,10 +118,7 @@ def recurrent_model(rng) -> tuple:
 
 
 def _example(name: str):
-    spec = importlib.util.spec_from_file_location(f"zoo_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return example(name, f"zoo_{name}")
 
 
 def examples_model(rng) -> tuple:
